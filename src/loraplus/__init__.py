@@ -3,6 +3,8 @@
 model --classify--> {name: Role} --param_groups--> groups --create_optimizer--> optimizer
 """
 
+from typing import Any
+
 from loraplus.groups import POLICY, RolePolicy, param_groups, role_lrs
 from loraplus.init import init_lora_
 from loraplus.optim import (
@@ -16,16 +18,42 @@ from loraplus.roles import Role, classify
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "LoraPlusTrainer": "loraplus.hf",
+    "LoraPlusTrainingArguments": "loraplus.hf",
+    "LoraPlusMixin": "loraplus.hf",
+    "LoraPlusLogCallback": "loraplus.hf",
+    "LoraPlusConfig": "loraplus.hf",
+    "loraplus_optimizer_for": "loraplus.hf",
+    "check_deepspeed_config": "loraplus.hf",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'loraplus' has no attribute {name!r}")
+
+
 __all__ = [
     "OPTIMIZERS",
     "POLICY",
+    "LoraPlusConfig",
+    "LoraPlusLogCallback",
+    "LoraPlusMixin",
+    "LoraPlusTrainer",
+    "LoraPlusTrainingArguments",
     "Role",
     "RolePolicy",
     "__version__",
+    "check_deepspeed_config",
     "classify",
     "create_loraplus_optimizer",
     "create_optimizer",
     "init_lora_",
+    "loraplus_optimizer_for",
     "param_groups",
     "resolve_optimizer",
     "role_lrs",
