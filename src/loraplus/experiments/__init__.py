@@ -1,0 +1,41 @@
+"""Paper experiments: the toy MLP learning-rate grid (Figure 2) and the width-scaling check."""
+
+from loraplus.experiments.toy import (
+    BestPoint,
+    ToyConfig,
+    ToyResult,
+    best,
+    format_best,
+    log2_grid,
+    read_toy_json,
+    run_toy,
+    train_single,
+    write_toy_outputs,
+)
+from loraplus.experiments.width import (
+    WidthConfig,
+    WidthResult,
+    fit_loglog_slope,
+    run_width,
+    summary_lines,
+    write_width_outputs,
+)
+
+__all__ = [
+    "BestPoint",
+    "ToyConfig",
+    "ToyResult",
+    "WidthConfig",
+    "WidthResult",
+    "best",
+    "fit_loglog_slope",
+    "format_best",
+    "log2_grid",
+    "read_toy_json",
+    "run_toy",
+    "run_width",
+    "summary_lines",
+    "train_single",
+    "write_toy_outputs",
+    "write_width_outputs",
+]

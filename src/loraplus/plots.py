@@ -1,0 +1,412 @@
+"""Every matplotlib figure of the project: plain functions of plain data (dicts/arrays) and a path.
+
+Figures are drawn on the Agg canvas (no pyplot, no global backend switch) and written atomically:
+saved to a temp file in the target folder, then moved over the target with os.replace.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+
+DPI = 90
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
+    """Write `fig` as PNG to `path` atomically (temp file in the same folder, then os.replace)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _edges(centers: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted centers (midpoints; ends extended by half a spacing)."""
+    if centers.size == 1:
+        return np.array([centers[0] - 0.5, centers[0] + 0.5])
+    mid = (centers[1:] + centers[:-1]) / 2
+    return np.concatenate([[2 * centers[0] - mid[0]], mid, [2 * centers[-1] - mid[-1]]])
+
+
+def _draw_lr_heatmap(fig: Figure, ax: Axes, panel: Mapping[str, Any], margin: float) -> None:
+    """One log2(lr_A) x log2(lr_B) heatmap: diagonal, near-best '+', diverged cells hatched."""
+    x = np.log2(np.asarray(panel["lr_a"], dtype=float))
+    y = np.log2(np.asarray(panel["lr_b"], dtype=float))
+    loss = np.asarray(panel["loss"], dtype=float)  # (len(lr_a), len(lr_b))
+    diverged = np.asarray(panel.get("diverged", ~np.isfinite(loss)), dtype=bool)
+    finite = np.isfinite(loss) & ~diverged
+    xe, ye = _edges(x), _edges(y)
+    if finite.any():
+        vals = loss[finite]
+        lo, hi = float(vals.min()), float(vals.max())
+        lo = max(lo, 1e-12)
+        norm = LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001))
+        masked = np.ma.masked_where(~finite, np.where(finite, loss, 1.0))
+        mesh = ax.pcolormesh(xe, ye, masked.T, cmap="viridis", norm=norm, shading="flat")
+        fig.colorbar(mesh, ax=ax, label=str(panel.get("cbar_label", "loss")))
+    for i, j in np.argwhere(diverged):
+        ax.add_patch(
+            Rectangle(
+                (xe[i], ye[j]),
+                xe[i + 1] - xe[i],
+                ye[j + 1] - ye[j],
+                facecolor="0.82",
+                edgecolor="0.55",
+                hatch="///",
+                linewidth=0.0,
+            )
+        )
+    lo_d, hi_d = max(xe[0], ye[0]), min(xe[-1], ye[-1])
+    handles: list[Any] = []
+    if lo_d < hi_d:
+        ax.plot([lo_d, hi_d], [lo_d, hi_d], "w--", lw=1.3)
+        handles.append(Line2D([], [], color="k", ls="--", label="lr_A = lr_B"))
+    if finite.any():
+        best = float(loss[finite].min())
+        near = np.argwhere(finite & (loss <= best * (1 + margin)))
+        ax.plot(x[near[:, 0]], y[near[:, 1]], "r+", ms=11, mew=2.2)
+        bi, bj = np.unravel_index(int(np.argmin(np.where(finite, loss, np.inf))), loss.shape)
+        ax.plot(x[bi], y[bj], marker="o", mfc="none", mec="r", ms=13, mew=1.5, ls="")
+        handles.append(
+            Line2D([], [], color="r", marker="+", ls="", ms=9, label=f"within {margin:.0%} of best")
+        )
+    if diverged.any():
+        handles.append(Patch(facecolor="0.82", edgecolor="0.55", hatch="///", label="diverged"))
+    ax.set_xlim(xe[0], xe[-1])
+    ax.set_ylim(ye[0], ye[-1])
+    ax.set_xlabel("log2(lr_A)")
+    ax.set_ylabel("log2(lr_B)")
+    ax.set_title(str(panel.get("title", "")), fontsize=10)
+    if handles:
+        ax.legend(handles=handles, loc="upper left", fontsize=7, framealpha=0.85)
+
+
+def plot_lr_heatmap(
+    path: str | Path, panel: Mapping[str, Any], *, margin: float = 0.01, suptitle: str = ""
+) -> Path:
+    """One (lr_A, lr_B) loss heatmap. `panel`: lr_a, lr_b, loss[len(lr_a), len(lr_b)], optional
+    diverged (bool, default: non-finite loss), title, cbar_label."""
+    fig = Figure(figsize=(5.6, 4.6))
+    ax = fig.add_subplot()
+    _draw_lr_heatmap(fig, ax, panel, margin)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_lr_heatmaps(
+    path: str | Path,
+    panels: Sequence[Mapping[str, Any]],
+    *,
+    margin: float = 0.01,
+    suptitle: str = "",
+    ncols: int = 2,
+) -> Path:
+    """Several (lr_A, lr_B) heatmaps side by side (panels as in `plot_lr_heatmap`)."""
+    if not panels:
+        raise ValueError("plot_lr_heatmaps needs at least one panel.")
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(5.0 * ncols, 4.2 * nrows))
+    for k, panel in enumerate(panels):
+        _draw_lr_heatmap(fig, fig.add_subplot(nrows, ncols, k + 1), panel, margin)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_width_scaling(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Optimal learning rates vs width on log-log axes, one panel per optimizer.
+
+    `data["panels"]`: dicts with `title`, `widths` (list[int]) and `series`: dicts with `name`,
+    `values` (per seed, one optimal value per width), `slope` ((mean, std) of fitted slopes),
+    `theory` (the paper's slope, dotted) and optional `predicted` (dash-dot where it differs),
+    optional `color`. Optional `data["suptitle"]`.
+    """
+    panels = list(data["panels"])
+    if not panels:
+        raise ValueError("plot_width_scaling needs at least one panel.")
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    fig = Figure(figsize=(5.8 * len(panels), 5.6))
+    for k, panel in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        widths = np.asarray(panel["widths"], dtype=float)
+        for c, series in enumerate(panel["series"]):
+            color = series.get("color", palette[c % len(palette)])
+            per_seed = np.asarray(series["values"], dtype=float)  # (seeds, widths)
+            n_seeds = per_seed.shape[0]
+            for s, row in enumerate(per_seed):
+                jitter = 2 ** (0.06 * (s - (n_seeds - 1) / 2))
+                ax.plot(widths * jitter, row, "o", color=color, alpha=0.35, ms=4)
+            geo = 2 ** np.mean(np.log2(per_seed), axis=0)
+            slope, spread = series["slope"]
+            ax.plot(
+                widths,
+                geo,
+                "-",
+                color=color,
+                lw=2,
+                label=f"{series['name']}: slope {slope:+.2f} ± {spread:.2f}",
+            )
+            refs = [(float(series["theory"]), ":", "paper")]
+            pred = series.get("predicted")
+            if pred is not None and float(pred) != refs[0][0]:
+                refs.append((float(pred), "-.", "predicted"))
+            for ref, style, what in refs:
+                anchor = np.exp(np.mean(np.log(geo)) - ref * np.mean(np.log(widths)))
+                ax.plot(
+                    widths,
+                    anchor * widths**ref,
+                    style,
+                    color=color,
+                    lw=1.3,
+                    label=f"  {what} slope {ref:+g}",
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("width n")
+        ax.set_ylabel("optimal value (grid cell), geo-mean over seeds")
+        ax.set_title(str(panel.get("title", "")), fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
+    if data.get("suptitle"):
+        fig.suptitle(str(data["suptitle"]), fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """A trailing moving average (same length; the first points average what exists)."""
+    if window <= 1 or values.size == 0:
+        return values
+    csum = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, values.size + 1)
+    lo = np.maximum(idx - window, 0)
+    smooth: np.ndarray = (csum[idx] - csum[lo]) / (idx - lo)
+    return smooth
+
+
+def _floats(values: Sequence[Any]) -> np.ndarray:
+    """A float array with None as NaN."""
+    return np.asarray([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def plot_training_curves(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Training loss and the eval metric against step, one training run.
+
+    `data`: train_steps, train_loss (logged losses), eval_steps, eval_metric (one per eval),
+    metric_name ("eval_accuracy" or "eval_loss"), optional eval_loss (drawn on the loss panel
+    when the metric is not the loss) and title.
+    """
+    fig = Figure(figsize=(10.0, 3.8))
+    ax_loss, ax_metric = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    steps, loss = _floats(data.get("train_steps", [])), _floats(data.get("train_loss", []))
+    if loss.size:
+        ax_loss.plot(steps, loss, color="tab:blue", alpha=0.35, lw=1, label="train loss")
+        if loss.size >= 10:
+            smooth = _smooth(loss, max(2, loss.size // 10))
+            ax_loss.plot(steps, smooth, color="tab:blue", lw=2, label="train loss (smoothed)")
+    metric_name = str(data.get("metric_name", "eval_metric"))
+    eval_steps = _floats(data.get("eval_steps", []))
+    eval_loss = _floats(data.get("eval_loss", []))
+    if metric_name != "eval_loss" and eval_loss.size and np.isfinite(eval_loss).any():
+        ax_loss.plot(eval_steps, eval_loss, "o-", color="tab:orange", ms=3, label="eval loss")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.grid(True, alpha=0.3)
+    if ax_loss.lines:
+        ax_loss.legend(fontsize=8)
+    metric = _floats(data.get("eval_metric", []))
+    if metric.size:
+        ax_metric.plot(eval_steps, metric, "o-", color="tab:green", ms=3)
+    ax_metric.set_xlabel("step")
+    ax_metric.set_ylabel(metric_name.removeprefix("eval_").replace("_", " "))
+    ax_metric.set_title(metric_name, fontsize=10)
+    ax_metric.grid(True, alpha=0.3)
+    if data.get("title"):
+        fig.suptitle(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_demo(path: str | Path, runs: Mapping[str, Mapping[str, Any]], *, title: str = "") -> Path:
+    """Eval accuracy (left) and training loss (right) against step, one line per method.
+
+    `runs`: {label: {"steps": [...], "accuracy": [...], optional "train_steps", "train_loss"}}.
+    """
+    if not runs:
+        raise ValueError("plot_demo needs at least one run.")
+    fig = Figure(figsize=(10.0, 3.9))
+    ax_acc, ax_loss = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    colors = ("tab:gray", "tab:red", "tab:blue", "tab:green", "tab:purple")
+    for k, (label, run) in enumerate(runs.items()):
+        color = colors[k % len(colors)]
+        acc = _floats(run.get("accuracy", []))
+        ax_acc.plot(_floats(run.get("steps", [])), acc, "o-", ms=3, color=color, label=label)
+        loss = _floats(run.get("train_loss", []))
+        if loss.size:
+            smooth = _smooth(loss, max(1, loss.size // 10))
+            ax_loss.plot(_floats(run.get("train_steps", [])), smooth, color=color, label=label)
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("eval accuracy")
+    ax_acc.grid(True, alpha=0.3)
+    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("train loss (smoothed)")
+    ax_loss.grid(True, alpha=0.3)
+    if ax_loss.lines:
+        ax_loss.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+_SWEEP_MARKS = {  # state -> (face colour, hatch, label in the cell)
+    "pruned": ("0.88", "\\\\\\", "P"),
+    "diverged": ("0.70", "///", "div"),
+    "error": ("#f4c7c3", "xx", "err"),
+}
+
+
+def plot_sweep_heatmap(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Figure 3-style sweep heatmap: log2(lr_A) x log2(ratio or lr_B), the metric in each cell.
+
+    `data`: lr_a, y (ratios or lr_B values), y_label ("ratio" or "lr_B"), values[len(lr_a)][len(y)]
+    (None where there is no value), states of the same shape (complete, pruned, diverged, error,
+    running, pending), best ([i, j] or None; red frame), baseline ("ratio": the row
+    `baseline_row` (ratio 1, standard LoRA) is framed; "diagonal": the line lr_A = lr_B), metric,
+    direction (maximize/minimize: brighter is better), title. Accuracies are shown in percent.
+    """
+    from matplotlib.colors import Normalize
+
+    x = np.log2(np.asarray(data["lr_a"], dtype=float))
+    y = np.log2(np.asarray(data["y"], dtype=float))
+    values = np.array(
+        [[np.nan if v is None else float(v) for v in row] for row in data["values"]], dtype=float
+    ).reshape(x.size, y.size)
+    states = np.asarray(data["states"], dtype=object).reshape(x.size, y.size)
+    metric = str(data.get("metric", "metric"))
+    scale = 100.0 if "accuracy" in metric else 1.0
+    coloured = np.isfinite(values) & ~np.isin(states, list(_SWEEP_MARKS))
+    xe, ye = _edges(x), _edges(y)
+    fig = Figure(figsize=(max(5.5, 0.95 * x.size + 2.8), max(4.0, 0.6 * y.size + 2.6)))
+    ax = fig.add_subplot()
+    cmap = "viridis" if data.get("direction", "maximize") == "maximize" else "viridis_r"
+    norm = None
+    if coloured.any():
+        lo, hi = float(values[coloured].min()) * scale, float(values[coloured].max()) * scale
+        if hi - lo < 1e-9 * max(1.0, abs(hi)):  # one value everywhere: a readable range around it
+            pad = max(abs(hi) * 0.01, 1e-3)
+            lo, hi = lo - pad, hi + pad
+        norm = Normalize(vmin=lo, vmax=hi)
+        masked = np.ma.masked_where(~coloured, values * scale)
+        mesh = ax.pcolormesh(xe, ye, masked.T, cmap=cmap, norm=norm, shading="flat")
+        bar = fig.colorbar(mesh, ax=ax, label=metric + (" (%)" if scale != 1 else ""))
+        bar.ax.yaxis.get_major_formatter().set_useOffset(False)  # type: ignore[attr-defined]
+    small = 7 if x.size * y.size <= 64 else 5
+    handles: list[Any] = []
+    for i in range(x.size):
+        for j in range(y.size):
+            state, value = str(states[i, j]), values[i, j]
+            cx, cy = x[i], y[j]
+            text = "" if not np.isfinite(value) else f"{value * scale:.{1 if scale != 1 else 3}f}"
+            colour = "k"
+            if state in _SWEEP_MARKS:
+                face, hatch, mark = _SWEEP_MARKS[state]
+                ax.add_patch(
+                    Rectangle(
+                        (xe[i], ye[j]),
+                        xe[i + 1] - xe[i],
+                        ye[j + 1] - ye[j],
+                        facecolor=face,
+                        edgecolor="0.5",
+                        hatch=hatch,
+                        linewidth=0.0,
+                    )
+                )
+                text = f"{mark}\n{text}" if text and state == "pruned" else mark
+            elif not text:
+                text = "·" if state == "pending" else ("…" if state == "running" else "")
+            elif norm is not None:
+                level = float(norm(value * scale))
+                shade = level if cmap == "viridis" else 1.0 - level
+                colour = "k" if shade > 0.55 else "w"
+            ax.text(cx, cy, text, ha="center", va="center", fontsize=small, color=colour)
+    for state, (face, hatch, _) in _SWEEP_MARKS.items():
+        if (states == state).any():
+            handles.append(Patch(facecolor=face, edgecolor="0.5", hatch=hatch, label=state))
+    if data.get("baseline") == "diagonal":
+        lo_d, hi_d = max(xe[0], ye[0]), min(xe[-1], ye[-1])
+        if lo_d < hi_d:
+            ax.plot([lo_d, hi_d], [lo_d, hi_d], color="w", ls="--", lw=1.4)
+            handles.append(Line2D([], [], color="0.3", ls="--", label="lr_A = lr_B (LoRA)"))
+    elif data.get("baseline_row") is not None:
+        j = int(data["baseline_row"])
+        ax.add_patch(
+            Rectangle(
+                (xe[0], ye[j]),
+                xe[-1] - xe[0],
+                ye[j + 1] - ye[j],
+                fill=False,
+                edgecolor="w",
+                linestyle="--",
+                linewidth=1.6,
+            )
+        )
+        handles.append(Line2D([], [], color="0.3", ls="--", label="ratio = 1 (LoRA)"))
+    if data.get("best") is not None:
+        bi, bj = (int(k) for k in data["best"])
+        ax.add_patch(
+            Rectangle(
+                (xe[bi], ye[bj]),
+                xe[bi + 1] - xe[bi],
+                ye[bj + 1] - ye[bj],
+                fill=False,
+                edgecolor="r",
+                linewidth=2.6,
+            )
+        )
+        handles.append(Patch(facecolor="none", edgecolor="r", linewidth=2.0, label="best"))
+    ax.set_xlim(xe[0], xe[-1])
+    ax.set_ylim(ye[0], ye[-1])
+    ax.set_xticks(x, [f"{v:.3g}" for v in x], fontsize=8)
+    ax.set_yticks(y, [f"{v:.3g}" for v in y], fontsize=8)
+    ax.set_xlabel("log2(lr_A)")
+    y_label = str(data.get("y_label", "ratio"))
+    ax.set_ylabel("log2(lr_B / lr_A)" if y_label == "ratio" else f"log2({y_label})")
+    ax.set_title(str(data.get("title", "")), fontsize=9)
+    if handles:
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.13),
+            ncol=min(len(handles), 4),
+            fontsize=7,
+            frameon=False,
+        )
+    fig.tight_layout()
+    return save_png(fig, path)

@@ -1,0 +1,70 @@
+"""plots.py: figures from plain data, written atomically as valid PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from loraplus import plots
+
+
+def _panel(loss: np.ndarray) -> dict[str, object]:
+    lrs = 2.0 ** np.arange(loss.shape[0], dtype=float)
+    return {"lr_a": lrs, "lr_b": lrs[: loss.shape[1]], "loss": loss, "title": "t"}
+
+
+def test_heatmap_with_diverged_cells(tmp_path: Path) -> None:
+    loss = np.array([[0.3, 0.2, 0.1], [0.2, 0.05, np.inf], [0.1, np.inf, np.inf]])
+    out = plots.plot_lr_heatmap(tmp_path / "sub" / "h.png", _panel(loss), suptitle="s")
+    img = imread(out)
+    assert img.ndim == 3 and img.shape[2] in (3, 4) and min(img.shape[:2]) > 200
+    assert sorted(p.name for p in out.parent.iterdir()) == ["h.png"]  # temp file replaced
+
+
+def test_heatmap_all_diverged_and_panels(tmp_path: Path) -> None:
+    dead = np.full((2, 2), np.inf)
+    ok = np.array([[1.0, 2.0], [3.0, 4.0]])
+    out = plots.plot_lr_heatmaps(tmp_path / "p.png", [_panel(dead), _panel(ok), _panel(ok)])
+    assert imread(out).shape[0] > 300
+    with pytest.raises(ValueError):
+        plots.plot_lr_heatmaps(tmp_path / "e.png", [])
+
+
+def test_width_scaling_plot(tmp_path: Path) -> None:
+    widths = [64, 128, 256]
+    panel = {
+        "title": "GD",
+        "widths": widths,
+        "series": [
+            {
+                "name": "lr_A*",
+                "values": [[1 / w for w in widths], [2 / w for w in widths]],
+                "slope": (-1.0, 0.0),
+                "theory": -1.0,
+            },
+            {
+                "name": "lr_B*",
+                "values": [[0.5, 0.5, 0.5], [0.25, 0.5, 0.5]],
+                "slope": (0.2, 0.3),
+                "theory": 0.0,
+                "predicted": -0.5,
+            },
+        ],
+    }
+    out = plots.plot_width_scaling(tmp_path / "w.png", {"panels": [panel, panel]})
+    assert imread(out).shape[1] > 500
+
+
+def test_save_png_overwrites_atomically(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    target = tmp_path / "f.png"
+    target.write_bytes(b"old")
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [0, 1])
+    plots.save_png(fig, target)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.png"]
