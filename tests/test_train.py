@@ -1,0 +1,420 @@
+"""train.py: config files and coercion, tokenization masks, and short runs on tiny saved models.
+
+The tiny models are saved to disk with a word-level tokenizer built in code, so `model=<folder>`
+goes through the same from_pretrained path as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tiny import tiny_bert, tiny_llama
+from transformers import TrainerCallback
+
+from loraplus.train import (
+    IGNORE_INDEX,
+    CausalLMCollator,
+    TrainConfig,
+    make_config,
+    tokenize,
+    train,
+)
+
+WORDS = [
+    "good",
+    "great",
+    "fun",
+    "superb",
+    "lovely",
+    "bad",
+    "awful",
+    "boring",
+    "dull",
+    "poor",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "story",
+    "the",
+    "a",
+    "is",
+    "was",
+    "and",
+    "very",
+    "not",
+    "review",
+    "verdict",
+    "text",
+    "label",
+    "yes",
+    "no",
+]
+POSITIVE = ("good", "great", "fun", "superb", "lovely")
+NEGATIVE = ("bad", "awful", "boring", "dull", "poor")
+
+
+def _tokenizer(specials: list[str], template: str, **tokens: str) -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token=tokens["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(
+        [" ".join([*WORDS, ":", "."])], trainers.WordLevelTrainer(special_tokens=specials)
+    )
+    special_ids = [(t, specials.index(t)) for t in specials if t in template]
+    tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=special_ids)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **tokens)
+
+
+def save_tiny_bert(folder: Path, num_labels: int = 3) -> Path:
+    """A tiny BERT classifier + word-level tokenizer saved as a from_pretrained folder."""
+    tokenizer = _tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
+        "[CLS] $A [SEP]",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
+    tiny_bert(num_labels).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_llama(folder: Path) -> Path:
+    """A tiny Llama causal LM + word-level tokenizer (BOS added, no pad token) in a folder."""
+    tokenizer = _tokenizer(
+        ["<unk>", "<s>", "</s>"], "<s> $A", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    model = tiny_llama()
+    model.config.bos_token_id, model.config.eos_token_id = 1, 2
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_cls_data(path: Path, rows: int = 120) -> Path:
+    """A CSV of short reviews whose label is the sentiment word in them."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["text", "label"])
+        for i in range(rows):
+            positive = i % 2 == 0
+            word = (POSITIVE if positive else NEGATIVE)[i % 5]
+            noun = ("movie", "film", "plot", "actor", "story")[(i // 5) % 5]
+            filler = " ".join(WORDS[10 + (i // 25) % 10 : 12 + (i // 25) % 10 + i % 4])
+            out.writerow([f"the {noun} {filler} was {word} {i}", "pos" if positive else "neg"])
+    return path
+
+
+def write_lm_data(path: Path, rows: int = 80) -> Path:
+    """A CSV of prompt/response pairs: a review and its yes/no verdict."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["prompt", "response"])
+        for i in range(rows):
+            positive = i % 2 == 0
+            word = (POSITIVE if positive else NEGATIVE)[i % 5]
+            filler = " ".join(WORDS[10 : 10 + i % 7])
+            out.writerow([f"review : {filler} {word} {i} . verdict :", "yes" if positive else "no"])
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """Tiny models run fastest on one thread (and a busy machine makes 2 threads crawl)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Saved tiny models and data files, shared by the train and CLI tests."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "bert": save_tiny_bert(root / "bert"),
+        "llama": save_tiny_llama(root / "llama"),
+        "cls": write_cls_data(root / "reviews.csv"),
+        "lm": write_lm_data(root / "verdicts.csv"),
+    }
+
+
+def tiny_cls_config(files: dict[str, Path], out: Path, **overrides: Any) -> TrainConfig:
+    """A few steps of the tiny BERT on the tiny reviews."""
+    settings: dict[str, Any] = {
+        "model": str(files["bert"]),
+        "data": str(files["cls"]),
+        "max_steps": 6,
+        "eval_steps": 3,
+        "batch_size": 8,
+        "max_length": 32,
+        "lr": 1e-3,
+        "rank": 4,
+        "report_to": "none",
+        "progress": False,
+        "output_dir": str(out),
+    }
+    settings.update(overrides)
+    return make_config(**settings)
+
+
+class KeepModel(TrainerCallback):
+    """Remembers the trained model (callbacks get it as a keyword)."""
+
+    model: Any = None
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.model = kwargs["model"]
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+def test_yaml_config_strings_are_coerced_and_overrides_win(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        'lr: "1e-4"\nrank: "4"\nalpha: 8\nmerge: "true"\nmax-train: null\n'
+        "target_modules: query, value\nreport_to: none\nepochs: '2'\n"
+    )
+    cfg = make_config(path, rank="16", batch_size="8")
+    assert cfg.lr == 1e-4 and isinstance(cfg.lr, float)
+    assert cfg.rank == 16 and cfg.batch_size == 8  # overrides beat the file
+    assert cfg.alpha == 8.0 and isinstance(cfg.alpha, float)
+    assert cfg.merge is True and cfg.max_train is None and cfg.epochs == 2.0
+    assert cfg.target_modules == ["query", "value"]
+    assert cfg.report_to == []
+
+
+def test_toml_config(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'model = "minilm"\nlr = "3e-4"\nratio = 4\nmax_steps = "1e3"\n'
+        'target_modules = "all-linear"\nreport_to = ["tensorboard"]\nprogress = false\n'
+    )
+    cfg = make_config(path)
+    assert (cfg.lr, cfg.ratio, cfg.max_steps) == (3e-4, 4.0, 1000)
+    assert isinstance(cfg.max_steps, int)
+    assert cfg.target_modules == "all-linear" and cfg.report_to == ["tensorboard"]
+    assert cfg.progress is False
+
+
+def test_unknown_key_lists_valid_ones(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("lr: 1e-4\nlearning_rate: 1e-4\n")
+    with pytest.raises(ValueError, match=r"learning_rate.*Valid: model, data, task, lr"):
+        make_config(path)
+    with pytest.raises(ValueError, match="Unknown setting"):
+        make_config(warmup=0.1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lr": "fast"}, "lr must be a number"),
+        ({"lr": -1}, "lr must be a finite number > 0"),
+        ({"rank": 2.5}, "rank must be a whole number"),
+        ({"rank": 0}, "rank must be >= 1"),
+        ({"init": "init3"}, "init must be one of init1, init2"),
+        ({"task": "regression"}, "task must be one of"),
+        ({"merge": "maybe"}, "merge must be true or false"),
+        ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
+        ({"max_steps": 0}, "max_steps must be > 0"),
+        ({"target_modules": "all-linear,query"}, "all-linear cannot be combined"),
+    ],
+)
+def test_bad_values_are_refused_with_the_fix(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_config(**overrides)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_config(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        make_config(tmp_path / "list.yaml")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"\.yaml, \.yml or \.toml"):
+        make_config(tmp_path / "x.json")
+
+
+def test_config_round_trips_through_a_dict() -> None:
+    cfg = make_config(lr="5e-4", target_modules=["q", "v"], max_eval=10)
+    assert make_config(**cfg.to_dict()) == cfg
+
+
+# --- tokenization ----------------------------------------------------------------------------
+
+
+def test_causal_lm_labels_mask_prompt_and_padding(tiny_files: dict[str, Path]) -> None:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_files["llama"])
+    data = Dataset.from_dict(
+        {
+            "prompt": ["review : good . verdict :", "review : the plot was dull ."],
+            "response": ["yes", "no"],
+        }
+    )
+    encoded = tokenize(data, tokenizer, "causal-lm", max_length=32)
+    batch = CausalLMCollator(pad_token_id=0)([encoded[0], encoded[1]])
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert ids.shape == labels.shape == mask.shape
+    for row, (prompt, response) in enumerate(zip(data["prompt"], data["response"], strict=True)):
+        n_prompt = len(tokenizer(prompt)["input_ids"])  # with BOS
+        n_resp = len(tokenizer(response, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+        assert ids[row, 0].item() == tokenizer.bos_token_id
+        assert (labels[row, :n_prompt] == IGNORE_INDEX).all()  # prompt: no loss
+        end = n_prompt + n_resp
+        assert torch.equal(labels[row, n_prompt:end], ids[row, n_prompt:end])  # response: loss
+        assert labels[row, end - 1].item() == tokenizer.eos_token_id
+        assert (labels[row, end:] == IGNORE_INDEX).all() and (mask[row, end:] == 0).all()
+        assert mask[row, :end].all()
+    assert (batch["labels"] != IGNORE_INDEX).sum().item() == 4  # 2 x (answer + EOS)
+
+
+def test_causal_lm_truncation_keeps_the_response(tiny_files: dict[str, Path]) -> None:
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_files["llama"])
+    long_prompt = " ".join(["the plot"] * 30) + " verdict :"
+    encoded = tokenize(
+        Dataset.from_dict({"prompt": [long_prompt], "response": ["yes"]}),
+        tokenizer,
+        "causal-lm",
+        12,
+    )[0]
+    assert len(encoded["input_ids"]) == 12
+    assert encoded["input_ids"][0] == tokenizer.bos_token_id  # BOS kept, then the prompt's end
+    assert tokenizer.decode(encoded["input_ids"][-4:-2]) == "verdict :"
+    assert encoded["labels"][-2:] == encoded["input_ids"][-2:]  # "yes" + EOS are the targets
+
+
+# --- training runs ---------------------------------------------------------------------------
+
+
+def test_train_tiny_bert_writes_everything_and_the_adapter_reloads(
+    tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    keep = KeepModel()
+    cfg = tiny_cls_config(tiny_files, tmp_path / "run", ratio=8)
+    result = train(cfg, callbacks=[keep])
+
+    assert not result.diverged and result.output_dir == tmp_path / "run"
+    assert [row["step"] for row in result.history] == [0, 3, 6]
+    first, last = result.history[0], result.history[-1]
+    assert first["train_loss"] is None and math.isfinite(last["train_loss"])
+    assert 0.0 <= last["eval_accuracy"] <= 1.0 and math.isfinite(last["eval_loss"])
+    assert first["lr/lora_B"] == pytest.approx(8 * first["lr/lora_A"])
+    assert first["lr/lora_A"] == pytest.approx(1e-3)
+    assert result.final["steps"] == 6 and result.final["seconds"] > 0
+    assert result.final["best_eval_accuracy"] == max(r["eval_accuracy"] for r in result.history)
+
+    metrics = json.loads((result.output_dir / "metrics.json").read_text())
+    assert make_config(**metrics["config"]) == cfg
+    assert metrics["history"] == result.history and metrics["final"] == result.final
+    assert {g["role"] for g in metrics["param_groups"]} >= {"lora_A", "lora_B", "other"}
+    assert (result.output_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (result.output_dir / "merged").exists()
+    assert not list(result.output_dir.glob(".*"))  # no temp files left behind
+
+    adapter = result.output_dir / "adapter"
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny_files["bert"], num_labels=2, ignore_mismatched_sizes=True
+    )
+    reloaded = PeftModel.from_pretrained(base, adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    batch = tokenizer(
+        ["the movie was good", "the plot was dull and boring"], padding=True, return_tensors="pt"
+    )
+    trained = keep.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(trained(**batch).logits, reloaded(**batch).logits, atol=1e-5)
+
+
+def test_train_causal_lm_with_merge(tiny_files: dict[str, Path], tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_cls_config(
+        tiny_files,
+        tmp_path / "lm",
+        model=str(tiny_files["llama"]),
+        data=str(tiny_files["lm"]),
+        task="causal-lm",
+        init="init2",
+        merge=True,
+        eval_steps=4,
+    )
+    result = train(cfg)
+    assert [row["step"] for row in result.history] == [0, 4, 6]  # final eval at the last step
+    assert all(math.isfinite(row["eval_loss"]) for row in result.history)
+    assert "eval_accuracy" not in result.history[0]
+    assert result.final["metric"] == "eval_loss"
+    assert result.final["best_eval_loss"] == min(r["eval_loss"] for r in result.history)
+
+    merged_dir, adapter_dir = result.output_dir / "merged", result.output_dir / "adapter"
+    assert (merged_dir / "model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_files["llama"]), adapter_dir
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    ids = tokenizer(["review : good film . verdict :"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
+        base = AutoModelForCausalLM.from_pretrained(tiny_files["llama"]).eval()
+        assert not torch.allclose(merged(ids).logits, base(ids).logits, atol=1e-5)  # it trained
+
+
+class PoisonWeights(TrainerCallback):
+    """Writes NaN into a LoRA matrix after step 2, as a diverging run would."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 2:
+            with torch.no_grad():
+                for name, param in kwargs["model"].named_parameters():
+                    if "lora_B" in name:
+                        param.fill_(float("nan"))
+
+
+def test_nan_loss_stops_training_and_marks_diverged(
+    tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = tiny_cls_config(tiny_files, tmp_path / "nan", max_steps=20, eval_steps=10)
+    result = train(cfg, callbacks=[PoisonWeights()])
+    assert result.diverged
+    assert result.final["steps"] < 20
+    metrics = json.loads((result.output_dir / "metrics.json").read_text())
+    assert metrics["diverged"] is True and metrics["diverged_at_step"] == result.final["steps"]
+
+
+def test_tensorboard_logs_go_into_the_output_dir(
+    tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = tiny_cls_config(
+        tiny_files,
+        tmp_path / "tb",
+        report_to="tensorboard",
+        max_steps=2,
+        eval_steps=2,
+        save_adapter=False,
+    )
+    result = train(cfg)
+    assert list((result.output_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (result.output_dir / "adapter").exists()
