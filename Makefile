@@ -27,7 +27,7 @@ test: lint
 	$(VENV)/bin/pytest
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/loraplus demo
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

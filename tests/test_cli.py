@@ -1,0 +1,303 @@
+"""The `loraplus` command: train and demo on tiny and real models, errors, and the built wheel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from test_train import one_thread, tiny_files  # noqa: F401  (fixtures)
+
+from loraplus import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_train_args(files: dict[str, Path], out: Path) -> list[str]:
+    return [
+        "train",
+        "--model",
+        str(files["bert"]),
+        "--data",
+        str(files["cls"]),
+        "--max-steps",
+        "4",
+        "--eval-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+        "--rank",
+        "4",
+        "--target-modules",
+        "query,value",
+        "dense",
+        "--report-to",
+        "none",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+    ]
+
+
+def test_train_on_a_tiny_saved_model(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(_tiny_train_args(tiny_files, tmp_path / "run")) == 0
+    out = capsys.readouterr().out
+    assert "4 steps" in out and "lr[lora_B]" in out
+    for name in ("metrics.json", "curves.png", "adapter/adapter_config.json"):
+        assert (tmp_path / "run" / name).is_file()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["target_modules"] == ["query", "value", "dense"]
+    assert [row["step"] for row in metrics["history"]] == [0, 2, 4]
+
+
+def test_flags_override_the_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text('lr: "1e-3"\nrank: 4\nmerge: true\nmax_steps: 100\nreport_to: none\n')
+    argv = ["train", "--config", str(path), "--lr", "5e-4", "--no-merge", "--print-config"]
+    assert cli.main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["lr"] == 5e-4 and printed["merge"] is False  # flags win
+    assert printed["rank"] == 4 and printed["max_steps"] == 100  # file beats defaults
+    assert printed["batch_size"] == 16 and printed["report_to"] == []  # defaults stay
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('lr = "2e-3"\nratio = "8"\ntarget_modules = "all-linear"\n')
+    assert cli.main(["train", "--config", str(toml), "--ratio", "4", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["lr"], printed["ratio"], printed["target_modules"]) == (2e-3, 4.0, "all-linear")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--config", "/no/such/file.yaml"], "does not exist"),
+        (["train", "--lr", "abc", "--print-config"], "lr must be a number, got 'abc'"),
+        (["train", "--rank", "0", "--print-config"], "rank must be >= 1"),
+        (["train", "--model", "./no/such/model", "--data", "CLS"], "does not exist"),
+        (["train", "--data", "no-such-dataset"], "Unknown dataset 'no-such-dataset'"),
+        (["demo", "--quick", "--lrs-file", "/no/demo_lrs.json"], "--lr-lora LR --lr-loraplus LR"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(
+    argv: list[str],
+    message: str,
+    tiny_files: dict[str, Path],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [str(tiny_files["cls"]) if a == "CLS" else a for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_unknown_key_in_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("lr = 1e-4\nlearning_rate = 1e-4\n")
+    assert cli.main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown setting(s)" in err and "learning_rate" in err and "Valid: model" in err
+
+
+def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "--no-such-flag"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+    assert cli.main([]) == 2
+    capsys.readouterr()
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "demo" in out
+    assert cli.main(["demo", "--lr-lora", "-1"]) == 2
+
+
+def test_demo_lrs_record(tmp_path: Path) -> None:
+    record = tmp_path / "lrs.json"
+    record.write_text(
+        json.dumps(
+            {
+                "lora": {"lr": 1e-3, "ratio": 1},
+                "loraplus": {"lr": 2.5e-4, "ratio": 16},
+                "provenance": {"command": "python benchmarks/demo_sweep.py", "grid": [1e-4]},
+            }
+        )
+    )
+    args = cli.build_parser().parse_args(
+        ["demo", "--lrs-file", str(record), "--lr-loraplus", "3e-4"]
+    )
+    lrs, ratios, source = cli._demo_lrs(args)
+    assert lrs == {"lora": 1e-3, "loraplus": 3e-4} and ratios == {"lora": 1.0, "loraplus": 16.0}
+    assert "benchmarks/demo_sweep.py" in source and "loraplus overridden" in source
+    record.write_text('{"lora": {"lr": "x"}}')
+    with pytest.raises(cli.CLIError, match="not a valid demo lr record"):
+        cli.load_demo_lrs(record)
+    cfg = cli.demo_config("loraplus", 3e-4, output_dir=tmp_path)
+    expected = ("minilm", 16.0, 3e-4, cli.DEMO_SETTINGS["max_steps"])
+    assert (cfg.model, cfg.ratio, cfg.lr, cfg.max_steps) == expected
+    assert cfg.output_dir == str(tmp_path / "loraplus")
+
+
+@pytest.mark.slow
+def test_train_real_minilm_for_a_few_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--max-steps", "4", "--eval-steps", "2", "--max-train", "64"]
+    argv += ["--max-eval", "32", "--batch-size", "8", "--max-length", "32", "--no-progress"]
+    assert cli.main([*argv, "--output-dir", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [row["step"] for row in metrics["history"]] == [0, 2, 4]
+    assert metrics["data"]["source"] == "rotten-tomatoes"
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))  # default report_to
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert "final eval_accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["demo", "--quick", "--lr-lora", "1e-3", "--lr-loraplus", "5e-4", "--no-progress"]
+    assert cli.main([*argv, "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "given on the command line" in out and "LoRA+ (ratio 16, lr 0.0005)" in out
+    assert "best" in out
+    demo = json.loads((tmp_path / "demo.json").read_text())
+    assert set(demo["runs"]) == {"lora", "loraplus"}
+    assert [r["step"] for r in demo["runs"]["lora"]["history"]] == [0, 2, 4]
+    assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    for method in ("lora", "loraplus"):
+        assert (tmp_path / method / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_wheel_installs_with_a_working_script(tmp_path: Path) -> None:
+    """Build a wheel from a copy of the repo, install it alone into a fresh venv, run --help."""
+    src = tmp_path / "src_copy"
+    shutil.copytree(
+        REPO / "src",
+        src / "src",
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".*"),
+    )
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).is_file():
+            shutil.copy(REPO / name, src / name)
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(src)],
+        check=True,
+        timeout=120,
+    )
+    (wheel,) = wheels.glob("loraplus-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # the project's dependencies (torch, transformers, ...) without its editable loraplus:
+    # a path in a .pth file is added without running the .pth files inside it
+    Path(site, "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True,
+        timeout=120,
+    )
+    where = subprocess.run(
+        [str(python), "-c", "import loraplus; print(loraplus.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert where.startswith(site), where  # the wheel's copy, not the editable source
+    run: Any = subprocess.run(
+        [str(env_dir / "bin" / "loraplus"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert "train" in run.stdout and "demo" in run.stdout
+    assert "error" not in run.stderr.lower()
+
+
+def test_sweep_on_a_tiny_saved_model(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = _tiny_train_args(tiny_files, tmp_path / "unused")[1:-2]  # train flags, no output dir
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--lr-a", "1e-3", "4e-3", "--ratios", "1", "16", "--out-dir", str(out), *args]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    data = json.loads((out / "sweep.json").read_text())
+    values = {(c["lr_a"], c["ratio"]): c["mean"] for c in data["cells"]}
+    assert len(values) == 4
+    best = max(values, key=lambda k: values[k])
+    assert data["best"]["mean"] == values[best]
+    assert f"best: lr_A={best[0]:.3g} ratio={best[1]:.3g}" in text
+    assert (out / "sweep_heatmap.png").stat().st_size > 1000
+    # Rerunning resumes the stored study: nothing is trained again, the summary is the same.
+    assert cli.main([*argv, "--summarize-only"]) == 0
+    again = json.loads((out / "sweep.json").read_text())
+    assert [t["number"] for t in again["trials"]] == [t["number"] for t in data["trials"]]
+
+
+def test_sweep_refuses_swept_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["sweep", "--lr", "1e-3"]) == 2
+    assert "may not set lr" in capsys.readouterr().err
+
+
+def test_experiment_toy_and_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    toy_argv = [
+        "experiment",
+        "toy",
+        "--n",
+        "16",
+        "--steps",
+        "6",
+        "--early-step",
+        "2",
+        "--num-lrs",
+        "4",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert cli.main(toy_argv) == 0
+    out = capsys.readouterr().out
+    assert "best lr_A=" in out and "best on diagonal lr=" in out
+    toy = json.loads((tmp_path / "toy.json").read_text())
+    assert toy["best"] is not None
+    width_argv = [
+        "experiment",
+        "width",
+        "--widths",
+        "16,32",
+        "--seeds",
+        "0",
+        "--optimizers",
+        "adam",
+        "--steps",
+        "4",
+        "--n-train",
+        "16",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert cli.main(width_argv) == 0
+    assert (tmp_path / "width.png").is_file() and (tmp_path / "width.json").is_file()
+    assert cli.main(["experiment", "width", "--widths", "16,x"]) == 2
+    assert "--widths must be a comma-separated list" in capsys.readouterr().err
