@@ -191,3 +191,27 @@ def test_summary_table() -> None:
     ]
     assert rows["lora_B"][2] == "0.0016"
     assert rows["vector"] == ["1", "3", "0.0016", "0"]
+
+
+def test_accelerate_prepare_keeps_roles_and_rates() -> None:
+    from accelerate import Accelerator
+
+    model = lora_llama()
+    randomize_b(model)
+    opt = create_optimizer(model, "adamw", lr=1e-3, ratio=16, weight_decay=0.01)
+    accelerator = Accelerator(cpu=True)
+    model, opt = accelerator.prepare(model, opt)
+    lrs = {g["role"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"lora_A": 1e-3, "lora_B": pytest.approx(1.6e-2)}
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    accelerator.backward(model(input_ids=ids, labels=ids).loss)
+    opt.step()
+    moved = {
+        n: (p.detach() - before[n]).abs().max().item()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+    max_a = max(v for n, v in moved.items() if ".lora_A." in n)
+    max_b = max(v for n, v in moved.items() if ".lora_B." in n)
+    assert max_b / max_a == pytest.approx(16, rel=0.05)
