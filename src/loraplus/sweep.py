@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import socket
 import statistics
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -1063,39 +1062,14 @@ def summarize(
     )
 
 
-def _finite(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _write_text(path: Path, text: str) -> Path:
-    """Write `text` atomically (temp file beside `path`, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_outputs(summary: SweepSummary, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write sweep.json (every trial, every cell, the best cells, the gain) and
     sweep_heatmap.png (Figure 3 style) into `out_dir`, atomically; return their paths."""
     from loraplus.plots import plot_sweep_heatmap
+    from loraplus.train import write_json
 
     out = Path(out_dir).expanduser()
-    text = json.dumps(_finite(summary.to_dict()), indent=2, allow_nan=False) + "\n"
-    paths = {"json": _write_text(out / "sweep.json", text)}
+    paths = {"json": write_json(out / "sweep.json", summary.to_dict())}
     paths["heatmap"] = plot_sweep_heatmap(out / "sweep_heatmap.png", summary.heatmap())
     return paths
 
