@@ -610,6 +610,8 @@ def _quiet(quiet: bool) -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # bitsandbytes (imported by peft) complains about an optional CPU kernel package.
+            warnings.filterwarnings("ignore", message="Failed to load CPU gemm_4bit_forward")
             yield
     finally:
         hf_logging.set_verbosity(verbosity)
