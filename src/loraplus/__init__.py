@@ -26,6 +26,8 @@ _LAZY = {
     "LoraPlusConfig": "loraplus.hf",
     "loraplus_optimizer_for": "loraplus.hf",
     "check_deepspeed_config": "loraplus.hf",
+    "FeatureUpdateProbe": "loraplus.diagnostics",
+    "FeatureUpdateCallback": "loraplus.diagnostics",
 }
 
 
@@ -40,6 +42,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "OPTIMIZERS",
     "POLICY",
+    "FeatureUpdateCallback",
+    "FeatureUpdateProbe",
     "LoraPlusConfig",
     "LoraPlusLogCallback",
     "LoraPlusMixin",

@@ -1,0 +1,96 @@
+"""Feature-update probes (paper Definition 5): δ¹ = s·B·ΔA·z, δ² = s·ΔB·A·z, δ³ = s·ΔB·ΔA·z."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_hf import cls_data, one_thread, targs  # noqa: F401  (one_thread is an autouse fixture)
+from tiny import lora_bert, lora_llama
+
+from loraplus import create_optimizer
+from loraplus.diagnostics import (
+    FeatureUpdate,
+    FeatureUpdateCallback,
+    FeatureUpdateProbe,
+    feature_update_terms,
+)
+from loraplus.hf import LoraPlusTrainer
+
+
+def test_terms_match_a_direct_computation_and_sum_to_the_change() -> None:
+    g = torch.Generator().manual_seed(0)
+    n_in, n_out, r, s = 12, 10, 3, 0.5
+    a0, b0 = torch.randn(r, n_in, generator=g), torch.randn(n_out, r, generator=g)
+    a1, b1 = (
+        a0 + 0.1 * torch.randn(r, n_in, generator=g),
+        b0 + 0.2 * torch.randn(n_out, r, generator=g),
+    )
+    z = torch.randn(2, 4, n_in, generator=g)
+    zt = z.reshape(-1, n_in)
+    d1 = s * (b0 @ (a1 - a0) @ zt.T)  # associated the other way round from the module
+    d2 = s * ((b1 - b0) @ a0 @ zt.T)
+    d3 = s * ((b1 - b0) @ (a1 - a0) @ zt.T)
+    got = feature_update_terms(a0, b0, a1, b1, z, s)
+    for value, term in zip(got, (d1, d2, d3), strict=True):
+        assert value == pytest.approx(term.pow(2).mean().sqrt().item(), rel=1e-5)
+    total = s * (b1 @ a1 - b0 @ a0) @ zt.T
+    torch.testing.assert_close(d1 + d2 + d3, total, rtol=1e-5, atol=1e-5)
+
+
+def probe_one_step(ratio: float) -> list[FeatureUpdate]:
+    model = lora_llama()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(1))
+    opt = create_optimizer(model, "adamw", lr=1e-3, ratio=ratio)
+    probe = FeatureUpdateProbe(model)
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(2))
+    model(input_ids=ids, labels=ids).loss.backward()
+    probe.snapshot()
+    opt.step()
+    updates = probe.measure()
+    probe.remove()
+    return updates
+
+
+def test_ratio_scales_b_share_and_leaves_a_share() -> None:
+    plain, plus = probe_one_step(1.0), probe_one_step(16.0)
+    assert len(plain) == len(plus) == 14
+    for u1, u16 in zip(plain, plus, strict=True):
+        assert u1.layer == u16.layer
+        # Adam's first step is sign-like: ΔA is the same, ΔB is 16 times larger.
+        assert u16.delta_a == pytest.approx(u1.delta_a, rel=1e-4)
+        assert u16.delta_b == pytest.approx(16 * u1.delta_b, rel=1e-3)
+        assert u16.balance == pytest.approx(u1.balance + 4, abs=1e-3)
+
+
+def test_balance_of_a_frozen_matrix() -> None:
+    assert FeatureUpdate("l", "default", 0.0, 1.0, 0.0).balance == math.inf
+    assert FeatureUpdate("l", "default", 2.0, 0.5, 0.0).balance == -2.0
+
+
+def test_probe_needs_lora_layers() -> None:
+    with pytest.raises(ValueError, match="no PEFT LoRA Linear layer to probe"):
+        FeatureUpdateProbe(torch.nn.Linear(4, 4))
+
+
+def test_callback_records_during_training(tmp_path: Path) -> None:
+    callback = FeatureUpdateCallback(every=2)
+    trainer = LoraPlusTrainer(
+        model=lora_bert(),
+        args=targs(tmp_path, max_steps=6, loraplus_lr_ratio=16.0),
+        train_dataset=cls_data(),
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert [row["step"] for row in callback.history] == [1.0, 3.0, 5.0]
+    first = callback.history[0]
+    # Step 1 from B = 0 (Init[1]): A's step cannot move the features, B's does.
+    assert first["delta_a"] == 0.0 and first["delta_b"] > 0.0
+    later = callback.history[-1]
+    assert later["delta_a"] > 0.0 and math.isfinite(later["balance_log2"])
+    assert callback.probe is not None and callback.probe.hooks == []
