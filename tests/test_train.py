@@ -229,6 +229,7 @@ def test_unknown_key_lists_valid_ones(tmp_path: Path) -> None:
         ({"merge": "maybe"}, "merge must be true or false"),
         ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
         ({"max_steps": 0}, "max_steps must be > 0"),
+        ({"probe_every": -1}, "probe_every must be >= 0"),
         ({"target_modules": "all-linear,query"}, "all-linear cannot be combined"),
     ],
 )
@@ -402,6 +403,19 @@ def test_nan_loss_stops_training_and_marks_diverged(
     assert result.final["steps"] < 20
     metrics = json.loads((result.output_dir / "metrics.json").read_text())
     assert metrics["diverged"] is True and metrics["diverged_at_step"] == result.final["steps"]
+
+
+def test_probe_records_the_feature_update_balance(
+    tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = tiny_cls_config(tiny_files, tmp_path / "probe", probe_every=2, save_adapter=False)
+    metrics = json.loads((train(cfg).output_dir / "metrics.json").read_text())
+    rows = metrics["feature_updates"]
+    assert [r["step"] for r in rows] == [1, 3, 5]
+    first, later = rows[0], rows[1]
+    assert first["delta_a"] == 0.0 and first["delta_b"] > 0.0  # Init[1]: B = 0, so δ¹ = 0
+    assert first["balance_log2"] is None  # log2(δ²/0) is written as null, not Infinity
+    assert later["delta_a"] > 0.0 and math.isfinite(later["balance_log2"])
 
 
 def test_tensorboard_logs_go_into_the_output_dir(

@@ -120,6 +120,12 @@ def _print_run(result: TrainResult) -> None:
     groups = metrics.get("param_groups", [])
     if groups:
         print("  ".join(f"lr[{g['role']}]={g['lr']:.3g}" for g in groups))
+    probes = metrics.get("feature_updates", [])
+    if probes:
+        print(
+            "feature-update balance log2(δ²/δ¹), B's share over A's (0 = balanced), by step: "
+            + ", ".join(f"{int(r['step'])}: {r['balance_log2']:+.1f}" for r in probes)
+        )
     print(f"outputs in {result.output_dir}/: {', '.join(_outputs(result.output_dir))}")
 
 

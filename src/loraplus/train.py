@@ -101,6 +101,10 @@ class TrainConfig:
     max_eval: int | None = field(default=None, metadata=_help("at most this many eval rows"))
     save_adapter: bool = field(default=True, metadata=_help("save the adapter (PEFT format)"))
     merge: bool = field(default=False, metadata=_help("also save the merged full model"))
+    probe_every: int = field(
+        default=0,
+        metadata=_help("every k steps record δ¹ (A) and δ² (B), the paper's feature-update terms"),
+    )
     report_to: list[str] = field(
         default_factory=lambda: ["tensorboard"],
         metadata=_help("logging integrations (tensorboard, wandb, ...) or none"),
@@ -137,6 +141,8 @@ class TrainConfig:
         for name, number in at_least_one.items():
             if number < 1:
                 raise ValueError(f"{name} must be >= 1, got {number!r}.")
+        if self.probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0 (0: off), got {self.probe_every}.")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(
                 f"max_steps must be > 0, or -1 to train for `epochs`, got {self.max_steps}."
@@ -690,6 +696,7 @@ def _report_callbacks(
 
 def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data` with LoRA+; write metrics, curves and the adapter."""
+    from loraplus.diagnostics import FeatureUpdateCallback
     from loraplus.hf import LoraPlusTrainer, LoraPlusTrainingArguments
     from loraplus.plots import plot_training_curves
 
@@ -745,6 +752,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
     )
     history = RunRecorder()
     recorder_cls, progress_cls = _callback_classes()
+    probe = FeatureUpdateCallback(cfg.probe_every) if cfg.probe_every > 0 else None
     trainer = LoraPlusTrainer(
         model=model,
         args=args,
@@ -754,7 +762,12 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         processing_class=tokenizer,
         compute_metrics=_accuracy if classification else None,
         preprocess_logits_for_metrics=_argmax if classification else None,
-        callbacks=[recorder_cls(history), *report_callbacks, *(callbacks or [])],
+        callbacks=[
+            recorder_cls(history),
+            *report_callbacks,
+            *([probe] if probe is not None else []),
+            *(callbacks or []),
+        ],
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -779,6 +792,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         "diverged": history.diverged,
         "diverged_at_step": history.diverged_at,
         "train_loss_log": [{"step": s, "loss": v} for s, v in history.losses],
+        "feature_updates": probe.history if probe is not None else [],
         "param_groups": [
             {
                 "role": g.get("role"),
