@@ -42,7 +42,7 @@ def _adapter_pairs(
 @torch.no_grad()
 def init_lora_(
     model: nn.Module,
-    scheme: Scheme | str = "init2",
+    scheme: Scheme | str,
     *,
     adapter_name: str | None = None,
     generator: torch.Generator | None = None,
