@@ -86,4 +86,4 @@ def test_bad_scheme_and_no_lora() -> None:
     with pytest.raises(ValueError, match="Unknown init scheme 'init3'"):
         init_lora_(lora_llama(), "init3")
     with pytest.raises(ValueError, match="no trainable PEFT LoRA adapter.*get_peft_model"):
-        init_lora_(tiny_bert())
+        init_lora_(tiny_bert(), "init2")
