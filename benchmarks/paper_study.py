@@ -119,13 +119,15 @@ def row_best(
     runs: Path,
     out: Path,
     extend: int = 2,
-) -> tuple[dict[str, Any], dict]:
-    """Best cell of one ratio row; if it sits on the lr grid's edge, extend the row (x4 past
-    that edge, at most `extend` times) so neither method is judged at the edge of its search."""
+) -> tuple[dict[str, Any], dict, list[dict[str, Any]]]:
+    """Best cell of one ratio row, eval histories, and the extension cells: if the best sits on
+    the lr grid's edge, the row is extended (x4 past that edge, at most `extend` times) so neither
+    method is judged at the edge of its search."""
     found = histories(grid, runs, name)
     cells = [c for c in grid.cells if c["ratio"] == ratio and c["state"] == "complete"]
     tried = sorted(c["lr_a"] for c in grid.cells if c["ratio"] == ratio)
     best = best_in_row(grid, ratio)
+    extension: list[dict[str, Any]] = []
     for _ in range(extend):
         if best["lr_a"] == max(tried):
             new = max(tried) * 4
@@ -136,10 +138,11 @@ def row_best(
         ext = f"{name}-ratio{ratio:g}-lr{new:.3g}"
         summary = sweep(ext, overrides, [new], [ratio], [0], runs, out)
         found.update(histories(summary, runs, ext))
+        extension += summary.cells
         cells += [c for c in summary.cells if c["state"] == "complete"]
         tried.append(new)
         best = max(cells, key=lambda c: c["mean"])
-    return best, found
+    return best, found, extension
 
 
 def compare(
@@ -209,7 +212,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_demo_lrs(
-    summary: SweepSummary, cells: dict[str, dict[str, Any]], settings: dict[str, Any], path: Path
+    summary: SweepSummary,
+    cells: dict[str, dict[str, Any]],
+    extension: list[dict[str, Any]],
+    settings: dict[str, Any],
+    path: Path,
 ) -> None:
     """The demo's learning rates: the best ratio-1 and ratio-16 cells (grid plus edge extensions)
     under the demo's settings; written once both are known."""
@@ -223,9 +230,11 @@ def write_demo_lrs(
             "command": COMMAND,
             "settings": settings,
             "grid": GRID,
+            "edge_extension": "a row whose best lr is on the grid edge gets x4 past it, twice",
             "metric": "best eval_accuracy over the run, seed 0",
             "results": [
-                {k: c[k] for k in ("lr_a", "ratio", "mean", "state")} for c in summary.cells
+                {k: c[k] for k in ("lr_a", "ratio", "mean", "state")}
+                for c in [*summary.cells, *extension]
             ],
         },
     }
@@ -261,13 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         summary = sweep(name, overrides, grid["lr_a"], grid["ratios"], [0], args.runs, args.out)
         found: dict = {}
         cells: dict[str, dict[str, Any]] = {}
+        extension: list[dict[str, Any]] = []
         for method, ratio in (("lora", 1.0), ("loraplus", 16.0)):
-            cells[method], hist = row_best(
+            cells[method], hist, ext = row_best(
                 name, overrides, summary, ratio, args.runs, args.out, 0 if args.smoke else 2
             )
             found.update(hist)
+            extension += ext
         if task == "rotten-tomatoes" and demo_lrs is not None:
-            write_demo_lrs(summary, cells, base, demo_lrs)
+            write_demo_lrs(summary, cells, extension, base, demo_lrs)
         for method, ratio in (("lora", 1.0), ("loraplus", 16.0)):
             sname = f"{name}-seeds-{method}"
             lr_a = [cells[method]["lr_a"]]
