@@ -123,6 +123,20 @@ def test_usage_errors_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["demo", "--lr-lora", "-1"]) == 2
 
 
+def test_shipped_demo_lrs_are_the_recorded_sweeps_best() -> None:
+    record = cli.load_demo_lrs()
+    prov = record["provenance"]
+    for method, ratio in (("lora", 1.0), ("loraplus", 16.0)):
+        row = [c for c in prov["results"] if c["ratio"] == ratio and c["state"] == "complete"]
+        best = max(row, key=lambda c: c["mean"])
+        assert record[method]["lr"] == best["lr_a"] and record[method]["ratio"] == ratio
+        assert record[method]["sweep_accuracy"] == best["mean"]
+    swept = {"lr", "ratio", "seed", "output_dir", "save_adapter", "progress", "report_to"}
+    for key, value in cli.DEMO_SETTINGS.items():
+        if key not in swept:
+            assert prov["settings"][key] == value, key  # the demo runs what the sweep measured
+
+
 def test_demo_lrs_record(tmp_path: Path) -> None:
     record = tmp_path / "lrs.json"
     record.write_text(

@@ -230,6 +230,9 @@ def test_unknown_key_lists_valid_ones(tmp_path: Path) -> None:
         ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
         ({"max_steps": 0}, "max_steps must be > 0"),
         ({"probe_every": -1}, "probe_every must be >= 0"),
+        ({"lr_multipliers": "head=2"}, "Unknown role 'head': use one of lora_A"),
+        ({"lr_multipliers": "other:2"}, "must be ROLE=NUMBER pairs"),
+        ({"lr_multipliers": {"other": -1}}, r"lr_multipliers\[other\] must be >= 0"),
         ({"target_modules": "all-linear,query"}, "all-linear cannot be combined"),
     ],
 )
@@ -403,6 +406,18 @@ def test_nan_loss_stops_training_and_marks_diverged(
     assert result.final["steps"] < 20
     metrics = json.loads((result.output_dir / "metrics.json").read_text())
     assert metrics["diverged"] is True and metrics["diverged_at_step"] == result.final["steps"]
+
+
+def test_lr_multipliers_reach_the_optimizer(tiny_files: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tiny_cls_config(
+        tiny_files, tmp_path / "mult", lr_multipliers="other=16 vector=0.5", save_adapter=False
+    )
+    assert cfg.lr_multipliers == {"other": 16.0, "vector": 0.5}
+    metrics = json.loads((train(cfg).output_dir / "metrics.json").read_text())
+    lrs = {g["role"]: g["lr"] for g in metrics["param_groups"]}
+    assert lrs["other"] == pytest.approx(16 * 1e-3) and lrs["lora_A"] == pytest.approx(1e-3)
+    assert lrs["lora_B"] == pytest.approx(16 * 1e-3)  # the ratio is untouched
+    assert lrs["vector"] == pytest.approx(0.5 * 1e-3)
 
 
 def test_probe_records_the_feature_update_balance(

@@ -76,6 +76,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if f.type in ("bool", bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif "dict" in str(f.type):
+            group.add_argument(flag, nargs="+", metavar="ROLE=X", **kwargs)
         elif "list" in str(f.type):
             group.add_argument(flag, nargs="+", metavar="NAME", **kwargs)
         else:

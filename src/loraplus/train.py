@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from loraplus import zoo
 from loraplus.init import SCHEMES
+from loraplus.roles import as_role
 
 if TYPE_CHECKING:
     import torch
@@ -76,6 +77,10 @@ class TrainConfig:
     ratio: float = field(default=16.0, metadata=_help("lr_B / lr_A; 1 = standard LoRA"))
     lr_embedding: float | None = field(
         default=None, metadata=_help("lr of embedding adapters (default: ratio * lr)")
+    )
+    lr_multipliers: dict[str, float] | None = field(
+        default=None,
+        metadata=_help("per-role lr = multiplier * lr, e.g. other=16 vector=1 (README role table)"),
     )
     rank: int = field(default=8, metadata=_help("LoRA rank r"))
     alpha: float = field(default=16.0, metadata=_help("LoRA alpha (scale alpha / r)"))
@@ -141,6 +146,9 @@ class TrainConfig:
         for name, number in at_least_one.items():
             if number < 1:
                 raise ValueError(f"{name} must be >= 1, got {number!r}.")
+        for role, mult in (self.lr_multipliers or {}).items():
+            if not mult >= 0 or not math.isfinite(mult):
+                raise ValueError(f"lr_multipliers[{role}] must be >= 0, got {mult!r}.")
         if self.probe_every < 0:
             raise ValueError(f"probe_every must be >= 0 (0: off), got {self.probe_every}.")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -221,6 +229,16 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {value!r} ({type(value).__name__}).")
         return value
+    if origin is dict:
+        if isinstance(value, Mapping):
+            pairs = list(value.items())
+        else:  # "other=16,vector=1" or ["other=16", "vector=1"]
+            texts = [value] if isinstance(value, str) else list(value)
+            items = [v for t in texts for v in re.split(r"[,\s]+", str(t)) if v]
+            if not all(item.count("=") == 1 for item in items):
+                raise ValueError(f"{name} must be ROLE=NUMBER pairs (other=16), got {value!r}.")
+            pairs = [tuple(item.split("=")) for item in items]
+        return {as_role(str(k)).value: _number(f"{name}[{k}]", v) for k, v in pairs}
     if origin is list:
         if isinstance(value, str):
             items = [v for v in re.split(r"[,\s]+", value) if v]
@@ -723,6 +741,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         learning_rate=cfg.lr,
         loraplus_lr_ratio=cfg.ratio,
         loraplus_lr_embedding=cfg.lr_embedding,
+        loraplus_lr_multipliers=cfg.lr_multipliers,
         lora_init=cfg.init,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
