@@ -59,7 +59,8 @@ def sweep(
     start = time.perf_counter()
     summary = run_sweep(cfg)
     print(f"[{name}] {len(summary.trials)} trials, {time.perf_counter() - start:.0f} s", flush=True)
-    for file in ("sweep_heatmap.png", "sweep.json"):
+    files = ("sweep_heatmap.png", "sweep.json") if len(lr_a) * len(ratios) > 1 else ("sweep.json",)
+    for file in files:
         if (runs / name / file).exists():
             shutil.copyfile(runs / name / file, out / f"{name}_{file}")
     return summary
@@ -143,6 +144,28 @@ def row_best(
         tried.append(new)
         best = max(cells, key=lambda c: c["mean"])
     return best, found, extension
+
+
+def plot_extended(
+    name: str, grid: SweepSummary, extension: list[dict[str, Any]], out: Path
+) -> None:
+    """The grid's heatmap redrawn with its edge-extension cells (cells never run left blank)."""
+    from loraplus.plots import plot_sweep_heatmap
+
+    if not extension:
+        return
+    data = grid.heatmap()
+    cells = {(c["lr_a"], c["ratio"]): c for c in [*grid.cells, *extension]}
+    lr_a = sorted({a for a, _ in cells})
+    ratios = data["y"]
+    data["lr_a"] = lr_a
+    data["values"] = [[cells.get((a, r), {}).get("mean") for r in ratios] for a in lr_a]
+    data["states"] = [[cells.get((a, r), {}).get("state", "not run") for r in ratios] for a in lr_a]
+    done = [c for c in cells.values() if c["state"] == "complete" and c["ratio"] in ratios]
+    best = max(done, key=lambda c: c["mean"])
+    data["best"] = [lr_a.index(best["lr_a"]), ratios.index(best["ratio"])]
+    data["title"] = f"{name}: eval_accuracy (grid + edge extensions, seed 0)"
+    plot_sweep_heatmap(out / f"{name}_sweep_heatmap.png", data)
 
 
 def compare(
@@ -280,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             found.update(hist)
             extension += ext
+        plot_extended(name, summary, extension, args.out)
         if task == "rotten-tomatoes" and demo_lrs is not None:
             write_demo_lrs(summary, cells, extension, base, demo_lrs)
         for method, ratio in (("lora", 1.0), ("loraplus", 16.0)):
