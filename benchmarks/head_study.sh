@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Is LoRA+'s gap on 20newsgroups the classifier head's lr? The head (role "other") trains at lr_A
 # under LoRA+ but at the (much larger) tuned lr under LoRA. Re-run LoRA+ (ratio 16) with the head
-# at ratio * lr_A (--lr-multipliers other=16), the paper study's MiniLM settings, seed 0.
-# Results in runs/head/sweep.json and its heatmap.
+# at ratio * lr_A (--lr-multipliers other=16), the paper study's MiniLM settings, seed 0; then the
+# same on rotten-tomatoes at the demo's LoRA+ lr. Results in runs/head/<task>/sweep.json.
 set -euo pipefail
 loraplus sweep --lr-a 1e-4 4e-4 --ratios 16 --seeds 0 --lr-multipliers other=16 \
   --model minilm --data 20newsgroups --max-steps 150 --eval-steps 25 --max-train 4000 \
   --max-eval 400 --batch-size 16 --max-length 64 --rank 8 --alpha 16 \
   --no-save-adapter --report-to none --no-progress \
-  --study-name head-other16 --out-dir runs/head
+  --study-name head-other16 --out-dir runs/head/20newsgroups
+loraplus sweep --lr-a 4e-4 --ratios 16 --seeds 0 --lr-multipliers other=16 \
+  --model minilm --data rotten-tomatoes --max-steps 150 --eval-steps 25 --max-train 4000 \
+  --max-eval 400 --batch-size 16 --max-length 64 --rank 8 --alpha 16 \
+  --no-save-adapter --report-to none --no-progress \
+  --study-name head-other16-rotten --out-dir runs/head/rotten-tomatoes

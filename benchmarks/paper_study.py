@@ -98,8 +98,9 @@ def mean_std(values: list[float]) -> str:
     """'mean ± std' over seeds."""
     if not values:
         return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def best_acc(rows: list[dict]) -> float:
