@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import re
 import sys
 import time
 import warnings
@@ -362,7 +363,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             }
             for run in runs.values()
         },
-        title=f"MiniLM on Rotten Tomatoes, rank 8; lrs {source}",
+        title="MiniLM on Rotten Tomatoes, rank 8\nlearning rates "
+        + re.sub(r"\S*/([^/\s]+\.json)", r"\1", source),  # the file's name, not its full path
     )
     print(f"\nwrote {out / 'demo.json'}, {out / 'demo.png'}; adapters in")
     for run in runs.values():
