@@ -53,6 +53,19 @@ def test_first_adamw_step_moves_b_ratio_times_more_than_a() -> None:
         assert torch.equal(torch.sign(delta[big]), -torch.sign(grads[name][big]))
 
 
+@pytest.mark.parametrize("impl", [{"fused": True}, {"foreach": True}])
+def test_fused_and_foreach_adamw_take_the_same_step(impl: dict[str, bool]) -> None:
+    ref, fast = lora_llama(), lora_llama()
+    for model in (ref, fast):
+        randomize_b(model)
+    ref_moved = one_step(ref, create_optimizer(ref, torch.optim.AdamW, lr=1e-3, foreach=False))
+    opt = create_optimizer(fast, torch.optim.AdamW, lr=1e-3, **impl)
+    assert all(g[next(iter(impl))] for g in opt.param_groups)
+    fast_moved = one_step(fast, opt)
+    for name, delta in ref_moved["moved"].items():  # type: ignore[attr-defined]
+        torch.testing.assert_close(fast_moved["moved"][name], delta, rtol=1e-4, atol=1e-7)  # type: ignore[index]
+
+
 def lr_by_param(opt: torch.optim.Optimizer) -> dict[int, float]:
     return {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
 

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import re
 import sys
 import time
@@ -608,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _quiet(quiet: bool) -> Iterator[None]:
-    """Without --verbose: transformers' errors only, no weight-loading bars, no FutureWarnings."""
+    """Without --verbose: transformers' errors only; no loading bars, FutureWarnings, bnb notes."""
     if not quiet:
         yield
         return
@@ -617,13 +618,16 @@ def _quiet(quiet: bool) -> Iterator[None]:
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # bitsandbytes (imported by peft) logs a warning about an optional CPU kernel package.
+    bnb_log = logging.getLogger("bitsandbytes")
+    bnb_level = bnb_log.level
+    bnb_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            # bitsandbytes (imported by peft) complains about an optional CPU kernel package.
-            warnings.filterwarnings("ignore", message="Failed to load CPU gemm_4bit_forward")
             yield
     finally:
+        bnb_log.setLevel(bnb_level)
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
