@@ -78,6 +78,20 @@ def test_probe_needs_lora_layers() -> None:
         FeatureUpdateProbe(torch.nn.Linear(4, 4))
 
 
+def test_probe_records_inputs_only_while_recording() -> None:
+    model = lora_llama()
+    probe = FeatureUpdateProbe(model, max_tokens=5)
+    ids = torch.randint(0, 128, (2, 4), generator=torch.Generator().manual_seed(0))
+    probe.recording = False
+    model(input_ids=ids)
+    assert probe.inputs == {}
+    probe.recording = True
+    model(input_ids=ids)
+    assert len(probe.inputs) == len(probe.layers) == 14
+    assert all(x.shape[0] == 5 for x in probe.inputs.values())  # 8 tokens, capped at max_tokens
+    probe.remove()
+
+
 def test_callback_records_during_training(tmp_path: Path) -> None:
     callback = FeatureUpdateCallback(every=2)
     trainer = LoraPlusTrainer(

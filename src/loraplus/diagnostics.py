@@ -69,6 +69,7 @@ class FeatureUpdateProbe:
         from peft.tuners.lora import LoraLayer
 
         self.max_tokens = max_tokens
+        self.recording = True  # the callback records only the forwards of the steps it probes
         self.layers: dict[str, Any] = {
             name: m
             for name, m in unwrap(model).named_modules()
@@ -87,6 +88,8 @@ class FeatureUpdateProbe:
 
     def _recorder(self, name: str) -> Any:
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not self.recording:
+                return
             x = args[0].detach()
             self.inputs[name] = x.reshape(-1, x.shape[-1])[: self.max_tokens].clone()
 
@@ -149,6 +152,13 @@ class FeatureUpdateCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         self.probe = FeatureUpdateProbe(kw["model"], self.max_tokens)
+        self.probe.recording = False
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self.probe is not None:
+            self.probe.recording = state.global_step % self.every == 0
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -163,6 +173,8 @@ class FeatureUpdateCallback(TrainerCallback):
         if self._armed and self.probe is not None:
             row = {"step": float(state.global_step + 1), **summarize_updates(self.probe.measure())}
             self.history.append(row)
+        if self.probe is not None:
+            self.probe.recording = False
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
