@@ -5,7 +5,8 @@ Stages (each a resumable Optuna study under --runs; rerun the script to continue
              seed 0. The rotten-tomatoes grid uses the demo's exact settings and writes the demo's
              learning rates (src/loraplus/data/demo_lrs.json) with this command as provenance.
   2. seeds   the best ratio-1 cell and the best ratio-16 cell of each task again, more seeds.
-  3. mpnet   (with --mpnet) MPNet-base (hidden 768) on 20newsgroups, a smaller grid.
+  3. mpnet   (with --mpnet) MPNet-base (hidden 768) on 20newsgroups, a smaller grid, then the
+             same seeds at its best ratio-1 and ratio-16 cells.
 Writes into --out: results.md (the README's table), results.json, and per sweep its heatmap PNG
 and sweep.json. Usage: python benchmarks/paper_study.py [--mpnet] [--smoke]
 """
@@ -325,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         found = histories(summary, args.runs, name)
         cells = {"lora": best_in_row(summary, 1.0), "loraplus": best_in_row(summary, 16.0)}
+        for method, ratio in (("lora", 1.0), ("loraplus", 16.0)):
+            sname = f"{name}-seeds-{method}"
+            lr_a = [cells[method]["lr_a"]]
+            s = sweep(sname, overrides, lr_a, [ratio], seeds, args.runs, args.out)
+            found.update(histories(s, args.runs, sname))
         steps = int(overrides["max_steps"])
         rows.append(compare("20newsgroups", "MPNet-base (768)", cells, summary, found, steps))
         write_outputs(rows, args.out)
