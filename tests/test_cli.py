@@ -193,6 +193,9 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert (tmp_path / method / "adapter" / "adapter_model.safetensors").is_file()
 
 
+SHOW_DEMO_LR = "from loraplus.cli import load_demo_lrs; print(load_demo_lrs()['lora']['lr'])"
+
+
 @pytest.mark.slow
 def test_wheel_installs_with_a_working_script(tmp_path: Path) -> None:
     """Build a wheel from a copy of the repo, install it alone into a fresh venv, run --help."""
@@ -237,6 +240,13 @@ def test_wheel_installs_with_a_working_script(tmp_path: Path) -> None:
         text=True,
     ).stdout
     assert where.startswith(site), where  # the wheel's copy, not the editable source
+    shipped = subprocess.run(
+        [str(python), "-c", SHOW_DEMO_LR],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert float(shipped) == cli.load_demo_lrs()["lora"]["lr"]  # the demo's lrs are in the wheel
     run: Any = subprocess.run(
         [str(env_dir / "bin" / "loraplus"), "--help"], capture_output=True, text=True, timeout=120
     )
