@@ -88,9 +88,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """--config file, then the flags the user actually passed."""
+    return make_config(getattr(args, "config", None), **_train_overrides(args))
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig flags the user actually passed (absent flags are not in `args`)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields}
-    return make_config(getattr(args, "config", None), **overrides)
+    return {k: v for k, v in vars(args).items() if k in fields}
 
 
 def add_train_parser(subparsers: Subparsers) -> None:
@@ -421,8 +425,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Run (or just summarize) a sweep and print its best cells."""
     from loraplus import sweep
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields}
+    overrides = _train_overrides(args)
     grid: dict[str, Any] = {} if args.lr_a is None else {"lr_a": args.lr_a}
     cfg = sweep.SweepConfig(
         **grid,

@@ -146,7 +146,6 @@ class FeatureUpdateCallback(TrainerCallback):
         self.every, self.max_tokens = every, max_tokens
         self.probe: FeatureUpdateProbe | None = None
         self.history: list[dict[str, float]] = []
-        self._armed = False
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -163,17 +162,15 @@ class FeatureUpdateCallback(TrainerCallback):
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._armed = self.probe is not None and state.global_step % self.every == 0
-        if self._armed and self.probe is not None:
+        if self.probe is not None and self.probe.recording:
             self.probe.snapshot()
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if self._armed and self.probe is not None:
+        if self.probe is not None and self.probe.recording:
             row = {"step": float(state.global_step + 1), **summarize_updates(self.probe.measure())}
             self.history.append(row)
-        if self.probe is not None:
             self.probe.recording = False
 
     def on_train_end(
