@@ -26,9 +26,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from loraplus._io import write_json
 from loraplus.cli import DEMO_SETTINGS
 from loraplus.sweep import SweepConfig, SweepSummary, run_sweep
-from loraplus.train import write_json
 
 COMMAND = "python benchmarks/paper_study.py --mpnet"
 TASKS = ("rotten-tomatoes", "20newsgroups")

@@ -98,21 +98,6 @@ def test_missing_mpnet_parts_error_lists_all_five(monkeypatch: pytest.MonkeyPatc
         resolve_model("mpnet")
 
 
-def test_atomic_build_keeps_a_finished_target(tmp_path: Path) -> None:
-    calls = []
-
-    def build(tmp: Path) -> Path:
-        calls.append(tmp)
-        (tmp / "config.json").write_text("{}")
-        return tmp
-
-    target = tmp_path / "models" / "m"
-    assert zoo._atomic_build(target, build) == target
-    assert zoo._atomic_build(target, build) == target
-    assert len(calls) == 1 and (target / "config.json").is_file()
-    assert [p.name for p in target.parent.iterdir()] == ["m"]  # no temp dirs left behind
-
-
 @pytest.mark.slow
 def test_minilm_loads_offline_with_its_tokenizer() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

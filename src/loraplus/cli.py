@@ -21,7 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from loraplus.train import TrainConfig, TrainResult, make_config, write_json
+from loraplus._io import write_json
+from loraplus.train import TrainConfig, TrainResult, make_config
 
 __all__ = [
     "DEMO_METHODS",

@@ -7,8 +7,6 @@ saved to a temp file in the target folder, then moved over the target with os.re
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,24 +19,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from loraplus._io import atomic_file
+
 DPI = 90
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
-    """Write `fig` as PNG to `path` atomically (temp file in the same folder, then os.replace)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write `fig` as PNG to `path` atomically."""
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
+    return Path(path)
 
 
 def _edges(centers: np.ndarray) -> np.ndarray:

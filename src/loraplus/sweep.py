@@ -1065,8 +1065,8 @@ def summarize(
 def write_outputs(summary: SweepSummary, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write sweep.json (every trial, every cell, the best cells, the gain) and
     sweep_heatmap.png (Figure 3 style) into `out_dir`, atomically; return their paths."""
+    from loraplus._io import write_json
     from loraplus.plots import plot_sweep_heatmap
-    from loraplus.train import write_json
 
     out = Path(out_dir).expanduser()
     paths = {"json": write_json(out / "sweep.json", summary.to_dict())}

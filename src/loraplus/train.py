@@ -10,13 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 import time
 import types
 import typing
@@ -26,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraplus import zoo
+from loraplus._io import atomic_dir, write_json
 from loraplus.init import SCHEMES
 from loraplus.roles import as_role
 
@@ -628,52 +626,6 @@ def _argmax(logits: Any, labels: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write `data` as JSON atomically (temp file beside it, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(_finite(data), handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are read like any output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _save_dir(target: Path, save: Any) -> Path:
-    """Run save(tmp_dir) and move the folder to `target` (replacing an older one)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    old = None
-    try:
-        save(tmp)
-        tmp.chmod(0o755)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old.{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
 def _final(
     history: list[dict[str, Any]], metric: str, steps: int, seconds: float
 ) -> dict[str, Any]:
@@ -849,7 +801,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
 
-        _save_dir(output_dir / "adapter", save_adapter)
+        atomic_dir(output_dir / "adapter", save_adapter)
     if cfg.merge:
         merged = model.merge_and_unload()
 
@@ -857,7 +809,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
             merged.save_pretrained(folder)  # safetensors
             tokenizer.save_pretrained(folder)
 
-        _save_dir(output_dir / "merged", save_merged)
+        atomic_dir(output_dir / "merged", save_merged)
     return TrainResult(
         history=history.rows, final=final, output_dir=output_dir, diverged=history.diverged
     )

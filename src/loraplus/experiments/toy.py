@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +35,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from loraplus._io import write_json
 
 Init = Literal["init1", "init2"]
 Optimizer = Literal["gd", "adam"]
@@ -481,22 +481,6 @@ def _json_float(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def write_json_atomic(path: Path, obj: Any) -> Path:
-    """Write strict JSON (no NaN/Infinity) to a temp file beside `path`, then os.replace it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def toy_to_json(result: ToyResult, margin: float = 0.01) -> dict[str, Any]:
     """Plain-JSON form: config, grid, every cell (null = diverged), best points, near-best cells."""
     cells = []
@@ -575,7 +559,7 @@ def write_toy_outputs(
     from loraplus import plots
 
     out = Path(out_dir)
-    paths = [write_json_atomic(out / f"{prefix}.json", toy_to_json(result, margin))]
+    paths = [write_json(out / f"{prefix}.json", toy_to_json(result, margin), indent=1)]
     cfg = result.config
     panels = []
     for sp in SPLITS:

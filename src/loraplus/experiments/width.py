@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from loraplus._io import write_json
 from loraplus.experiments.toy import (
     Init,
     Optimizer,
@@ -42,7 +43,6 @@ from loraplus.experiments.toy import (
     best,
     log2_grid,
     run_toy,
-    write_json_atomic,
 )
 
 
@@ -294,7 +294,7 @@ def write_width_outputs(
 
     out = Path(out_dir)
     cfg = result.config
-    paths = [write_json_atomic(out / f"{prefix}.json", width_to_json(result))]
+    paths = [write_json(out / f"{prefix}.json", width_to_json(result), indent=1)]
     panels = []
     for opt, fit in result.fits.items():
         seeds = fit["seeds_fitted"]
