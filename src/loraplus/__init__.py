@@ -19,16 +19,10 @@ from loraplus.roles import Role, classify
 __version__ = "0.1.0"
 
 _LAZY = {
-    "LoraPlusTrainer": "loraplus.hf",
-    "LoraPlusTrainingArguments": "loraplus.hf",
-    "LoraPlusMixin": "loraplus.hf",
-    "LoraPlusLogCallback": "loraplus.hf",
-    "LoraPlusConfig": "loraplus.hf",
-    "loraplus_optimizer_for": "loraplus.hf",
-    "check_deepspeed_config": "loraplus.hf",
     "FeatureUpdateProbe": "loraplus.diagnostics",
     "FeatureUpdateCallback": "loraplus.diagnostics",
 }
+_MOVED_TO_HF = ()
 
 
 def __getattr__(name: str) -> Any:
@@ -36,6 +30,10 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _MOVED_TO_HF:
+        raise AttributeError(
+            f"loraplus.{name} lives in loraplus.hf: from loraplus.hf import {name}"
+        )
     raise AttributeError(f"module 'loraplus' has no attribute {name!r}")
 
 
@@ -44,20 +42,13 @@ __all__ = [
     "POLICY",
     "FeatureUpdateCallback",
     "FeatureUpdateProbe",
-    "LoraPlusConfig",
-    "LoraPlusLogCallback",
-    "LoraPlusMixin",
-    "LoraPlusTrainer",
-    "LoraPlusTrainingArguments",
     "Role",
     "RolePolicy",
     "__version__",
-    "check_deepspeed_config",
     "classify",
     "create_loraplus_optimizer",
     "create_optimizer",
     "init_lora_",
-    "loraplus_optimizer_for",
     "param_groups",
     "resolve_optimizer",
     "role_lrs",
