@@ -18,13 +18,13 @@ from tiny import tiny_bert, tiny_llama
 from transformers import TrainerCallback
 
 from loraplus.train import (
-    IGNORE_INDEX,
     CausalLMCollator,
     TrainConfig,
     make_config,
     tokenize,
     train,
 )
+from loraplus.train.data import IGNORE_INDEX
 
 WORDS = [
     "good",

@@ -1,0 +1,21 @@
+"""One LoRA+ training run: TrainConfig -> model + data + LoraPlusTrainer -> metrics and adapter.
+
+`make_config(path, **overrides)` builds a validated TrainConfig from a YAML/TOML file and keyword
+overrides (numbers written as strings are converted); `train(cfg)` runs it and writes into
+`cfg.output_dir`: metrics.json, curves.png, adapter/ (PEFT format) and, with merge, merged/.
+"""
+
+from loraplus.train.config import TrainConfig, TrainResult, make_config, read_config_file
+from loraplus.train.data import CausalLMCollator, tokenize
+from loraplus.train.run import RunRecorder, train
+
+__all__ = [
+    "CausalLMCollator",
+    "RunRecorder",
+    "TrainConfig",
+    "TrainResult",
+    "make_config",
+    "read_config_file",
+    "tokenize",
+    "train",
+]

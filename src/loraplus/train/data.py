@@ -1,0 +1,104 @@
+"""Tokenization and collation of a run's data (classification or causal-LM)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+
+IGNORE_INDEX = -100
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No `Map: 100%` bars while tokenizing in memory."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+def _causal_example(
+    prompt: list[int], response: list[int], max_length: int, bos: int | None
+) -> tuple[list[int], list[int]]:
+    """input_ids and labels (-100 on the prompt) within max_length; the prompt's end is kept."""
+    if len(prompt) + len(response) > max_length:
+        response = response[: max(1, max_length // 2)]
+    budget = max_length - len(response)
+    if len(prompt) > budget:
+        keep_bos = bos is not None and bool(prompt) and prompt[0] == bos and budget > 1
+        tail = prompt[len(prompt) - (budget - 1 if keep_bos else budget) :] if budget > 0 else []
+        prompt = ([bos] if keep_bos and bos is not None else []) + tail
+    return prompt + response, [IGNORE_INDEX] * len(prompt) + list(response)
+
+
+def tokenize(
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, max_length: int
+) -> Dataset:
+    """Token ids for a text/label (classification) or prompt/response (causal-lm) dataset.
+
+    Causal-LM rows get labels equal to the ids on the response (plus EOS) and -100 on the prompt.
+    """
+    if task == "classification":
+
+        def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+            out = tokenizer(batch["text"], truncation=True, max_length=max_length)
+            return {**out, "labels": batch["label"]}
+
+    else:
+        eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+
+        def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+            prompts = tokenizer(batch["prompt"], add_special_tokens=True)["input_ids"]
+            responses = tokenizer(batch["response"], add_special_tokens=False)["input_ids"]
+            ids, labels = [], []
+            for p, r in zip(prompts, responses, strict=True):
+                x, y = _causal_example(p, r + ([eos] if eos is not None else []), max_length, bos)
+                ids.append(x)
+                labels.append(y)
+            mask = [[1] * len(x) for x in ids]
+            return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    with _quiet_datasets():
+        return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+
+@dataclass
+class CausalLMCollator:
+    """Right-pads input_ids (pad id), attention_mask (0) and labels (-100) to the longest row."""
+
+    pad_token_id: int
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """One padded batch of tensors."""
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+
+        def pad(key: str, value: int) -> torch.Tensor:
+            rows = [list(f[key]) + [value] * (width - len(f[key])) for f in features]
+            return torch.tensor(rows, dtype=torch.long)
+
+        return {
+            "input_ids": pad("input_ids", self.pad_token_id),
+            "attention_mask": pad("attention_mask", 0),
+            "labels": pad("labels", IGNORE_INDEX),
+        }
+
+
+def _by_length(dataset: Dataset) -> Dataset:
+    """Eval rows sorted by length, so dynamic padding pads little (metrics do not change)."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
