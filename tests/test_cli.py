@@ -77,7 +77,7 @@ def test_flags_override_the_config_file(tmp_path: Path, capsys: pytest.CaptureFi
     toml.write_text('lr = "2e-3"\nratio = "8"\ntarget_modules = "all-linear"\n')
     assert cli.main(["train", "--config", str(toml), "--ratio", "4", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert (printed["lr"], printed["ratio"], printed["target_modules"]) == (2e-3, 4.0, "all-linear")
+    assert (printed["lr"], printed["ratio"], printed["target_modules"]) == (2e-3, 4.0, ["all-linear"])
 
 
 @pytest.mark.parametrize(

@@ -198,14 +198,17 @@ def test_yaml_config_strings_are_coerced_and_overrides_win(tmp_path: Path) -> No
 def test_toml_config(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text(
-        'model = "minilm"\nlr = "3e-4"\nratio = 4\nmax_steps = "1e3"\n'
+        'model = "minilm"\nlr = "3e-4"\nratio = 4\nmax_steps = "1000"\n'
         'target_modules = "all-linear"\nreport_to = ["tensorboard"]\nprogress = false\n'
     )
     cfg = make_config(path)
     assert (cfg.lr, cfg.ratio, cfg.max_steps) == (3e-4, 4.0, 1000)
     assert isinstance(cfg.max_steps, int)
-    assert cfg.target_modules == "all-linear" and cfg.report_to == ["tensorboard"]
+    assert cfg.target_modules == ["all-linear"] and cfg.report_to == ["tensorboard"]
     assert cfg.progress is False
+    path.write_text('max_steps = "1e3"\n')  # a step count is a whole number, as on the CLI
+    with pytest.raises(ValueError, match=r"Bad value for max_steps in .*run\.toml: invalid int"):
+        make_config(path)
 
 
 def test_unknown_key_lists_valid_ones(tmp_path: Path) -> None:
@@ -220,18 +223,18 @@ def test_unknown_key_lists_valid_ones(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"lr": "fast"}, "lr must be a number"),
+        ({"lr": "fast"}, "Bad value for lr: invalid float value: 'fast'"),
         ({"lr": -1}, "lr must be a finite number > 0"),
-        ({"rank": 2.5}, "rank must be a whole number"),
+        ({"rank": 2.5}, "Bad value for rank: invalid int value: '2.5'"),
         ({"rank": 0}, "rank must be >= 1"),
         ({"init": "init3"}, "init must be one of init1, init2"),
         ({"task": "regression"}, "task must be one of"),
-        ({"merge": "maybe"}, "merge must be true or false"),
+        ({"merge": "maybe"}, "Bad value for merge: Truthy value expected"),
         ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
         ({"max_steps": 0}, "max_steps must be > 0"),
         ({"probe_every": -1}, "probe_every must be >= 0"),
         ({"lr_multipliers": "head=2"}, "Unknown role 'head': use one of lora_A"),
-        ({"lr_multipliers": "other:2"}, "must be ROLE=NUMBER pairs"),
+        ({"lr_multipliers": "other:2"}, "takes ROLE=NUMBER pairs"),
         ({"lr_multipliers": {"other": -1}}, r"lr_multipliers\[other\] must be >= 0"),
         ({"target_modules": "all-linear,query"}, "all-linear cannot be combined"),
     ],
@@ -412,7 +415,8 @@ def test_lr_multipliers_reach_the_optimizer(tiny_files: dict[str, Path], tmp_pat
     cfg = tiny_cls_config(
         tiny_files, tmp_path / "mult", lr_multipliers="other=16 vector=0.5", save_adapter=False
     )
-    assert cfg.lr_multipliers == {"other": 16.0, "vector": 0.5}
+    assert cfg.lr_multipliers == ["other=16", "vector=0.5"]
+    assert cfg.multipliers() == {"other": 16.0, "vector": 0.5}
     metrics = json.loads((train(cfg).output_dir / "metrics.json").read_text())
     lrs = {g["role"]: g["lr"] for g in metrics["param_groups"]}
     assert lrs["other"] == pytest.approx(16 * 1e-3) and lrs["lora_A"] == pytest.approx(1e-3)

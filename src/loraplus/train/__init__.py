@@ -5,7 +5,8 @@ overrides (numbers written as strings are converted); `train(cfg)` runs it and w
 `cfg.output_dir`: metrics.json, curves.png, adapter/ (PEFT format) and, with merge, merged/.
 """
 
-from loraplus.train.config import TrainConfig, TrainResult, make_config, read_config_file
+from loraplus._config import read_settings_file as read_config_file
+from loraplus.train.config import TrainConfig, TrainResult, make_config
 from loraplus.train.data import CausalLMCollator, tokenize
 from loraplus.train.run import RunRecorder, train
 

@@ -39,6 +39,12 @@ def _default_targets(cfg: TrainConfig, model: Any) -> list[str] | str:
     return "all-linear"
 
 
+def _targets(cfg: TrainConfig) -> list[str] | str | None:
+    """target_modules as PEFT takes them: a list of names, or the string "all-linear"."""
+    names = cfg.target_modules
+    return "all-linear" if names == ["all-linear"] else names
+
+
 def _alpha(alpha: float) -> Any:
     """LoRA alpha as PEFT types it (an int) when it is whole; a float otherwise (PEFT takes it)."""
     return int(alpha) if float(alpha).is_integer() else alpha
@@ -86,7 +92,7 @@ def _load_model(cfg: TrainConfig, data: zoo.TaskData) -> tuple[Any, Any]:
         r=cfg.rank,
         lora_alpha=_alpha(cfg.alpha),
         lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules or _default_targets(cfg, model),
+        target_modules=_targets(cfg) or _default_targets(cfg, model),
     )
     try:
         peft_model = get_peft_model(model, lora)
@@ -283,7 +289,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         learning_rate=cfg.lr,
         loraplus_lr_ratio=cfg.ratio,
         loraplus_lr_embedding=cfg.lr_embedding,
-        loraplus_lr_multipliers=cfg.lr_multipliers,
+        loraplus_lr_multipliers=cfg.multipliers() or None,
         lora_init=cfg.init,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,

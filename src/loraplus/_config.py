@@ -1,0 +1,135 @@
+"""One dataclass-driven parser for every command and config file (transformers' HfArgumentParser).
+
+A config dataclass's fields are its flags (`num_lrs` -> `--num-lrs`) and its YAML/TOML keys. File
+values go through the same argparse types as flags, so "1e-4" in a file and `--lr 1e-4` on the
+command line become the same float, and a bad value is refused naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from transformers import HfArgumentParser
+
+
+class DataclassParser(HfArgumentParser):
+    """HfArgumentParser that can leave unpassed flags out (suppress) and raise instead of exit."""
+
+    def __init__(self, dataclass_types: Any = None, *, suppress: bool = False, **kwargs: Any):
+        self._suppress, self._raising = suppress, kwargs.pop("raising", False)
+        super().__init__(dataclass_types, **kwargs)
+        self._suppress = False  # flags added later keep their own defaults
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        if self._suppress:
+            kwargs["default"] = argparse.SUPPRESS
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        if self._raising:
+            raise ValueError(message)
+        super().error(message)
+
+
+def field_names(cls: Any) -> list[str]:
+    """The init fields of a config dataclass."""
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def passed(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
+    """The fields of `cls` that the user passed (parsed by a DataclassParser with suppress)."""
+    names = set(field_names(cls))
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _argv(key: str, value: Any) -> list[str]:
+    flag = "--" + key
+    if isinstance(value, bool):
+        return [flag, str(value).lower()]
+    if isinstance(value, Mapping):
+        return [flag, *(f"{k}={v}" for k, v in value.items())]
+    if isinstance(value, (list, tuple)):
+        return [flag, *(str(v) for v in value)]
+    return [flag, str(value)]
+
+
+def parse_settings(cls: Any, values: Mapping[str, Any], source: str = "") -> dict[str, Any]:
+    """`values` (from a file or keyword arguments) typed exactly as the flags of `cls` type them."""
+    where = f" in {source}" if source else ""
+    valid = field_names(cls)
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown setting(s){where}: {', '.join(unknown)}. Valid: {', '.join(valid)}."
+        )
+    parser = DataclassParser(cls, suppress=True, raising=True)
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None or (isinstance(value, (list, tuple, Mapping)) and not value):
+            out[key] = value  # nothing to convert; the dataclass checks it
+            continue
+        try:
+            out.update(vars(parser.parse_args(_argv(key, value))))
+        except ValueError as err:
+            text = re.sub(r"^argument [^:]*: ", "", str(err))
+            raise ValueError(f"Bad value for {key}{where}: {text} (got {value!r}).") from None
+    return out
+
+
+def read_settings_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in a .yaml/.yml or .toml file, keys with '-' read as '_'."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+    text = file.read_text(encoding="utf-8")
+    suffix = file.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"Cannot parse {file} as YAML: {err}") from None
+    elif suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"Cannot parse {file} as TOML: {err}") from None
+    else:
+        raise ValueError(f"Config file {file} must end in .yaml, .yml or .toml.")
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"Config file {file} must hold a mapping of settings, got {data!r}.")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build(cls: Any, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Any:
+    """An instance of `cls` from an optional YAML/TOML file, then keyword overrides."""
+    values = {}
+    if path is not None:
+        values = parse_settings(cls, read_settings_file(path), str(path))
+    keyed = {k.replace("-", "_"): v for k, v in overrides.items()}
+    values.update(parse_settings(cls, keyed))
+    return cls(**values)
+
+
+def as_pairs(items: Sequence[str] | None, name: str) -> dict[str, float]:
+    """["other=16", "vector=1"] (or "other=16,vector=1") as {"other": 16.0, "vector": 1.0}."""
+    from loraplus.groups import as_float
+
+    pairs: dict[str, float] = {}
+    for item in (p for text in items or [] for p in str(text).replace(",", " ").split()):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{name} takes ROLE=NUMBER pairs (e.g. other=16), got {item!r}.")
+        pairs[key] = as_float(value, f"{name}[{key}]", allow_zero=True)
+    return pairs
