@@ -27,7 +27,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from loraplus._io import write_json
-from loraplus.cli import DEMO_SETTINGS
+from loraplus.cli.demo import DEMO_SETTINGS
 from loraplus.sweep import SweepConfig, SweepSummary, run_sweep
 
 COMMAND = "python benchmarks/paper_study.py --mpnet"

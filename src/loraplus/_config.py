@@ -19,11 +19,22 @@ from transformers import HfArgumentParser
 
 
 class DataclassParser(HfArgumentParser):
-    """HfArgumentParser that can leave unpassed flags out (suppress) and raise instead of exit."""
+    """HfArgumentParser that can leave unpassed flags out (suppress) and raises on bad input.
+
+    A usage error raises ValueError (one line, with the --help to read) instead of printing the
+    whole usage and exiting, so the CLI reports it like any other bad input.
+    """
 
     def __init__(self, dataclass_types: Any = None, *, suppress: bool = False, **kwargs: Any):
-        self._suppress, self._raising = suppress, kwargs.pop("raising", False)
+        self._suppress = suppress
         super().__init__(dataclass_types, **kwargs)
+        for cls in self.dataclass_types:  # --no-x for every bool, not only those defaulting to True
+            for f in dataclasses.fields(cls):
+                if f.init and f.type in (bool, "bool") and f.default is False:
+                    flag = f"--no-{f.name.replace('_', '-')}"
+                    self.add_argument(
+                        flag, action="store_false", dest=f.name, help=f"not --{f.name}"
+                    )
         self._suppress = False  # flags added later keep their own defaults
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
@@ -32,9 +43,7 @@ class DataclassParser(HfArgumentParser):
         return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        if self._raising:
-            raise ValueError(message)
-        super().error(message)
+        raise ValueError(f"{message} (see {self.prog} --help)")
 
 
 def field_names(cls: Any) -> list[str]:
@@ -68,7 +77,7 @@ def parse_settings(cls: Any, values: Mapping[str, Any], source: str = "") -> dic
         raise ValueError(
             f"Unknown setting(s){where}: {', '.join(unknown)}. Valid: {', '.join(valid)}."
         )
-    parser = DataclassParser(cls, suppress=True, raising=True)
+    parser = DataclassParser(cls, suppress=True)
     out: dict[str, Any] = {}
     for key, value in values.items():
         if value is None or (isinstance(value, (list, tuple, Mapping)) and not value):
@@ -77,7 +86,7 @@ def parse_settings(cls: Any, values: Mapping[str, Any], source: str = "") -> dic
         try:
             out.update(vars(parser.parse_args(_argv(key, value))))
         except ValueError as err:
-            text = re.sub(r"^argument [^:]*: ", "", str(err))
+            text = re.sub(r"^argument [^:]*: | \(see .* --help\)$", "", str(err))
             raise ValueError(f"Bad value for {key}{where}: {text} (got {value!r}).") from None
     return out
 

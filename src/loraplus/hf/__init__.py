@@ -5,6 +5,7 @@
 optimizer or lr schedule, and a resume that would restore the checkpoint's old learning rates.
 """
 
+from loraplus.diagnostics import FeatureUpdateCallback
 from loraplus.hf.arguments import LoraPlusConfig, LoraPlusTrainingArguments
 from loraplus.hf.callbacks import LoraPlusLogCallback, role_learning_rates
 from loraplus.hf.deepspeed import check_deepspeed_config, deepspeed_config
@@ -12,6 +13,7 @@ from loraplus.hf.resume import compare_param_groups, read_checkpoint_param_group
 from loraplus.hf.trainer import LoraPlusMixin, LoraPlusTrainer, loraplus_optimizer_for
 
 __all__ = [
+    "FeatureUpdateCallback",
     "LoraPlusConfig",
     "LoraPlusLogCallback",
     "LoraPlusMixin",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraplus import zoo
+from loraplus._extras import require
 from loraplus._io import atomic_dir, write_json
 
 if TYPE_CHECKING:
@@ -262,6 +263,7 @@ def _report_callbacks(
 
 def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data` with LoRA+; write metrics, curves and the adapter."""
+    require("train", "loraplus.train.train")
     from loraplus.diagnostics import FeatureUpdateCallback
     from loraplus.hf import LoraPlusTrainer, LoraPlusTrainingArguments
     from loraplus.plots import plot_training_curves

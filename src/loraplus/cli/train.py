@@ -1,0 +1,90 @@
+"""`loraplus train`: one fine-tuning run from flags and/or a YAML/TOML config file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from loraplus import _config
+from loraplus._extras import require
+from loraplus.cli.common import EXIT_DIVERGED, Subparsers, fmt
+from loraplus.train import TrainConfig, TrainResult, make_config
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """`loraplus train`: one fine-tuning run."""
+    parser = subparsers.add_parser(
+        "train",
+        dataclass_types=TrainConfig,
+        suppress=True,
+        help="fine-tune a model with LoRA+ (one run)",
+        description="Fine-tune a model with LoRA+ (lr_B = ratio * lr_A) and write metrics.json, "
+        "curves.png and the adapter into --output-dir. Every flag is also a config-file key; "
+        "flags override --config. Exit status: 0 done, 2 bad input, 3 the loss diverged.",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML or TOML file of settings; flags override it"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved settings and exit"
+    )
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """--config file, then the flags the user actually passed."""
+    return make_config(getattr(args, "config", None), **_config.passed(args, TrainConfig))
+
+
+def _print_run(result: TrainResult) -> None:
+    metrics = json.loads((result.output_dir / "metrics.json").read_text(encoding="utf-8"))
+    final = result.final
+    metric = str(final.get("metric", "eval_accuracy"))
+    best = final.get(f"best_{metric}")
+    print(
+        f"{final.get('steps')} steps in {final.get('seconds', 0.0):.1f} s; "
+        f"final {metric} {fmt(final.get(metric))}, best {fmt(best)}"
+        + ("  [DIVERGED: loss became NaN/inf]" if result.diverged else "")
+    )
+    groups = metrics.get("param_groups", [])
+    if groups:
+        print("  ".join(f"lr[{g['role']}]={g['lr']:.3g}" for g in groups))
+    probes = metrics.get("feature_updates", [])
+    if probes:
+        print(
+            "feature-update balance log2(δ²/δ¹), B's share over A's (0 = balanced), by step: "
+            + ", ".join(f"{int(r['step'])}: {_balance(r.get('balance_log2'))}" for r in probes)
+        )
+    print(f"outputs in {result.output_dir}/: {', '.join(_outputs(result.output_dir))}")
+
+
+def _balance(value: Any) -> str:
+    """log2(δ²/δ¹) for printing; none when a term is 0 (from Init[1] δ¹ = 0 at the first step)."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a (δ¹ or δ² is 0)"
+    return f"{value:+.1f}"
+
+
+def _outputs(folder: Path) -> list[str]:
+    names = ("metrics.json", "curves.png", "adapter", "merged", "demo.json", "demo.png")
+    return [n for n in names if (folder / n).exists()]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `loraplus train`."""
+    from loraplus.train import train
+
+    cfg = config_from_args(args)
+    if not args.print_config:
+        require("train", "loraplus train")
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    result = train(cfg)
+    _print_run(result)
+    return EXIT_DIVERGED if result.diverged else 0
