@@ -68,3 +68,68 @@ def test_save_png_overwrites_atomically(tmp_path: Path) -> None:
     plots.save_png(fig, target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["f.png"]
+
+
+def test_training_curves_draw_the_given_values() -> None:
+    data = {
+        "train_steps": list(range(1, 13)),
+        "train_loss": [1.0 - 0.05 * k for k in range(12)],
+        "eval_steps": [0, 6, 12],
+        "eval_metric": [0.5, 0.7, None],
+        "eval_loss": [0.9, 0.6, 0.4],
+        "metric_name": "eval_accuracy",
+        "title": "lr[lora_A]=0.001  lr[lora_B]=0.016",
+    }
+    fig = plots.draw_training_curves(data)
+    ax_loss, ax_metric = fig.axes
+    raw, smooth, eval_loss = ax_loss.lines
+    assert list(raw.get_ydata()) == data["train_loss"]
+    assert smooth.get_ydata()[0] == 1.0 and smooth.get_ydata()[-1] == pytest.approx(0.475)
+    assert list(eval_loss.get_ydata()) == [0.9, 0.6, 0.4]
+    (metric,) = ax_metric.lines
+    assert list(metric.get_xdata()) == [0, 6, 12]
+    np.testing.assert_array_equal(metric.get_ydata(), [0.5, 0.7, np.nan])  # None -> gap
+    assert fig._suptitle is not None and fig._suptitle.get_text() == data["title"]
+
+
+def test_demo_draws_one_line_per_method() -> None:
+    runs = {
+        "LoRA": {
+            "steps": [0, 2],
+            "accuracy": [0.5, 0.6],
+            "train_steps": [1, 2],
+            "train_loss": [0.7, 0.5],
+        },
+        "LoRA+": {"steps": [0, 2], "accuracy": [0.5, 0.8]},
+    }
+    fig = plots.draw_demo(runs, title="demo")
+    ax_acc, ax_loss = fig.axes
+    assert [line.get_label() for line in ax_acc.lines] == ["LoRA", "LoRA+"]
+    assert list(ax_acc.lines[1].get_ydata()) == [0.5, 0.8]
+    assert [line.get_label() for line in ax_loss.lines] == ["LoRA"]  # LoRA+ logged no loss
+    with pytest.raises(ValueError, match="at least one run"):
+        plots.draw_demo({})
+
+
+def test_sweep_heatmap_draws_values_marks_and_best() -> None:
+    data = {
+        "lr_a": [1e-4, 4e-4],
+        "y": [1.0, 16.0],
+        "y_label": "ratio",
+        "values": [[0.61, 0.7], [None, 0.655]],
+        "states": [["complete", "complete"], ["diverged", "complete"]],
+        "best": [0, 1],
+        "baseline_row": 0,
+        "metric": "eval_accuracy",
+    }
+    fig = plots.draw_sweep_heatmap(data)
+    ax = fig.axes[0]
+    cells = ax.collections[0].get_array()
+    assert cells.mask.tolist() == [[False, True], [False, False]]  # rows: ratio; columns: lr_A
+    assert sorted(float(v) for v in cells.compressed()) == pytest.approx([61.0, 65.5, 70.0])
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["61.0", "65.5", "70.0", "div"]
+    best = [p for p in ax.patches if p.get_edgecolor()[:3] == (1.0, 0.0, 0.0)]
+    (frame,) = best
+    assert frame.get_x() == pytest.approx(np.log2(1e-4) - 1.0)  # cell edges at half spacing
+    assert frame.get_y() == pytest.approx(2.0)  # the ratio-16 row starts midway log2 1 .. 16

@@ -211,6 +211,11 @@ def _floats(values: Sequence[Any]) -> np.ndarray:
 
 
 def plot_training_curves(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """draw_training_curves(data), written as PNG to `path`."""
+    return save_png(draw_training_curves(data), path)
+
+
+def draw_training_curves(data: Mapping[str, Any]) -> Figure:
     """Training loss and the eval metric against step, one training run.
 
     `data`: train_steps, train_loss (logged losses), eval_steps, eval_metric (one per eval),
@@ -245,10 +250,15 @@ def plot_training_curves(path: str | Path, data: Mapping[str, Any]) -> Path:
     if data.get("title"):
         fig.suptitle(str(data["title"]), fontsize=10)
     fig.tight_layout()
-    return save_png(fig, path)
+    return fig
 
 
 def plot_demo(path: str | Path, runs: Mapping[str, Mapping[str, Any]], *, title: str = "") -> Path:
+    """draw_demo(runs, title), written as PNG to `path`."""
+    return save_png(draw_demo(runs, title=title), path)
+
+
+def draw_demo(runs: Mapping[str, Mapping[str, Any]], *, title: str = "") -> Figure:
     """Eval accuracy (left) and training loss (right) against step, one line per method.
 
     `runs`: {label: {"steps": [...], "accuracy": [...], optional "train_steps", "train_loss"}}.
@@ -278,7 +288,7 @@ def plot_demo(path: str | Path, runs: Mapping[str, Mapping[str, Any]], *, title:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return save_png(fig, path)
+    return fig
 
 
 _SWEEP_MARKS = {  # state -> (face colour, hatch, label in the cell)
@@ -289,6 +299,11 @@ _SWEEP_MARKS = {  # state -> (face colour, hatch, label in the cell)
 
 
 def plot_sweep_heatmap(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """draw_sweep_heatmap(data), written as PNG to `path`."""
+    return save_png(draw_sweep_heatmap(data), path)
+
+
+def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     """Figure 3-style sweep heatmap: log2(lr_A) x log2(ratio or lr_B), the metric in each cell.
 
     `data`: lr_a, y (ratios or lr_B values), y_label ("ratio" or "lr_B"), values[len(lr_a)][len(y)]
@@ -405,4 +420,4 @@ def plot_sweep_heatmap(path: str | Path, data: Mapping[str, Any]) -> Path:
             frameon=False,
         )
     fig.tight_layout()
-    return save_png(fig, path)
+    return fig
