@@ -77,7 +77,13 @@ def test_agrees_with_peft_on_plain_linear_lora() -> None:
     assert lr_by_param(ours) == pytest.approx(lr_by_param(ref))
     compat = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-4, loraplus_lr_ratio=16)
     assert lr_by_param(compat) == pytest.approx(lr_by_param(ref))
-    assert sorted(g["lr"] for g in compat.param_groups) == pytest.approx([2e-4, 3.2e-3])
+    # PEFT's four groups, empty ones included, in its order.
+    assert [g["role"] for g in compat.param_groups] == ["lora_A", "embedding_A", "lora_B", "vector"]
+    assert [g["lr"] for g in compat.param_groups] == pytest.approx(
+        [g["lr"] for g in ref.param_groups]
+    )
+    for ours_group, ref_group in zip(compat.param_groups, ref.param_groups, strict=True):
+        assert [id(p) for p in ours_group["params"]] == [id(p) for p in ref_group["params"]]
 
 
 def test_saved_head_matches_peft_and_is_explained() -> None:
@@ -95,15 +101,17 @@ def test_weight_decay_is_kept_not_dropped() -> None:
     # PEFT replaces the user's weight_decay with loraplus_weight_decay (default 0).
     ref = peft_loraplus(model, torch.optim.AdamW, lr=1e-4, loraplus_lr_ratio=16, weight_decay=0.1)
     assert {g["weight_decay"] for g in ref.param_groups} == {0.0}
+    opt = create_optimizer(model, "adamw", lr=1e-4, weight_decay=0.1)
+    wd = {g["role"]: g["weight_decay"] for g in opt.param_groups}
+    assert wd == {"lora_A": 0.1, "lora_B": 0.1, "magnitude": 0.0}
     for opt in (
-        create_optimizer(model, "adamw", lr=1e-4, weight_decay=0.1),
         create_loraplus_optimizer(model, "adamw", lr=1e-4, loraplus_lr_ratio=16, weight_decay=0.1),
         create_loraplus_optimizer(
             model, "adamw", lr=1e-4, loraplus_lr_ratio=16, loraplus_weight_decay=0.1
         ),
     ):
         wd = {g["role"]: g["weight_decay"] for g in opt.param_groups}
-        assert wd == {"lora_A": 0.1, "lora_B": 0.1, "magnitude": 0.0}
+        assert wd == {"lora_A": 0.1, "embedding_A": 0.1, "lora_B": 0.1, "magnitude": 0.0}
     with pytest.raises(ValueError, match="disagree; pass only one"):
         create_loraplus_optimizer(
             model,
@@ -120,13 +128,13 @@ def test_embedding_group_is_filled_and_compat_default_warns() -> None:
     with pytest.warns(UserWarning, match="1e-6.*all but freezes"):
         opt = create_loraplus_optimizer(model, "adamw", lr=1e-4, loraplus_lr_ratio=16)
     lrs = {g["role"]: g["lr"] for g in opt.param_groups}
-    assert lrs["embedding_A"] == lrs["embedding_B"] == 1e-6
+    assert lrs["embedding_A+embedding_B"] == 1e-6
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt = create_loraplus_optimizer(
             model, "adamw", lr=1e-4, loraplus_lr_ratio=16, loraplus_lr_embedding=5e-4
         )
-    assert {g["role"]: g["lr"] for g in opt.param_groups}["embedding_B"] == 5e-4
+    assert {g["role"]: g["lr"] for g in opt.param_groups}["embedding_A+embedding_B"] == 5e-4
 
 
 def test_8bit_state_detected_by_type_keeps_embeddings_32bit() -> None:
