@@ -286,7 +286,9 @@ def create_loraplus_optimizer(
 def summary(optimizer: Optimizer) -> str:
     """A text table of the optimizer's groups: role, (fan-in,) tensors, parameters, lr, decay."""
     width_aware = any("fan_in" in g for g in optimizer.param_groups)
-    rows = [("role", "fan-in", "tensors", "parameters", "lr", "weight decay")]
+    rows: list[tuple[str, ...]] = [
+        ("role", "fan-in", "tensors", "parameters", "lr", "weight decay")
+    ]
     for i, group in enumerate(optimizer.param_groups):
         params = group["params"]
         fan_in = group.get("fan_in")
