@@ -45,8 +45,10 @@ DEFAULT_PATTERNS: dict[Role, tuple[str, ...]] = {
     Role.MAGNITUDE: (r"lora_magnitude_vector", r"dora_scale"),
 }
 
-# PEFT layer attribute -> role of the tensors it holds (LoraLayer, AdaLoraLayer's singular values
-# lora_E, and TrainableTokensLayer's rows for new tokens, from trainable_token_indices).
+# PEFT adapter attribute (in a layer's adapter_layer_names) -> role of the tensors it holds:
+# LoraLayer's, AdaLoraLayer's singular values lora_E, and TrainableTokensLayer's rows for the new
+# tokens of trainable_token_indices. An attribute not listed here leaves its tensors to the
+# fallback (other / vector).
 _PEFT_ATTRS: dict[str, Role] = {
     "lora_A": Role.LORA_A,
     "lora_B": Role.LORA_B,
@@ -86,14 +88,6 @@ def trainable_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]
             yield canonical_name(name), param
 
 
-def _owners(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
-    """(canonical name, owning module, name in that module, parameter) per trainable tensor."""
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            path, _, local = name.rpartition(".")
-            yield canonical_name(name), model.get_submodule(path), local, param
-
-
 def _is_matrix(owner: nn.Module, local: str, param: nn.Parameter) -> bool:
     """Whether a tensor is a matrix, by its module where that says (FSDP1 shards are 1-D views)."""
     if local == "bias":
@@ -116,15 +110,13 @@ def _peft_roles(model: nn.Module) -> tuple[dict[int, Role], int]:
         if not isinstance(module, (LoraLayer, TrainableTokensLayer)):
             continue
         layers += isinstance(module, LoraLayer)
-        for attr, role in _PEFT_ATTRS.items():
-            holder = getattr(module, attr, None)
-            if not isinstance(holder, nn.Module):
+        for attr in module.adapter_layer_names:  # the layer's own list of its adapter dicts
+            holder, role = getattr(module, attr, None), _PEFT_ATTRS.get(attr)
+            if role is None or not isinstance(holder, nn.Module):
                 continue
-            for owner in holder.modules():
-                for local, param in owner.named_parameters(recurse=False):
-                    # lora_B's bias (PEFT's lora_bias=True) is a vector, not a matrix.
-                    is_bias = local == "bias" and owner is not holder
-                    _assign(roles, param, Role.VECTOR if is_bias else role)
+            for key, param in holder.named_parameters():
+                # lora_B's bias (PEFT's lora_bias=True: "<adapter>.bias") is a vector.
+                _assign(roles, param, Role.VECTOR if key.endswith(".bias") else role)
     return roles, layers
 
 
@@ -165,6 +157,27 @@ def as_role(key: Role | str) -> Role:
         raise ValueError(f"Unknown role {key!r}: use one of {valid}.") from None
 
 
+def _fallback_role(
+    model: nn.Module, raw: str, param: nn.Parameter, compiled: dict[Role, list[re.Pattern[str]]]
+) -> Role:
+    """The role of a tensor no PEFT layer holds: its name against the patterns, then its module."""
+    name = canonical_name(raw)
+    path, _, local = raw.rpartition(".")
+    owner = model.get_submodule(path)
+    hits = [r for r, ps in compiled.items() if any(p.search(name) for p in ps)]
+    if len(set(hits)) > 1:
+        raise ValueError(
+            f"Parameter {name!r} of {type(model).__name__} matches the patterns of several roles "
+            f"({', '.join(str(h) for h in hits)}). Pass patterns= that match it once, e.g. "
+            "patterns={'lora_A': r'\\.down\\.'}."
+        )
+    if not hits:
+        return Role.OTHER if _is_matrix(owner, local, param) else Role.VECTOR
+    if hits[0] in _MATRIX_ROLES and not _is_matrix(owner, local, param):
+        return Role.VECTOR
+    return hits[0]
+
+
 def classify(
     model: nn.Module,
     patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
@@ -178,22 +191,11 @@ def classify(
     by_id, layers = _peft_roles(inner)
     compiled = _compile_patterns(patterns) if (not layers or patterns) else {}
     roles: dict[str, Role] = {}
-    for name, owner, local, param in _owners(inner):
-        role = by_id.get(id(param))
-        if role is None and compiled:
-            hits = [r for r, ps in compiled.items() if any(p.search(name) for p in ps)]
-            if len(set(hits)) > 1:
-                raise ValueError(
-                    f"Parameter {name!r} of {type(inner).__name__} matches the patterns of "
-                    f"several roles ({', '.join(str(h) for h in hits)}). Pass patterns= that "
-                    "match it once, e.g. patterns={'lora_A': r'\\.down\\.'}."
-                )
-            role = hits[0] if hits else None
-            if role in _MATRIX_ROLES and not _is_matrix(owner, local, param):
-                role = Role.VECTOR
-        if role is None:
-            role = Role.OTHER if _is_matrix(owner, local, param) else Role.VECTOR
-        roles[name] = role
+    for raw, param in inner.named_parameters():
+        if param.requires_grad:
+            name = canonical_name(raw)
+            role = by_id.get(id(param))
+            roles[name] = role if role is not None else _fallback_role(inner, raw, param, compiled)
     if not any(r in LORA_ROLES for r in roles.values()):
         searched = (
             f"{layers} PEFT LoraLayer module(s), none with a trainable adapter"
@@ -229,14 +231,15 @@ def lora_fan_ins(model: nn.Module, roles: Mapping[str, Role]) -> dict[str, int]:
     The module's width, not the tensor's current shape: FSDP1 shards a matrix into 1-D views.
     """
     inner = unwrap(model)
+    modules = dict(inner.named_modules())
     widths: dict[str, int] = {}
     for raw, param in inner.named_parameters():
         name = canonical_name(raw)
         if roles.get(name) is not Role.LORA_A:
             continue
         path = raw.rpartition(".")[0]
-        owner = inner.get_submodule(path)
-        width = _input_width(owner, inner.get_submodule(path.rpartition(".")[0]), param)
+        owner = modules[path]
+        width = _input_width(owner, modules[path.rpartition(".")[0]], param)
         if width is None:
             raise ValueError(
                 f"Cannot tell the input width of the lora_A tensor {name!r}: its module "
