@@ -147,6 +147,12 @@ def test_width_aware_fan_in_of_conv_and_adalora_comes_from_the_module() -> None:
     adalora = get_peft_model(tiny_llama(), cfg)  # A held as bare (r, n) tensors
     groups = param_groups(adalora, lr=1e-3, width_aware=True)
     assert [(g["role"], g["fan_in"]) for g in groups][:2] == [("lora_A", 32), ("lora_A", 64)]
+    for p in groups[0]["params"] + groups[1]["params"]:
+        p.data = p.data.flatten()  # as FSDP1 shards them: the LoRA layer still knows its width
+    flat = param_groups(adalora, lr=1e-3, width_aware=True)
+    assert [(g["role"], g["fan_in"], g["param_names"]) for g in flat] == [
+        (g["role"], g["fan_in"], g["param_names"]) for g in groups
+    ]
 
 
 def test_n_ref_needs_width_aware() -> None:

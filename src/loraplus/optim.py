@@ -177,7 +177,8 @@ def _build(
 
 # peft.optimizers.create_loraplus_optimizer's four groups, in its order, and the roles each holds.
 # Keeping that count and order (empty groups included) lets an optimizer state saved with PEFT's
-# builder load into ours wherever both put a tensor in the same group (README: "PEFT's layout").
+# builder load into ours wherever both put a tensor in the same group (README: "saved optimizer
+# state").
 _PEFT_LAYOUT: tuple[tuple[Role, ...], ...] = (
     (Role.LORA_A, Role.OTHER),  # groupA: lr
     (Role.EMBEDDING_A, Role.EMBEDDING_B),  # embedding: loraplus_lr_embedding
@@ -267,7 +268,7 @@ def create_loraplus_optimizer(
     lrs = role_lrs(
         as_float(lr, "lr"),
         as_float(loraplus_lr_ratio, "loraplus_lr_ratio"),
-        as_float(lr_embedding, "loraplus_lr_embedding"),
+        None if lr_embedding is None else as_float(lr_embedding, "loraplus_lr_embedding"),
         multipliers,
     )
     decay = as_float(chosen, "weight_decay", allow_zero=True)

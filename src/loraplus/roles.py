@@ -1,8 +1,10 @@
 """Which role each trainable tensor plays in a LoRA model: found by module type, not by name.
 
-PEFT models are read structurally (every `LoraLayer` and the adapter dicts it owns); models with
-LoRA that is not PEFT's fall back to name patterns. Wrappers (torch.compile, DDP, FSDP) are seen
-through, so a model classifies the same way however it is wrapped.
+PEFT models are read structurally (every `LoraLayer`, AdaLoRA's and trainable tokens' layers, and
+the adapter dicts they own); models with LoRA that is not PEFT's fall back to name patterns.
+Matrix or vector is read from a tensor's module, not its current shape, and wrappers
+(torch.compile, DDP, FSDP1's flat shards, FSDP2) are seen through, so a model classifies the same
+way however it is wrapped.
 """
 
 from __future__ import annotations
