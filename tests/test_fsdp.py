@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +36,7 @@ def tiny_model() -> torch.nn.Module:
     )
 
 
-def _rank(rank: int, port: int, out: Any) -> None:
+def _rank(rank: int, port: int, out: Path) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 
     dist.init_process_group("gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -45,7 +47,8 @@ def _rank(rank: int, port: int, out: Any) -> None:
         flat = [p.ndim for n, p in fsdp1.named_parameters() if "lora_A" in n]
         model = tiny_model()
         fully_shard(model)
-        out.put((rank, set(flat), build(fsdp1), build(model)))
+        result = {"ndims": sorted(set(flat)), "fsdp1": build(fsdp1), "fsdp2": build(model)}
+        (out / f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
 
@@ -56,15 +59,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_fsdp1_and_fsdp2_groups_match_the_unwrapped_model() -> None:
+def test_fsdp1_and_fsdp2_groups_match_the_unwrapped_model(tmp_path: Path) -> None:
     expected = build(tiny_model())
     assert {row[0] for row in expected} == {"lora_A", "lora_B", "vector", "other"}
     assert {row[1] for row in expected if row[0] == "lora_A"} == {32, 64}
-    ctx = mp.get_context("spawn")
-    out = ctx.SimpleQueue()
-    mp.start_processes(_rank, args=(free_port(), out), nprocs=2, start_method="spawn")
-    results = sorted(out.get() for _ in range(2))
-    for rank, ndims, fsdp1, fsdp2 in results:
-        assert ndims == {1}, f"rank {rank}: FSDP1 no longer flattens, so this test checks nothing"
-        assert fsdp1 == expected, f"rank {rank}: FSDP1"
-        assert fsdp2 == expected, f"rank {rank}: FSDP2"
+    mp.spawn(_rank, args=(free_port(), tmp_path), nprocs=2)
+    expected = json.loads(json.dumps(expected))  # tuples as JSON lists, like the ranks' files
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["ndims"] == [1], f"rank {rank}: FSDP1 did not flatten; this checks nothing"
+        assert result["fsdp1"] == expected, f"rank {rank}: FSDP1"
+        assert result["fsdp2"] == expected, f"rank {rank}: FSDP2"
