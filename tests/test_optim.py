@@ -77,7 +77,13 @@ def test_agrees_with_peft_on_plain_linear_lora() -> None:
     assert lr_by_param(ours) == pytest.approx(lr_by_param(ref))
     compat = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-4, loraplus_lr_ratio=16)
     assert lr_by_param(compat) == pytest.approx(lr_by_param(ref))
-    assert sorted(g["lr"] for g in compat.param_groups) == pytest.approx([2e-4, 3.2e-3])
+    # PEFT's four groups, empty ones included, in its order.
+    assert [g["role"] for g in compat.param_groups] == ["lora_A", "embedding_A", "lora_B", "vector"]
+    assert [g["lr"] for g in compat.param_groups] == pytest.approx(
+        [g["lr"] for g in ref.param_groups]
+    )
+    for ours_group, ref_group in zip(compat.param_groups, ref.param_groups, strict=True):
+        assert [id(p) for p in ours_group["params"]] == [id(p) for p in ref_group["params"]]
 
 
 def test_saved_head_matches_peft_and_is_explained() -> None:
@@ -95,15 +101,17 @@ def test_weight_decay_is_kept_not_dropped() -> None:
     # PEFT replaces the user's weight_decay with loraplus_weight_decay (default 0).
     ref = peft_loraplus(model, torch.optim.AdamW, lr=1e-4, loraplus_lr_ratio=16, weight_decay=0.1)
     assert {g["weight_decay"] for g in ref.param_groups} == {0.0}
+    opt = create_optimizer(model, "adamw", lr=1e-4, weight_decay=0.1)
+    wd = {g["role"]: g["weight_decay"] for g in opt.param_groups}
+    assert wd == {"lora_A": 0.1, "lora_B": 0.1, "magnitude": 0.0}
     for opt in (
-        create_optimizer(model, "adamw", lr=1e-4, weight_decay=0.1),
         create_loraplus_optimizer(model, "adamw", lr=1e-4, loraplus_lr_ratio=16, weight_decay=0.1),
         create_loraplus_optimizer(
             model, "adamw", lr=1e-4, loraplus_lr_ratio=16, loraplus_weight_decay=0.1
         ),
     ):
         wd = {g["role"]: g["weight_decay"] for g in opt.param_groups}
-        assert wd == {"lora_A": 0.1, "lora_B": 0.1, "magnitude": 0.0}
+        assert wd == {"lora_A": 0.1, "embedding_A": 0.1, "lora_B": 0.1, "magnitude": 0.0}
     with pytest.raises(ValueError, match="disagree; pass only one"):
         create_loraplus_optimizer(
             model,
@@ -120,13 +128,13 @@ def test_embedding_group_is_filled_and_compat_default_warns() -> None:
     with pytest.warns(UserWarning, match="1e-6.*all but freezes"):
         opt = create_loraplus_optimizer(model, "adamw", lr=1e-4, loraplus_lr_ratio=16)
     lrs = {g["role"]: g["lr"] for g in opt.param_groups}
-    assert lrs["embedding_A"] == lrs["embedding_B"] == 1e-6
+    assert lrs["embedding_A+embedding_B"] == 1e-6
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt = create_loraplus_optimizer(
             model, "adamw", lr=1e-4, loraplus_lr_ratio=16, loraplus_lr_embedding=5e-4
         )
-    assert {g["role"]: g["lr"] for g in opt.param_groups}["embedding_B"] == 5e-4
+    assert {g["role"]: g["lr"] for g in opt.param_groups}["embedding_A+embedding_B"] == 5e-4
 
 
 def test_8bit_state_detected_by_type_keeps_embeddings_32bit() -> None:
@@ -228,3 +236,102 @@ def test_accelerate_prepare_keeps_roles_and_rates() -> None:
     max_a = max(v for n, v in moved.items() if ".lora_A." in n)
     max_b = max(v for n, v in moved.items() if ".lora_B." in n)
     assert max_b / max_a == pytest.approx(16, rel=0.05)
+
+
+def first_adam_step_by_group(
+    model: torch.nn.Module, opt: torch.optim.Optimizer
+) -> list[tuple[str, float]]:
+    """(role, largest move) per group: Adam's first step moves by lr · |g| / (|g| + eps)."""
+    moved = one_step(model, opt)["moved"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [
+        (g["role"], max(moved[names[id(p)]].abs().max().item() for p in g["params"]))  # type: ignore[index]
+        for g in opt.param_groups
+    ]
+
+
+def test_new_token_rows_and_adalora_singular_values_step_at_ratio_lr() -> None:
+    from peft import AdaLoraConfig, get_peft_model
+    from tiny import tiny_llama
+
+    seen = torch.randint(0, 128, (4, 12), generator=torch.Generator().manual_seed(2))  # one_step's
+    rows = seen.flatten()[:2].tolist()
+    tokens = lora_llama(target_modules=["q_proj"], trainable_token_indices=rows)
+    randomize_b(tokens)
+    opt = create_optimizer(tokens, "adamw", lr=1e-3, ratio=8, weight_decay=0.0)
+    steps = dict(first_adam_step_by_group(tokens, opt))
+    assert steps == pytest.approx({"lora_A": 1e-3, "lora_B": 8e-3, "tokens": 8e-3}, rel=1e-3)
+
+    cfg = AdaLoraConfig(init_r=6, target_modules=["q_proj", "v_proj"], total_step=10)
+    adalora = get_peft_model(tiny_llama(), cfg)
+    opt = create_optimizer(adalora, "adamw", lr=1e-3, ratio=8, weight_decay=0.0)
+    steps = dict(first_adam_step_by_group(adalora, opt))
+    # AdaLoRA starts with lora_E = 0, so only lora_E has a gradient on the first step.
+    assert steps["singular"] == pytest.approx(8e-3, rel=1e-3)
+
+
+def test_width_aware_first_step_and_summary() -> None:
+    model = lora_llama()
+    randomize_b(model)
+    opt = create_optimizer(model, "adamw", lr=1e-3, ratio=16, width_aware=True, n_ref=32)
+    steps = [step for _, step in first_adam_step_by_group(model, opt)]
+    assert steps == pytest.approx([1e-3, 5e-4, 1.6e-2], rel=1e-3)
+    lines = summary(opt).splitlines()
+    assert lines[0].split() == ["role", "fan-in", "tensors", "parameters", "lr", "weight", "decay"]
+    assert [line.split()[:3] for line in lines[2:]] == [
+        ["lora_A", "32", "12"],
+        ["lora_A", "64", "2"],
+        ["lora_B", "-", "14"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "lora",
+    [
+        {},
+        {"target_modules": ["query", "word_embeddings"], "modules_to_save": ["classifier"]},
+        {
+            "target_modules": ["query", "value"],
+            "lora_bias": True,
+            "modules_to_save": ["classifier"],
+        },
+    ],
+)
+def test_optimizer_state_saved_with_peft_loads(lora: dict[str, object], tmp_path: Path) -> None:
+    model = lora_bert(**lora)
+    randomize_b(model)
+    kw = {"lr": 1e-3, "loraplus_lr_ratio": 16, "loraplus_lr_embedding": 1e-4}
+    ref = peft_loraplus(model, torch.optim.AdamW, loraplus_weight_decay=0.01, **kw)
+    ids = torch.randint(0, 100, (4, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+    ref.step()
+    torch.save(ref.state_dict(), tmp_path / "peft.pt")
+
+    ours = create_loraplus_optimizer(model, torch.optim.AdamW, weight_decay=0.01, **kw)
+    ours.load_state_dict(torch.load(tmp_path / "peft.pt", weights_only=True))
+    assert len(ref.state) == len(ours.state) == sum(p.requires_grad for p in model.parameters())
+    for p, state in ref.state.items():
+        assert set(ours.state[p]) == set(state)
+        for key, value in state.items():
+            assert torch.equal(ours.state[p][key], value), key
+
+
+def test_peft_state_of_a_dora_model_does_not_load() -> None:
+    """PEFT decays DoRA magnitudes (its groupB); LoRA+ never does, so the groups differ."""
+    model = lora_bert(use_dora=True)
+    ref = peft_loraplus(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16)
+    ours = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16)
+    assert [len(g["params"]) for g in ref.param_groups] == [13, 0, 26, 0]
+    assert [len(g["params"]) for g in ours.param_groups] == [13, 0, 13, 13]
+    with pytest.raises(ValueError, match="doesn't match the size of optimizer's group"):
+        ours.load_state_dict(ref.state_dict())
+
+
+def test_compat_refuses_what_peft_groups_cannot_hold() -> None:
+    model = lora_bert(modules_to_save=["classifier"])
+    with pytest.raises(ValueError, match="which PEFT's four groups cannot hold"):
+        create_loraplus_optimizer(model, "adamw", lr=1e-3, loraplus_lr_ratio=16, width_aware=True)
+    with pytest.raises(ValueError, match="puts lora_A and other in one group"):
+        create_loraplus_optimizer(
+            model, "adamw", lr=1e-3, loraplus_lr_ratio=16, lr_multipliers={"other": 4}
+        )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from tiny import lora_bert, lora_llama, tiny_bert
+from tiny import lora_bert, lora_llama, tiny_bert, tiny_llama
 from torch import nn
 
 from loraplus import Role, classify
@@ -169,3 +169,33 @@ def test_parameter_matched_twice_is_an_error() -> None:
 def test_canonical_name_strips_wrappers() -> None:
     name = "_orig_mod._fsdp_wrapped_module.layer._checkpoint_wrapped_module.lora_A.weight"
     assert canonical_name(name) == "layer.lora_A.weight"
+
+
+def test_trainable_token_rows_are_tokens() -> None:
+    model = lora_llama(target_modules=["q_proj", "v_proj"], trainable_token_indices=[3, 5, 7])
+    roles = classify(model)
+    delta = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta.default"
+    assert roles[delta] is Role.TOKENS
+    assert Counter(roles.values()) == {Role.LORA_A: 4, Role.LORA_B: 4, Role.TOKENS: 1}
+
+
+def test_adalora_singular_values_are_singular() -> None:
+    from peft import AdaLoraConfig, get_peft_model
+
+    cfg = AdaLoraConfig(init_r=6, target_modules=["q_proj", "v_proj"], total_step=10)
+    roles = classify(get_peft_model(tiny_llama(), cfg))
+    # lora_E is an r-vector stored as an (r, 1) matrix: the layer type says what it is.
+    singular = {n for n, r in roles.items() if r is Role.SINGULAR}
+    assert len(singular) == 4 and all(n.endswith(".lora_E.default") for n in singular)
+    assert Counter(roles.values()) == {Role.LORA_A: 4, Role.LORA_B: 4, Role.SINGULAR: 4}
+
+
+def test_flat_views_keep_their_module_roles() -> None:
+    """FSDP1's use_orig_params shards are 1-D views; the module, not the shape, decides."""
+    model = lora_bert(target_modules=["query"], lora_bias=True, modules_to_save=["classifier"])
+    expected = classify(model)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.flatten()[:3]  # what rank 0 of a flat shard sees
+    assert classify(model) == expected
+    assert set(expected.values()) == {Role.LORA_A, Role.LORA_B, Role.VECTOR, Role.OTHER}

@@ -9,13 +9,14 @@ first kind and `ratio * lr` for the second, so ratio = 1 is exactly standard LoR
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import nn
 
-from loraplus.roles import Role, as_role, classify, trainable_parameters
+from loraplus.roles import Role, as_role, classify, lora_fan_ins, trainable_parameters
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,14 @@ POLICY: dict[Role, RolePolicy] = {
     ),
     Role.EMBEDDING_B: RolePolicy("ratio", True, "B·(Az) sums over the rank r only, so ~ 1"),
     Role.MAGNITUDE: RolePolicy("ratio", False, "DoRA's elementwise scale: ~ 1, never decayed"),
+    Role.SINGULAR: RolePolicy(
+        "ratio", False, "AdaLoRA's lora_E scales the r bottleneck elementwise: ~ 1, no decay"
+    ),
+    Role.TOKENS: RolePolicy(
+        "ratio",
+        True,
+        "trainable_tokens_delta rows are a lookup (one-hot input), no sum over n: ~ 1",
+    ),
     Role.VECTOR: RolePolicy("ratio", False, "biases and norm gains act elementwise: ~ 1, no decay"),
     Role.OTHER: RolePolicy("lr", True, "a full matrix (e.g. a saved head) sums over n: ~ 1/n"),
 }
@@ -82,28 +91,45 @@ def param_groups(
     weight_decay: float | str = 0.0,
     lr_multipliers: Mapping[Role | str, float] | None = None,
     patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
+    width_aware: bool = False,
+    n_ref: float | str | None = None,
 ) -> list[dict[str, Any]]:
     """One torch param group per role present: params, param_names, role, lr, weight_decay.
 
     `weight_decay` applies to the matrix roles; biases, norms and DoRA magnitudes never decay.
+    With `width_aware`, lora_A gets one group per fan-in n at lr · n_ref / n (the theory's
+    lr_A ~ 1/n; n_ref defaults to the median lora_A fan-in), and every group has a `fan_in` key
+    (None where the lr does not depend on the width).
     """
     lr_ = as_float(lr, "lr")
     ratio_ = as_float(ratio, "ratio")
     emb = None if lr_embedding is None else as_float(lr_embedding, "lr_embedding")
     wd = as_float(weight_decay, "weight_decay", allow_zero=True)
+    if n_ref is not None and not width_aware:
+        raise ValueError("n_ref only applies with width_aware=True: pass both, or neither.")
     lrs = role_lrs(lr_, ratio_, emb, lr_multipliers)
     roles = classify(model, patterns)
-    members: dict[Role, list[tuple[str, nn.Parameter]]] = {role: [] for role in Role}
+    widths = lora_fan_ins(model, roles) if width_aware else {}
+    if n_ref is not None:
+        ref = as_float(n_ref, "n_ref")
+    else:
+        ref = float(statistics.median(widths.values())) if widths else 1.0
+    members: dict[tuple[Role, int | None], list[tuple[str, nn.Parameter]]] = {}
     for name, param in trainable_parameters(model):
-        members[roles[name]].append((name, param))
-    return [
-        {
+        members.setdefault((roles[name], widths.get(name)), []).append((name, param))
+    order = list(Role)
+    groups = []
+    for (role, fan_in), named in sorted(
+        members.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1] or 0)
+    ):
+        group: dict[str, Any] = {
             "params": [p for _, p in named],
             "param_names": [n for n, _ in named],
             "role": role.value,
-            "lr": lrs[role],
+            "lr": lrs[role] * (ref / fan_in if fan_in else 1.0),
             "weight_decay": wd if POLICY[role].decay else 0.0,
         }
-        for role, named in members.items()
-        if named
-    ]
+        if width_aware:
+            group["fan_in"] = fan_in
+        groups.append(group)
+    return groups

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from loraplus.groups import as_float, param_groups
-from loraplus.roles import Role
+from loraplus.groups import POLICY, as_float, param_groups, role_lrs
+from loraplus.roles import Role, trainable_parameters
 
 # name -> (module, attribute, pip package that provides it)
 OPTIMIZERS: dict[str, tuple[str, str, str]] = {
@@ -110,8 +110,9 @@ def _keep_embeddings_32bit(optimizer: Optimizer, model: nn.Module) -> list[torch
 
     in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
     targets: dict[int, torch.Tensor] = {}
+    embedding_roles = {Role.EMBEDDING_A.value, Role.EMBEDDING_B.value}
     for group in optimizer.param_groups:
-        if group.get("role") in (Role.EMBEDDING_A.value, Role.EMBEDDING_B.value):
+        if embedding_roles & set(str(group.get("role")).split("+")):
             targets.update((id(p), p) for p in group["params"])
     for module in model.modules():
         if isinstance(module, nn.Embedding) and id(module.weight) in in_groups:
@@ -133,9 +134,14 @@ def create_optimizer(
     weight_decay: float | str = 0.0,
     lr_multipliers: Mapping[Role | str, float] | None = None,
     patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
+    width_aware: bool = False,
+    n_ref: float | str | None = None,
     **optimizer_kwargs: Any,
 ) -> Optimizer:
-    """The LoRA+ optimizer for `model`: lr for A, ratio * lr for B, one group per role."""
+    """The LoRA+ optimizer for `model`: lr for A, ratio * lr for B, one group per role.
+
+    `width_aware=True` sets each lora_A's lr from its fan-in n: lr · n_ref / n (param_groups).
+    """
     cls = resolve_optimizer(optimizer_cls)
     groups = param_groups(
         model,
@@ -145,7 +151,20 @@ def create_optimizer(
         weight_decay=weight_decay,
         lr_multipliers=lr_multipliers,
         patterns=patterns,
+        width_aware=width_aware,
+        n_ref=n_ref,
     )
+    return _build(model, cls, groups, lr, optimizer_kwargs)
+
+
+def _build(
+    model: nn.Module,
+    cls: type[Optimizer],
+    groups: list[dict[str, Any]],
+    lr: float | str,
+    optimizer_kwargs: Mapping[str, Any],
+) -> Optimizer:
+    """`cls` over `groups`; refused if it ignores per-group lrs; embeddings keep 32-bit state."""
     kwargs = _coerce_kwargs(cls, optimizer_kwargs)
     kwargs.pop("lr", None)
     kwargs.pop("weight_decay", None)
@@ -154,6 +173,52 @@ def create_optimizer(
     _refuse_single_lr(optimizer)
     _keep_embeddings_32bit(optimizer, model)
     return optimizer
+
+
+# peft.optimizers.create_loraplus_optimizer's four groups, in its order, and the roles each holds.
+# Keeping that count and order (empty groups included) lets an optimizer state saved with PEFT's
+# builder load into ours wherever both put a tensor in the same group (README: "saved optimizer
+# state").
+_PEFT_LAYOUT: tuple[tuple[Role, ...], ...] = (
+    (Role.LORA_A, Role.OTHER),  # groupA: lr
+    (Role.EMBEDDING_A, Role.EMBEDDING_B),  # embedding: loraplus_lr_embedding
+    (Role.LORA_B, Role.TOKENS),  # groupB: ratio · lr, decayed
+    (Role.VECTOR, Role.MAGNITUDE, Role.SINGULAR),  # groupB_no_decay: ratio · lr
+)
+
+
+def _peft_layout(
+    groups: list[dict[str, Any]], model: nn.Module, lrs: Mapping[Role, float], weight_decay: float
+) -> list[dict[str, Any]]:
+    """The role groups merged into PEFT's four (role "lora_A+other", ...), in model order."""
+    order = {id(p): i for i, (_, p) in enumerate(trainable_parameters(model))}
+    by_role = {g["role"]: g for g in groups}
+    merged = []
+    for slot in _PEFT_LAYOUT:
+        parts = [by_role[r.value] for r in slot if r.value in by_role]
+        settings = {(g["lr"], g["weight_decay"]) for g in parts}
+        if len(settings) > 1:
+            raise ValueError(
+                f"PEFT's optimizer layout puts {' and '.join(g['role'] for g in parts)} in one "
+                "group, but lr_multipliers gives them different learning rates. Use "
+                "loraplus.create_optimizer, which keeps one group per role."
+            )
+        default = (lrs[slot[0]], weight_decay if POLICY[slot[0]].decay else 0.0)
+        lr, wd = settings.pop() if settings else default
+        named = sorted(
+            (pair for g in parts for pair in zip(g["param_names"], g["params"], strict=True)),
+            key=lambda pair: order[id(pair[1])],
+        )
+        merged.append(
+            {
+                "params": [p for _, p in named],
+                "param_names": [n for n, _ in named],
+                "role": "+".join(g["role"] for g in parts) or slot[0].value,
+                "lr": lr,
+                "weight_decay": wd,
+            }
+        )
+    return merged
 
 
 def create_loraplus_optimizer(
@@ -166,10 +231,16 @@ def create_loraplus_optimizer(
 ) -> Optimizer:
     """Drop-in for peft.optimizers.create_loraplus_optimizer, with its keyword names.
 
-    Kept from PEFT: `loraplus_lr_embedding` defaults to 1e-6. Fixed: `weight_decay` (or PEFT's
+    Kept from PEFT: `loraplus_lr_embedding` defaults to 1e-6, and the four groups in PEFT's order
+    (empty ones too), so PEFT's saved optimizer states load. Fixed: `weight_decay` (or PEFT's
     `loraplus_weight_decay`) applies to every decaying group, and a saved head's weight and bias
     follow the LoRA+ policy instead of being split by name.
     """
+    if kwargs.pop("width_aware", False):
+        raise ValueError(
+            "width_aware=True makes one lora_A group per fan-in, which PEFT's four groups cannot "
+            "hold. Use loraplus.create_optimizer(..., width_aware=True)."
+        )
     explicit_embedding = "loraplus_lr_embedding" in kwargs
     lr_embedding = kwargs.pop("loraplus_lr_embedding", 1e-6)
     wd = kwargs.pop("weight_decay", None)
@@ -183,17 +254,27 @@ def create_loraplus_optimizer(
                 "pass only one of them."
             )
     chosen = wd if wd is not None else (loraplus_wd if loraplus_wd is not None else 0.0)
-    optimizer = create_optimizer(
+    cls = resolve_optimizer(optimizer_cls)
+    multipliers = kwargs.pop("lr_multipliers", None)
+    groups = param_groups(
         model,
-        optimizer_cls,
         lr=lr,
         ratio=loraplus_lr_ratio,
         lr_embedding=lr_embedding,
         weight_decay=chosen,
-        **kwargs,
+        lr_multipliers=multipliers,
+        patterns=kwargs.pop("patterns", None),
     )
+    lrs = role_lrs(
+        as_float(lr, "lr"),
+        as_float(loraplus_lr_ratio, "loraplus_lr_ratio"),
+        None if lr_embedding is None else as_float(lr_embedding, "loraplus_lr_embedding"),
+        multipliers,
+    )
+    decay = as_float(chosen, "weight_decay", allow_zero=True)
+    optimizer = _build(model, cls, _peft_layout(groups, model, lrs, decay), lr, kwargs)
     embedding_roles = (Role.EMBEDDING_A.value, Role.EMBEDDING_B.value)
-    if not explicit_embedding and any(g["role"] in embedding_roles for g in optimizer.param_groups):
+    if not explicit_embedding and any(g["role"] in embedding_roles for g in groups):
         warnings.warn(
             "Embedding LoRA adapters get loraplus_lr_embedding=1e-6 (PEFT's default), which all "
             "but freezes them. Pass loraplus_lr_embedding=... or use loraplus.create_optimizer, "
@@ -204,19 +285,26 @@ def create_loraplus_optimizer(
 
 
 def summary(optimizer: Optimizer) -> str:
-    """A text table of the optimizer's groups: role, tensors, parameters, lr, weight decay."""
-    rows = [("role", "tensors", "parameters", "lr", "weight decay")]
+    """A text table of the optimizer's groups: role, (fan-in,) tensors, parameters, lr, decay."""
+    width_aware = any("fan_in" in g for g in optimizer.param_groups)
+    rows: list[tuple[str, ...]] = [
+        ("role", "fan-in", "tensors", "parameters", "lr", "weight decay")
+    ]
     for i, group in enumerate(optimizer.param_groups):
         params = group["params"]
+        fan_in = group.get("fan_in")
         rows.append(
             (
                 str(group.get("role", f"group {i}")),
+                "-" if fan_in is None else str(fan_in),
                 str(len(params)),
                 f"{sum(p.numel() for p in params):,}",
                 f"{group['lr']:.3g}",
                 f"{group.get('weight_decay', 0.0):.3g}",
             )
         )
+    if not width_aware:
+        rows = [(row[0], *row[2:]) for row in rows]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = [
         "  ".join(

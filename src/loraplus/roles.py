@@ -1,17 +1,21 @@
 """Which role each trainable tensor plays in a LoRA model: found by module type, not by name.
 
-PEFT models are read structurally (every `LoraLayer` and the adapter dicts it owns); models with
-LoRA that is not PEFT's fall back to name patterns. Wrappers (torch.compile, DDP, FSDP) are seen
-through, so a model classifies the same way however it is wrapped.
+PEFT models are read structurally (every `LoraLayer`, AdaLoRA's and trainable tokens' layers, and
+the adapter dicts they own); models with LoRA that is not PEFT's fall back to name patterns.
+Matrix or vector is read from a tensor's module, not its current shape, and wrappers
+(torch.compile, DDP, FSDP1's flat shards, FSDP2) are seen through, so a model classifies the same
+way however it is wrapped.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from enum import Enum
 
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 
 class Role(str, Enum):
@@ -22,6 +26,8 @@ class Role(str, Enum):
     EMBEDDING_A = "embedding_A"
     EMBEDDING_B = "embedding_B"
     MAGNITUDE = "magnitude"
+    SINGULAR = "singular"
+    TOKENS = "tokens"
     VECTOR = "vector"
     OTHER = "other"
 
@@ -30,6 +36,7 @@ class Role(str, Enum):
 
 
 LORA_ROLES = (Role.LORA_A, Role.LORA_B, Role.EMBEDDING_A, Role.EMBEDDING_B)
+_MATRIX_ROLES = (*LORA_ROLES, Role.TOKENS, Role.OTHER)
 
 # Name fallback for LoRA that is not PEFT's: one dotted component of the parameter's name.
 DEFAULT_PATTERNS: dict[Role, tuple[str, ...]] = {
@@ -40,13 +47,18 @@ DEFAULT_PATTERNS: dict[Role, tuple[str, ...]] = {
     Role.MAGNITUDE: (r"lora_magnitude_vector", r"dora_scale"),
 }
 
-# PEFT LoraLayer attribute -> role of the matrices it holds.
+# PEFT adapter attribute (in a layer's adapter_layer_names) -> role of the tensors it holds:
+# LoraLayer's, AdaLoraLayer's singular values lora_E, and TrainableTokensLayer's rows for the new
+# tokens of trainable_token_indices. An attribute not listed here leaves its tensors to the
+# fallback (other / vector).
 _PEFT_ATTRS: dict[str, Role] = {
     "lora_A": Role.LORA_A,
     "lora_B": Role.LORA_B,
     "lora_embedding_A": Role.EMBEDDING_A,
     "lora_embedding_B": Role.EMBEDDING_B,
     "lora_magnitude_vector": Role.MAGNITUDE,
+    "lora_E": Role.SINGULAR,
+    "trainable_tokens_delta": Role.TOKENS,
 }
 
 # Prefixes that wrappers put in front of parameter names.
@@ -78,27 +90,35 @@ def trainable_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]
             yield canonical_name(name), param
 
 
+def _is_matrix(owner: nn.Module, local: str, param: nn.Parameter) -> bool:
+    """Whether a tensor is a matrix, by its module where that says (FSDP1 shards are 1-D views)."""
+    if local == "bias":
+        return False
+    if local == "weight" and isinstance(owner, (nn.Linear, nn.Embedding, _ConvNd)):
+        return True
+    return param.ndim >= 2
+
+
 def _peft_roles(model: nn.Module) -> tuple[dict[int, Role], int]:
-    """Roles of the tensors held by PEFT LoRA layers, keyed by id(param), and the layer count."""
+    """Roles of the tensors held by PEFT adapter layers, keyed by id(param), and the LoRA layers."""
     try:
         from peft.tuners.lora import LoraLayer
+        from peft.tuners.trainable_tokens import TrainableTokensLayer
     except ImportError:  # pragma: no cover - peft is a dependency
         return {}, 0
     roles: dict[int, Role] = {}
     layers = 0
     for module in model.modules():
-        if not isinstance(module, LoraLayer):
+        if not isinstance(module, (LoraLayer, TrainableTokensLayer)):
             continue
-        layers += 1
-        for attr, role in _PEFT_ATTRS.items():
-            holder = getattr(module, attr, None)
-            if holder is None:
+        layers += isinstance(module, LoraLayer)
+        for attr in module.adapter_layer_names:  # the layer's own list of its adapter dicts
+            holder, role = getattr(module, attr, None), _PEFT_ATTRS.get(attr)
+            if role is None or not isinstance(holder, nn.Module):
                 continue
-            for param in holder.parameters():
-                # lora_B's bias (PEFT's lora_bias=True) is a vector, not a matrix.
-                _assign(
-                    roles, param, role if param.ndim >= 2 or role is Role.MAGNITUDE else Role.VECTOR
-                )
+            for key, param in holder.named_parameters():
+                # lora_B's bias (PEFT's lora_bias=True: "<adapter>.bias") is a vector.
+                _assign(roles, param, Role.VECTOR if key.endswith(".bias") else role)
     return roles, layers
 
 
@@ -139,6 +159,27 @@ def as_role(key: Role | str) -> Role:
         raise ValueError(f"Unknown role {key!r}: use one of {valid}.") from None
 
 
+def _fallback_role(
+    model: nn.Module, raw: str, param: nn.Parameter, compiled: dict[Role, list[re.Pattern[str]]]
+) -> Role:
+    """The role of a tensor no PEFT layer holds: its name against the patterns, then its module."""
+    name = canonical_name(raw)
+    path, _, local = raw.rpartition(".")
+    owner = model.get_submodule(path)
+    hits = [r for r, ps in compiled.items() if any(p.search(name) for p in ps)]
+    if len(set(hits)) > 1:
+        raise ValueError(
+            f"Parameter {name!r} of {type(model).__name__} matches the patterns of several roles "
+            f"({', '.join(str(h) for h in hits)}). Pass patterns= that match it once, e.g. "
+            "patterns={'lora_A': r'\\.down\\.'}."
+        )
+    if not hits:
+        return Role.OTHER if _is_matrix(owner, local, param) else Role.VECTOR
+    if hits[0] in _MATRIX_ROLES and not _is_matrix(owner, local, param):
+        return Role.VECTOR
+    return hits[0]
+
+
 def classify(
     model: nn.Module,
     patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
@@ -152,20 +193,11 @@ def classify(
     by_id, layers = _peft_roles(inner)
     compiled = _compile_patterns(patterns) if (not layers or patterns) else {}
     roles: dict[str, Role] = {}
-    for name, param in trainable_parameters(inner):
-        role = by_id.get(id(param))
-        if role is None and compiled:
-            hits = [r for r, ps in compiled.items() if any(p.search(name) for p in ps)]
-            if len(set(hits)) > 1:
-                raise ValueError(
-                    f"Parameter {name!r} of {type(inner).__name__} matches the patterns of "
-                    f"several roles ({', '.join(str(h) for h in hits)}). Pass patterns= that "
-                    "match it once, e.g. patterns={'lora_A': r'\\.down\\.'}."
-                )
-            role = hits[0] if hits else None
-            if role is not None and param.ndim < 2 and role is not Role.MAGNITUDE:
-                role = Role.VECTOR
-        roles[name] = role if role is not None else (Role.VECTOR if param.ndim < 2 else Role.OTHER)
+    for raw, param in inner.named_parameters():
+        if param.requires_grad:
+            name = canonical_name(raw)
+            role = by_id.get(id(param))
+            roles[name] = role if role is not None else _fallback_role(inner, raw, param, compiled)
     if not any(r in LORA_ROLES for r in roles.values()):
         searched = (
             f"{layers} PEFT LoraLayer module(s), none with a trainable adapter"
@@ -181,3 +213,41 @@ def classify(
             "patterns={'lora_A': ..., 'lora_B': ...} matching your LoRA parameter names."
         )
     return roles
+
+
+def _input_width(owner: nn.Module, parent: nn.Module, param: nn.Parameter) -> int | None:
+    """A matrix's fan-in from its module: a Linear's in_features, a Conv's in_channels x kernel."""
+    # PEFT holds some adapters (AdaLoRA's) as bare tensors in a ParameterDict of the LoRA layer.
+    for module in (owner, parent) if isinstance(owner, nn.ParameterDict) else (owner,):
+        if isinstance(module, _ConvNd):
+            return module.in_channels // module.groups * math.prod(module.kernel_size)
+        width = getattr(module, "in_features", None)
+        if isinstance(width, int):
+            return width
+    return param[0].numel() if param.ndim >= 2 else None
+
+
+def lora_fan_ins(model: nn.Module, roles: Mapping[str, Role]) -> dict[str, int]:
+    """{name: fan-in n} of each lora_A tensor in `roles` (from classify), read from its module.
+
+    The module's width, not the tensor's current shape: FSDP1 shards a matrix into 1-D views.
+    """
+    inner = unwrap(model)
+    modules = dict(inner.named_modules())
+    widths: dict[str, int] = {}
+    for raw, param in inner.named_parameters():
+        name = canonical_name(raw)
+        if roles.get(name) is not Role.LORA_A:
+            continue
+        path = raw.rpartition(".")[0]
+        owner = modules[path]
+        width = _input_width(owner, modules[path.rpartition(".")[0]], param)
+        if width is None:
+            raise ValueError(
+                f"Cannot tell the input width of the lora_A tensor {name!r}: its module "
+                f"{type(owner).__name__} has no in_features and its shape {tuple(param.shape)} "
+                "is not a matrix. Give the module an int attribute in_features, or pass "
+                "width_aware=False."
+            )
+        widths[name] = width
+    return widths
