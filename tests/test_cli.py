@@ -262,3 +262,11 @@ def test_experiment_toy_and_width(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (tmp_path / "width.png").is_file() and (tmp_path / "width.json").is_file()
     assert cli.main(["experiment", "width", "--widths", "16,x"]) == 2
     assert "--widths must be a comma-separated list" in capsys.readouterr().err
+
+
+def test_width_aware_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "--width-aware", "--n-ref", "4096", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["width_aware"] is True and printed["n_ref"] == 4096.0
+    assert cli.main(["train", "--n-ref", "wide", "--print-config"]) == 2
+    assert "argument --n-ref" in capsys.readouterr().err

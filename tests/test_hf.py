@@ -498,3 +498,18 @@ def test_per_role_lrs_reach_tensorboard(tmp_path: Path, monkeypatch: pytest.Monk
     a = [e.value for e in acc.Scalars("train/lr/lora_A")]
     b = [e.value for e in acc.Scalars("train/lr/lora_B")]
     assert len(a) == 3 and b == pytest.approx([8 * x for x in a])
+
+
+def test_width_aware_arguments_reach_the_optimizer(tmp_path: Path) -> None:
+    """loraplus_width_aware: down_proj (fan-in 64) gets half the lr_A of the fan-in-32 layers."""
+    args = targs(tmp_path, loraplus_width_aware=True, loraplus_n_ref="32")
+    trainer = LoraPlusTrainer(model=lora_llama(), args=args)
+    groups = trainer.create_optimizer().param_groups
+    lora_a = {g["fan_in"]: g["lr"] for g in groups if g["role"] == "lora_A"}
+    assert lora_a == {32: pytest.approx(LR), 64: pytest.approx(LR / 2)}
+    (lora_b,) = [g for g in groups if g["role"] == "lora_B"]
+    assert lora_b["lr"] == pytest.approx(16 * LR) and lora_b["fan_in"] is None
+    with pytest.raises(ValueError, match="n_ref only applies with width_aware=True"):
+        LoraPlusTrainer(
+            model=lora_llama(), args=targs(tmp_path, loraplus_n_ref=32.0)
+        ).create_optimizer()

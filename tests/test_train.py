@@ -424,6 +424,22 @@ def test_lr_multipliers_reach_the_optimizer(tiny_files: dict[str, Path], tmp_pat
     assert lrs["vector"] == pytest.approx(0.5 * 1e-3)
 
 
+def test_width_aware_groups_in_metrics(tiny_files: dict[str, Path], tmp_path: Path) -> None:
+    """--width-aware: tiny BERT's intermediate.dense (fan-in 32) vs output.dense (fan-in 64)."""
+    cfg = tiny_cls_config(
+        tiny_files,
+        tmp_path / "wa",
+        width_aware=True,
+        n_ref="32",
+        target_modules="query value dense",
+        max_steps=1,
+        save_adapter=False,
+    )
+    metrics = json.loads((train(cfg).output_dir / "metrics.json").read_text())
+    lora_a = {g["fan_in"]: g["lr"] for g in metrics["param_groups"] if g["role"] == "lora_A"}
+    assert lora_a == {32: pytest.approx(1e-3), 64: pytest.approx(0.5e-3)}
+
+
 def test_probe_records_the_feature_update_balance(
     tiny_files: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -25,6 +25,8 @@ class LoraPlusConfig:
     lr_embedding: float | None = None
     lora_init: str | None = None
     lr_multipliers: dict[str, float] | None = None
+    width_aware: bool = False
+    n_ref: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratio", as_float(self.ratio, "loraplus_lr_ratio"))
@@ -56,6 +58,8 @@ class LoraPlusConfig:
             "lr_embedding": getattr(args, "loraplus_lr_embedding", None),
             "lora_init": getattr(args, "lora_init", None),
             "lr_multipliers": getattr(args, "loraplus_lr_multipliers", None),
+            "width_aware": getattr(args, "loraplus_width_aware", False),
+            "n_ref": getattr(args, "loraplus_n_ref", None),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -77,6 +81,13 @@ class LoraPlusTrainingArguments(TrainingArguments):
     )
     loraplus_lr_multipliers: dict[str, float] | None = field(
         default=None, metadata={"help": "Per-role lr multipliers, e.g. {'vector': 1.0}."}
+    )
+    loraplus_width_aware: bool = field(
+        default=False,
+        metadata={"help": "lr_A of each layer = learning_rate · n_ref / its fan-in (lr_A ~ 1/n)."},
+    )
+    loraplus_n_ref: float | None = field(
+        default=None, metadata={"help": "Width-aware reference fan-in (default: the median)."}
     )
 
     def __post_init__(self) -> None:

@@ -58,6 +58,8 @@ def _build(
         lr_embedding=cfg.lr_embedding,
         weight_decay=args.weight_decay,
         lr_multipliers=cfg.lr_multipliers,
+        width_aware=cfg.width_aware,
+        n_ref=cfg.n_ref,
         **kwargs,
     )
 

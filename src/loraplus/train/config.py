@@ -38,6 +38,13 @@ class TrainConfig:
         default=None,
         metadata=_help("per-role lr = multiplier * lr, e.g. other=16 vector=1 (README role table)"),
     )
+    width_aware: bool = field(
+        default=False,
+        metadata=_help("lr_A of each layer = lr * n_ref / its fan-in (theory: lr_A ~ 1/n)"),
+    )
+    n_ref: float | None = field(
+        default=None, metadata=_help("width-aware reference fan-in (default: the median)")
+    )
     rank: int = field(default=8, metadata=_help("LoRA rank r"))
     alpha: float = field(default=16.0, metadata=_help("LoRA alpha (scale alpha / r)"))
     dropout: float = field(default=0.0, metadata=_help("LoRA dropout"))

@@ -292,6 +292,8 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         loraplus_lr_ratio=cfg.ratio,
         loraplus_lr_embedding=cfg.lr_embedding,
         loraplus_lr_multipliers=cfg.multipliers() or None,
+        loraplus_width_aware=cfg.width_aware,
+        loraplus_n_ref=cfg.n_ref,
         lora_init=cfg.init,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -369,6 +371,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
                 "weight_decay": g.get("weight_decay", 0.0),
                 "tensors": len(g["params"]),
                 "parameters": sum(p.numel() for p in g["params"]),
+                **({"fan_in": g["fan_in"]} if "fan_in" in g else {}),
             }
             for g in trainer.optimizer.param_groups
         ],
