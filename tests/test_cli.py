@@ -269,4 +269,4 @@ def test_width_aware_flags(capsys: pytest.CaptureFixture[str]) -> None:
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["width_aware"] is True and printed["n_ref"] == 4096.0
     assert cli.main(["train", "--n-ref", "wide", "--print-config"]) == 2
-    assert "argument --n-ref" in capsys.readouterr().err
+    assert "--n-ref: invalid float value" in capsys.readouterr().err

@@ -16,6 +16,10 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 
+if not {"-v", "--verbose"} & set(sys.argv[1:]):
+    # bitsandbytes (imported with peft, below) warns about an optional CPU kernel package
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
 from loraplus._config import DataclassParser
 from loraplus.cli import demo, experiment, sweep, train
 from loraplus.cli.common import EXIT_USAGE, CLIError
@@ -47,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `loraplus` script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with _quiet(not {"-v", "--verbose"} & set(argv)):  # quiet imports too, not only the run
+        return _parse_and_run(argv)
+
+
+def _parse_and_run(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help or --version
@@ -55,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        with _quiet(not args.verbose):
-            status: int = args.func(args)
+        status: int = args.func(args)
         return status
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
