@@ -270,3 +270,19 @@ def test_width_aware_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert printed["width_aware"] is True and printed["n_ref"] == 4096.0
     assert cli.main(["train", "--n-ref", "wide", "--print-config"]) == 2
     assert "--n-ref: invalid float value" in capsys.readouterr().err
+
+
+def test_probe_every_under_init1_exits_0(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README's `--probe-every`: the first probe under Init[1] has δ¹ = 0 (B = 0)."""
+    argv = [*_tiny_train_args(tiny_files, tmp_path / "probe"), "--probe-every", "1"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1: n/a (δ¹ or δ² is 0)" in out  # step 1: B was 0, so A's step moved nothing
+    metrics = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    first, *later = metrics["feature_updates"]
+    assert first["step"] == 1 and first["delta_a"] == 0.0 and first["delta_b"] > 0
+    assert later and all(row["delta_a"] > 0 for row in later)
