@@ -136,6 +136,19 @@ def create_optimizer(
     **optimizer_kwargs: Any,
 ) -> Optimizer:
     """The LoRA+ optimizer for `model`: lr for A, ratio * lr for B, one group per role."""
+    if isinstance(ratio, str) and ratio.strip().lower() == "auto":  # loraplus.autoratio
+        from loraplus.autoratio import create_auto_optimizer
+
+        return create_auto_optimizer(
+            model,
+            optimizer_cls,
+            lr=lr,
+            lr_embedding=lr_embedding,
+            weight_decay=weight_decay,
+            lr_multipliers=lr_multipliers,
+            patterns=patterns,
+            **optimizer_kwargs,
+        )
     cls = resolve_optimizer(optimizer_cls)
     groups = param_groups(
         model,
@@ -226,4 +239,5 @@ def summary(optimizer: Optimizer) -> str:
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
+    lines += getattr(optimizer, "ratio_lines", list)()  # ratio="auto": the ratios it chose
     return "\n".join(lines)
