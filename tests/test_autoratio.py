@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from test_hf import cls_data, one_thread, targs  # noqa: F401  (one_thread is an autouse fixture)
 from tiny import lora_bert, lora_llama
 from torch import nn
@@ -26,32 +25,7 @@ from loraplus.autoratio import (
     isotropic_terms,
     lora_pairs,
 )
-
-
-def teacher_student(n: int, seed: int = 0) -> tuple[PeftModel, Any]:
-    """A width-n two-layer tanh MLP with LoRA r=4, and a teacher: the base plus a rank-2 shift."""
-    torch.manual_seed(seed)
-    base = nn.Sequential(nn.Linear(n, n, bias=False), nn.Tanh(), nn.Linear(n, n, bias=False))
-    g = torch.Generator().manual_seed(seed + 1)
-    w = [
-        base[i].weight.detach()
-        + torch.randn(n, 2, generator=g)
-        @ torch.randn(2, n, generator=g)
-        # / sqrt(n): the shift moves each output by Θ(1) at every width
-        / math.sqrt(n)
-        for i in (0, 2)
-    ]
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=["0", "2"]))
-    return model, lambda x: torch.tanh(x @ w[0].T) @ w[1].T
-
-
-def train_toy(model: nn.Module, teacher: Any, opt: Any, steps: int, n: int, seed: int = 7) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(64, n, generator=g)
-        (model(x) - teacher(x)).pow(2).mean().backward()
-        opt.step()
-        opt.zero_grad()
+from loraplus.experiments.lora_mlp import batches, teacher_student, train
 
 
 def log2_mean(ratios: dict[str, float]) -> float:
@@ -63,9 +37,10 @@ def test_settles_at_a_larger_ratio_for_a_larger_width() -> None:
     for n in (16, 256):
         model, teacher = teacher_student(n)
         opt: Any = loraplus.create_optimizer(model, "adamw", lr=1e-3, ratio="auto")
-        train_toy(model, teacher, opt, 300, n)
+        data = batches(n)
+        train(model, teacher, opt, data, 300)
         at_300 = opt.ratios()
-        train_toy(model, teacher, opt, 100, n, seed=8)
+        train(model, teacher, opt, data, 100)
         settled[n] = opt.ratios()
         # settled: the last 100 steps (10 updates, up to 2.5 octaves allowed) moved < 1 octave
         assert abs(log2_mean(settled[n]) - log2_mean(at_300)) < 1.0
