@@ -25,18 +25,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import loraplus
-from loraplus.autoratio import isotropic_terms, lora_pairs
+from loraplus.autoratio import AutoRatioConfig, isotropic_terms, lora_pairs
 from loraplus.diagnostics import FeatureUpdateProbe
 from loraplus.experiments.lora_mlp import batches, teacher_student
 from loraplus.experiments.width import fit_loglog_slope
 
-RATIOS: tuple[float | str, ...] = (1.0, 16.0, 256.0, "auto")
+RATIOS: tuple[float | str, ...] = (1.0, 16.0, 256.0, "auto", "auto-inputs")
 
 
 def run(n: int, ratio: float | str, seed: int, steps: int = 300) -> dict[str, float]:
     """Late medians of the true and proxy balance, the final loss and (auto) the mean ratio."""
     model, teacher = teacher_student(n, seed)
-    opt: Any = loraplus.create_optimizer(model, "adamw", lr=1e-3, ratio=ratio)
+    kind = "auto" if str(ratio).startswith("auto") else ratio
+    extra = {"auto_ratio": AutoRatioConfig(signal="inputs")} if ratio == "auto-inputs" else {}
+    opt: Any = loraplus.create_optimizer(model, "adamw", lr=1e-3, ratio=kind, **extra)
     probe, pairs, data = FeatureUpdateProbe(model), lora_pairs(model), batches(n, seed=7 + seed)
     true, proxy, loss = [], [], math.nan
     for t in range(1, steps + 1):
@@ -55,10 +57,10 @@ def run(n: int, ratio: float | str, seed: int, steps: int = 300) -> dict[str, fl
             for p, (a0, b0) in zip(pairs, before, strict=True):
                 d1, d2 = isotropic_terms(a0, b0, p.a, p.b).tolist()
                 proxy.append(math.log2(d2 / d1))
-        loss = float(err)
+        loss = float(err.detach())
     probe.remove()
     out = {"true": statistics.median(true), "proxy": statistics.median(proxy), "loss": loss}
-    if ratio == "auto":
+    if kind == "auto":
         ratios = opt.ratios().values()
         out["ratio"] = 2 ** statistics.mean(math.log2(v) for v in ratios)
     return out
@@ -73,7 +75,7 @@ def main() -> None:
     widths = [int(w) for w in args.widths.split(",")]
     start = time.perf_counter()
     results: dict[tuple[int, str], list[dict[str, float]]] = {}
-    print("   n  ratio   true log2(δ²/δ¹)  proxy  proxy-true  final loss  ratio chosen")
+    print("   n        ratio  true log2(δ²/δ¹)  proxy  proxy-true  final loss  ratio chosen")
     for n in widths:
         for ratio in RATIOS:
             rows = [run(n, ratio, seed) for seed in range(args.seeds)]
@@ -81,7 +83,7 @@ def main() -> None:
             mean = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
             chosen = f"{mean['ratio']:12.2f}" if "ratio" in mean else ""
             print(
-                f"{n:4d}  {ratio!s:>5}  {mean['true']:+17.2f}  {mean['proxy']:+5.2f}"
+                f"{n:4d}  {ratio!s:>11}  {mean['true']:+16.2f}  {mean['proxy']:+5.2f}"
                 f"  {mean['proxy'] - mean['true']:+10.2f}  {mean['loss']:10.4f}  {chosen}",
                 flush=True,
             )
@@ -92,10 +94,11 @@ def main() -> None:
         print(
             f"  n={n}: true {(ends[1] - ends[0]) / 8:.2f}, proxy {(ends_p[1] - ends_p[0]) / 8:.2f}"
         )
-    chosen = [statistics.mean(r["ratio"] for r in results[(n, "auto")]) for n in widths]
-    if len(widths) > 1:
-        slope, _ = fit_loglog_slope(widths, chosen)
-        print(f"ratio chosen by auto ~ n^{slope:.2f} (theory for balanced true δ: n^1)")
+    for name in ("auto", "auto-inputs"):
+        chosen = [statistics.mean(r["ratio"] for r in results[(n, name)]) for n in widths]
+        if len(widths) > 1:
+            slope, _ = fit_loglog_slope(widths, chosen)
+            print(f"ratio chosen by {name} ~ n^{slope:.2f} (theory for balanced true δ: n^1)")
     print(f"({time.perf_counter() - start:.0f} s)")
 
 

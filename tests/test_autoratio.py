@@ -25,6 +25,7 @@ from loraplus.autoratio import (
     isotropic_terms,
     lora_pairs,
 )
+from loraplus.diagnostics import FeatureUpdateProbe
 from loraplus.experiments.lora_mlp import batches, teacher_student, train
 
 
@@ -195,3 +196,31 @@ def test_hf_trainer_checkpoints_and_resumes_the_controller(tmp_path: Path) -> No
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-20"))
     assert is_auto(second.optimizer)
     assert second.optimizer.optimizer.auto_steps == 30  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("signal", ["isotropic", "inputs"])
+def test_the_controller_measures_what_the_probe_measures(signal: str) -> None:
+    """signal="inputs" sees the probe's δ¹/δ² (real inputs); "isotropic" the Frobenius norms."""
+    model = lora_llama()
+    loraplus.init_lora_(model, "init2")
+    cfg = AutoRatioConfig(every=2, signal=signal)
+    opt: Any = loraplus.create_optimizer(model, "adamw", lr=1e-3, ratio="auto", auto_ratio=cfg)
+    probe = FeatureUpdateProbe(model)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # steps 0 and 2 measure; step 0 from A = 0 has δ² = 0: no balance
+        ids = torch.randint(0, 128, (2, 8), generator=g)
+        model(input_ids=ids, labels=ids).loss.backward()
+        probe.snapshot()
+        before = [(p.a.detach().clone(), p.b.detach().clone()) for p in opt.pairs]
+        opt.step()
+        opt.zero_grad()
+    true = {u.layer: u.balance for u in probe.measure()}
+    probe.remove()
+    for pair, got, (a0, b0) in zip(opt.pairs, opt.last_balance, before, strict=True):
+        if signal == "inputs":
+            assert got == pytest.approx(true[pair.layer], abs=1e-4)
+        else:
+            d1 = torch.linalg.norm(b0 @ (pair.a - a0)).item()
+            d2 = torch.linalg.norm((pair.b - b0) @ a0).item()
+            assert got == pytest.approx(math.log2(d2 / d1), abs=1e-4)
+    assert opt.auto_inputs == {}  # inputs are dropped once measured

@@ -41,12 +41,18 @@ class AutoRatioConfig:
     gain: float = 0.5  # octaves of ratio per octave of (EMA balance - target)
     max_step: float = 0.25  # at most this many octaves of ratio per update
     ema: float = 0.5  # weight of the previous EMA value
+    signal: str = "isotropic"  # or "inputs": δ¹, δ² on the step's real inputs (forward hooks)
+    max_tokens: int = 512  # "inputs": tokens kept per layer
 
     def __post_init__(self) -> None:
         if not 0 < self.low <= self.start <= self.high:
             raise ValueError(
                 f"auto ratio needs 0 < low <= start <= high, got low={self.low}, "
                 f"start={self.start}, high={self.high}."
+            )
+        if self.signal not in ("isotropic", "inputs"):
+            raise ValueError(
+                f"auto ratio signal must be 'isotropic' or 'inputs', got {self.signal!r}."
             )
         if self.every < 1:
             raise ValueError(f"auto ratio `every` must be >= 1 step, got {self.every}.")
@@ -65,6 +71,7 @@ class LoraPair:
     adapter: str
     a: torch.Tensor
     b: torch.Tensor
+    module: nn.Module | None = None  # the LoraLayer, where signal="inputs" records its inputs
 
     @property
     def key(self) -> str:
@@ -83,7 +90,8 @@ def lora_pairs(model: nn.Module) -> list[LoraPair]:
         for key, a_mod in module.lora_A.items():
             b_mod = module.lora_B[key]
             if isinstance(a_mod, nn.Linear) and a_mod.weight.requires_grad:
-                pairs.append(LoraPair(name, key, a_mod.weight, cast(torch.Tensor, b_mod.weight)))
+                b_weight = cast(torch.Tensor, b_mod.weight)
+                pairs.append(LoraPair(name, key, a_mod.weight, b_weight, cast(nn.Module, module)))
     return pairs
 
 
@@ -115,6 +123,19 @@ class AutoRatioMixin:
         self.balance_ema = [None] * len(self.pairs)
         self.last_balance = [None] * len(self.pairs)
         self.auto_steps = 0
+        self.auto_inputs: dict[str, torch.Tensor] = {}
+        if config.signal == "inputs":
+            modules = {p.layer: p.module for p in self.pairs if p.module is not None}
+            for name, module in modules.items():
+                module.register_forward_pre_hook(self._recorder(name))
+
+    def _recorder(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            if self.auto_steps % self.auto.every == 0:  # the coming step measures
+                x = args[0].detach()
+                self.auto_inputs[name] = x.reshape(-1, x.shape[-1])[-self.auto.max_tokens :].clone()
+
+        return hook
 
     def ratios(self) -> dict[str, float]:
         """{layer (or "layer[adapter]"): its current lr_B / lr_A}."""
@@ -166,10 +187,8 @@ class AutoRatioMixin:
 
     def _update(self, old_a: list[torch.Tensor], old_b: list[torch.Tensor]) -> None:
         cfg = self.auto
-        terms = [
-            isotropic_terms(a0, b0, p.a.detach(), p.b.detach())
-            for p, a0, b0 in zip(self.pairs, old_a, old_b, strict=True)
-        ]
+        terms = [self._terms(p, a0, b0) for p, a0, b0 in zip(self.pairs, old_a, old_b, strict=True)]
+        self.auto_inputs = {}
         values = torch.stack(terms).tolist() if terms else []  # one device sync
         for i, (d1, d2) in enumerate(values):
             if not (d1 > 0 and d2 > 0 and math.isfinite(d1) and math.isfinite(d2)):
@@ -183,6 +202,15 @@ class AutoRatioMixin:
             move = max(-cfg.max_step, min(cfg.max_step, cfg.gain * (ema - cfg.target)))
             lo, hi = math.log2(cfg.low), math.log2(cfg.high)
             self.log2_ratio[i] = max(lo, min(hi, self.log2_ratio[i] - move))
+
+    def _terms(self, pair: LoraPair, a0: torch.Tensor, b0: torch.Tensor) -> torch.Tensor:
+        z = self.auto_inputs.get(pair.layer)
+        if z is None:
+            return isotropic_terms(a0, b0, pair.a.detach(), pair.b.detach())
+        from loraplus.diagnostics import feature_update_terms
+
+        d1, d2, _ = feature_update_terms(a0, b0, pair.a.detach(), pair.b.detach(), z)
+        return torch.tensor([d1, d2])
 
     def auto_state(self) -> dict[str, Any]:
         """The controller's state as plain Python values (what state_dict() stores)."""
