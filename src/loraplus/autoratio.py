@@ -124,10 +124,12 @@ class AutoRatioMixin:
         self.last_balance = [None] * len(self.pairs)
         self.auto_steps = 0
         self.auto_inputs: dict[str, torch.Tensor] = {}
+        self.auto_hooks: list[Any] = []
         if config.signal == "inputs":
             modules = {p.layer: p.module for p in self.pairs if p.module is not None}
-            for name, module in modules.items():
-                module.register_forward_pre_hook(self._recorder(name))
+            self.auto_hooks = [
+                m.register_forward_pre_hook(self._recorder(name)) for name, m in modules.items()
+            ]
 
     def _recorder(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -210,7 +212,7 @@ class AutoRatioMixin:
         from loraplus.diagnostics import feature_update_terms
 
         d1, d2, _ = feature_update_terms(a0, b0, pair.a.detach(), pair.b.detach(), z)
-        return torch.tensor([d1, d2])
+        return torch.tensor([d1, d2], device=a0.device)
 
     def auto_state(self) -> dict[str, Any]:
         """The controller's state as plain Python values (what state_dict() stores)."""
