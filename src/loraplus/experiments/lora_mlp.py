@@ -56,4 +56,4 @@ def train(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    return float(loss)
+    return float(loss.detach())
