@@ -183,7 +183,7 @@ def probe_figure(rows: Sequence[Mapping[str, Any]], path: str | Path) -> dict[st
     """PNG: per module kind, each layer's log2(δ²/δ¹) over steps and the kind's median δ¹, δ².
 
     Returns what was drawn, {kind: {"steps", "balance": {layer: [...]}, "delta_a", "delta_b"}},
-    with NaN where a balance was not finite (drawn as a gap).
+    with NaN where a balance was not finite; those and δ = 0 (log axis) are drawn as gaps.
     """
     from matplotlib.figure import Figure
 
@@ -200,8 +200,9 @@ def probe_figure(rows: Sequence[Mapping[str, Any]], path: str | Path) -> dict[st
         left.set_ylabel("log2(δ²/δ¹)")
         left.set_title(f"{kind}: {len(data['balance'])} layers (grey: balanced band)", fontsize=9)
         right = fig.add_subplot(len(drawn), 2, 2 * k + 2)
-        right.plot(data["steps"], data["delta_a"], "o-", ms=3, label="δ¹ (A's step), median")
-        right.plot(data["steps"], data["delta_b"], "s--", ms=3, label="δ² (B's step), median")
+        positive = [[v if v > 0 else math.nan for v in data[k]] for k in ("delta_a", "delta_b")]
+        right.plot(data["steps"], positive[0], "o-", ms=3, label="δ¹ (A's step), median")
+        right.plot(data["steps"], positive[1], "s--", ms=3, label="δ² (B's step), median")
         if any(v > 0 for v in data["delta_a"] + data["delta_b"]):
             right.set_yscale("log")
         right.set_ylabel("RMS feature update")
