@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from loraplus.diagnose import kind_scalars, module_kind
 from loraplus.roles import unwrap
 
 
@@ -129,6 +130,22 @@ class FeatureUpdateProbe:
         self.hooks = []
 
 
+def layer_records(updates: list[FeatureUpdate]) -> list[dict[str, Any]]:
+    """One plain record per adapter (the "layers" of a probe row); balance None if not finite."""
+    return [
+        {
+            "layer": u.layer,
+            "adapter": u.adapter,
+            "kind": module_kind(u.layer),
+            "delta_a": u.delta_a,
+            "delta_b": u.delta_b,
+            "delta_ab": u.delta_ab,
+            "balance_log2": u.balance if math.isfinite(u.balance) else None,
+        }
+        for u in updates
+    ]
+
+
 def summarize_updates(updates: list[FeatureUpdate]) -> dict[str, float]:
     """Medians over layers: delta_a, delta_b, and log2(δ²/δ¹) (the balance)."""
     finite = [u.balance for u in updates if math.isfinite(u.balance)]
@@ -140,12 +157,19 @@ def summarize_updates(updates: list[FeatureUpdate]) -> dict[str, float]:
 
 
 class FeatureUpdateCallback(TrainerCallback):
-    """Every `every` optimizer steps, records the median δ¹, δ² and balance in `self.history`."""
+    """Every `every` optimizer steps, records δ¹, δ², δ³ per LoRA layer in `self.history`.
+
+    Each row holds the medians over layers (step, delta_a, delta_b, balance_log2) and the
+    per-layer records under "layers" (the shape loraplus.diagnose reads). The medians per module
+    kind (probe/q/balance_log2, probe/mlp/delta_a, ...) join the next training log; reporters such
+    as TensorBoard see them when this callback runs before them (insert it at position 0).
+    """
 
     def __init__(self, every: int = 10, max_tokens: int = 512) -> None:
         self.every, self.max_tokens = every, max_tokens
         self.probe: FeatureUpdateProbe | None = None
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
+        self.pending: dict[str, float] = {}
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -169,9 +193,29 @@ class FeatureUpdateCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         if self.probe is not None and self.probe.recording:
-            row = {"step": float(state.global_step + 1), **summarize_updates(self.probe.measure())}
-            self.history.append(row)
+            updates = self.probe.measure()
+            layers = layer_records(updates)
+            row = {"step": float(state.global_step + 1), **summarize_updates(updates)}
+            self.history.append({**row, "layers": layers})
+            self.pending = kind_scalars(layers)
             self.probe.recording = False
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kw: Any,
+    ) -> None:
+        """Add the latest probe's per-kind medians to this log (and its log_history entry)."""
+        if logs is None or not self.pending:
+            return
+        logs.update(self.pending)
+        last = state.log_history[-1] if state.log_history else None
+        if last is not None and last.get("step") == state.global_step:
+            last.update(self.pending)
+        self.pending = {}
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any

@@ -142,6 +142,21 @@ def create_optimizer(
 
     `width_aware=True` sets each lora_A's lr from its fan-in n: lr · n_ref / n (param_groups).
     """
+    if isinstance(ratio, str) and ratio.strip().lower() == "auto":  # loraplus.autoratio
+        if width_aware or n_ref is not None:
+            raise ValueError("ratio='auto' sets lr_B per layer; use it without width_aware/n_ref.")
+        from loraplus.autoratio import create_auto_optimizer
+
+        return create_auto_optimizer(
+            model,
+            optimizer_cls,
+            lr=lr,
+            lr_embedding=lr_embedding,
+            weight_decay=weight_decay,
+            lr_multipliers=lr_multipliers,
+            patterns=patterns,
+            **optimizer_kwargs,
+        )
     cls = resolve_optimizer(optimizer_cls)
     groups = param_groups(
         model,
@@ -314,4 +329,5 @@ def summary(optimizer: Optimizer) -> str:
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
+    lines += getattr(optimizer, "ratio_lines", list)()  # ratio="auto": the ratios it chose
     return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""loraplus.diagnose: module kinds, verdicts from probe records, metrics.json, the figure."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loraplus._io import write_json
+from loraplus.diagnose import (
+    BALANCED_LOG2,
+    format_balance,
+    judge,
+    kind_scalars,
+    module_kind,
+    probe_figure,
+    read_probe_records,
+    verdicts,
+)
+
+PREFIX = "base_model.model.model.layers.0."
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        (PREFIX + "self_attn.q_proj", "q"),
+        (PREFIX + "self_attn.k_proj", "k"),
+        (PREFIX + "self_attn.v_proj", "v"),
+        (PREFIX + "self_attn.o_proj", "o"),
+        (PREFIX + "mlp.gate_proj", "mlp"),
+        (PREFIX + "mlp.down_proj", "mlp"),
+        ("bert.encoder.layer.0.attention.self.query", "q"),
+        ("bert.encoder.layer.0.attention.output.dense", "o"),
+        ("bert.encoder.layer.0.intermediate.dense", "mlp"),
+        ("bert.encoder.layer.0.output.dense", "mlp"),
+        ("transformer.h.0.attn.c_attn", "qkv"),
+        ("transformer.h.0.attn.c_proj", "o"),
+        ("transformer.h.0.mlp.c_proj", "mlp"),
+        ("encoder.block.0.layer.1.DenseReluDense.wo", "mlp"),
+        ("encoder.block.0.layer.0.SelfAttention.o", "o"),
+        ("bert.pooler.dense", "other"),
+        ("classifier", "other"),
+    ],
+)
+def test_module_kind(name: str, kind: str) -> None:
+    assert module_kind(name) == kind
+
+
+def rec(layer: str, d1: float, d2: float) -> dict[str, Any]:
+    """A per-layer record as the probe writes it (balance None when δ¹ or δ² is 0)."""
+    balance = math.log2(d2 / d1) if d1 > 0 and d2 > 0 else None
+    return {
+        "layer": layer,
+        "adapter": "default",
+        "delta_a": d1,
+        "delta_b": d2,
+        "balance_log2": balance,
+    }
+
+
+def rows() -> list[dict[str, Any]]:
+    """4 probed steps; q balanced, v with B lagging, mlp with A lagging; step 1 from B = 0."""
+    out = []
+    for t, step in enumerate((1.0, 11.0, 21.0, 31.0)):
+        first = t == 0
+        layers = [
+            rec(PREFIX + "self_attn.q_proj", 0.0 if first else 1.0, 2.0),  # +1
+            rec(PREFIX.replace("0.", "1.") + "self_attn.q_proj", 0.0 if first else 2.0, 1.0 + t),
+            rec(PREFIX + "self_attn.v_proj", 0.0 if first else 64.0, 1.0),  # -6
+            rec(PREFIX + "mlp.up_proj", 0.0 if first else 1.0, 2.0 ** (3 + t)),  # +5, +6 late
+        ]
+        out.append(
+            {"step": step, "delta_a": 0.0, "delta_b": 1.0, "balance_log2": None, "layers": layers}
+        )
+    return out
+
+
+def test_verdicts_by_hand() -> None:
+    got = {v.kind: v for v in verdicts(rows())}
+    assert list(got) == ["q", "v", "mlp"]
+    q = got["q"]  # late half: steps 21, 31; balances 1, 1, log2(3/2), 1
+    assert q.steps == (21.0, 31.0) and q.layers == 2
+    assert q.balance_log2 == pytest.approx(1.0)
+    assert q.delta_a == pytest.approx(1.5) and q.delta_b == pytest.approx(
+        2.5
+    )  # (1,2,1,2), (2,3,2,4)
+    assert q.verdict == "balanced"
+    assert got["v"].balance_log2 == pytest.approx(-6.0)
+    assert got["v"].verdict == "B barely learns: raise the ratio"
+    assert got["mlp"].balance_log2 == pytest.approx(5.5)  # median of 5 and 6
+    assert got["mlp"].verdict == "A barely learns: lower the ratio"
+    assert (
+        got["mlp"]
+        .line()
+        .startswith("mlp   A barely learns: lower the ratio: median log2(δ²/δ¹) +5.5")
+    )
+
+
+def test_a_frozen_kind_and_the_first_init1_step() -> None:
+    frozen = [{"step": float(s), "layers": [rec("m.q_proj", 0.0, 1.0)]} for s in (1, 2)]
+    (v,) = verdicts(frozen)
+    assert v.balance_log2 == math.inf and v.verdict == "A barely learns: lower the ratio"
+    assert "log2(δ²/δ¹) n/a" in v.line()
+    first_step = verdicts(rows()[:1])  # Init[1]'s first step alone: δ¹ = 0 everywhere
+    assert [v.balance_log2 for v in first_step] == [math.inf] * 3
+    assert judge(None) == "no data" and judge(BALANCED_LOG2) == "balanced"
+    assert judge(-BALANCED_LOG2 - 0.01) == "B barely learns: raise the ratio"
+    assert format_balance(None) == format_balance(math.nan) == format_balance(-math.inf) == "n/a"
+    assert format_balance(1.25) == "+1.2"
+
+
+def test_kind_scalars_are_medians_per_kind() -> None:
+    scalars = kind_scalars(rows()[1]["layers"])
+    assert scalars["probe/q/balance_log2"] == pytest.approx((1.0 + 0.0) / 2)  # log2(2/1), log2(2/2)
+    assert scalars["probe/v/delta_a"] == 64.0 and scalars["probe/mlp/balance_log2"] == 4.0
+    assert "probe/q/balance_log2" not in kind_scalars(rows()[0]["layers"])  # δ¹ = 0: no balance
+
+
+def test_metrics_json_round_trip(tmp_path: Path) -> None:
+    data = rows()
+    data[0]["layers"][0]["balance_log2"] = math.inf  # in memory a probe may hold ±inf; JSON: null
+    write_json(tmp_path / "metrics.json", {"probe": data})
+    read = read_probe_records(tmp_path)
+    assert read[0]["layers"][0]["balance_log2"] is None
+    assert verdicts(read) == verdicts(rows())
+    write_json(tmp_path / "old" / "metrics.json", {"feature_updates": rows()})  # earlier key
+    assert verdicts(read_probe_records(tmp_path / "old" / "metrics.json")) == verdicts(rows())
+    write_json(tmp_path / "medians" / "metrics.json", {"feature_updates": [{"step": 1.0}]})
+    with pytest.raises(ValueError, match="no per-layer probe records; train with --probe-every"):
+        read_probe_records(tmp_path / "medians")
+    with pytest.raises(ValueError, match="does not exist"):
+        read_probe_records(tmp_path / "nowhere")
+
+
+def test_probe_figure_draws_each_layers_balance(tmp_path: Path) -> None:
+    drawn = probe_figure(rows(), tmp_path / "probe.png")
+    assert (tmp_path / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(drawn) == ["q", "v", "mlp"]
+    q = drawn["q"]
+    assert q["steps"] == [1.0, 11.0, 21.0, 31.0]
+    first = q["balance"][PREFIX + "self_attn.q_proj"]
+    assert math.isnan(first[0]) and first[1:] == [1.0, 1.0, 1.0]
+    assert drawn["mlp"]["balance"][PREFIX + "mlp.up_proj"][1:] == [4.0, 5.0, 6.0]
+    assert q["delta_a"] == [0.0, 1.5, 1.5, 1.5] and q["delta_b"] == [1.5, 2.0, 2.5, 3.0]
