@@ -282,7 +282,37 @@ def test_probe_every_under_init1_exits_0(
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "1: n/a (δ¹ or δ² is 0)" in out  # step 1: B was 0, so A's step moved nothing
+    assert cli.main(["diagnose", str(tmp_path / "probe")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    kinds = [line.split()[0] for line in lines[:-1]]
+    assert kinds == ["q", "v", "o", "mlp", "other"]  # BERT: query, value, dense layers
+    assert all(
+        any(v in line for v in ("balanced", "raise the ratio", "lower the ratio"))
+        for line in lines[:-1]
+    )
+    assert (tmp_path / "probe" / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["diagnose", str(tmp_path / "nothing")]) == 2
     metrics = json.loads((tmp_path / "probe" / "metrics.json").read_text())
     first, *later = metrics["feature_updates"]
     assert first["step"] == 1 and first["delta_a"] == 0.0 and first["delta_b"] > 0
     assert later and all(row["delta_a"] > 0 for row in later)
+
+
+def test_ratio_auto_trains_and_logs_the_chosen_ratios(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--ratio auto: the run finishes and metrics.json keeps the ratio the controller chose."""
+    out = tmp_path / "auto"
+    assert cli.main([*_tiny_train_args(tiny_files, out), "--ratio", "auto"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["ratio"] == "auto"
+    last = metrics["history"][-1]
+    chosen = {k: v for k, v in last.items() if k.startswith("auto_ratio/")}
+    kinds = {"q", "v", "o", "mlp", "other"}  # "other": the pooler's dense layer
+    assert set(chosen) == {f"auto_ratio/{k}" for k in kinds}
+    assert all(1.0 <= v <= 1024.0 for v in chosen.values())
+    assert "ratio chosen per layer (median by kind): mlp " in capsys.readouterr().out
+    assert cli.main(["train", "--ratio", "0", "--print-config"]) == 2
+    assert "ratio must be > 0" in capsys.readouterr().err

@@ -38,6 +38,8 @@ class DataclassParser(HfArgumentParser):
         self._suppress = False  # flags added later keep their own defaults
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        if "argtype" in kwargs:  # a field's metadata can name its own parser (e.g. "auto" or 16)
+            kwargs["type"] = kwargs.pop("argtype")
         if self._suppress:
             kwargs["default"] = argparse.SUPPRESS
         return super().add_argument(*args, **kwargs)

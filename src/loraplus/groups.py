@@ -68,6 +68,13 @@ def as_float(value: Any, name: str, *, positive: bool = True, allow_zero: bool =
     return number
 
 
+def as_ratio(value: Any, name: str = "ratio") -> float | str:
+    """lr_B / lr_A as a float > 0, or "auto" (loraplus.autoratio sets it per layer)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return as_float(value, name)
+
+
 def role_lrs(
     lr: float,
     ratio: float = 16.0,

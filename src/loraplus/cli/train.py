@@ -52,6 +52,13 @@ def _print_run(result: TrainResult) -> None:
     groups = metrics.get("param_groups", [])
     if groups:
         print("  ".join(f"lr[{g['role']}]={g['lr']:.3g}" for g in groups))
+    last = result.history[-1] if result.history else {}
+    chosen = {k.removeprefix("auto_ratio/"): v for k, v in last.items() if "auto_ratio/" in k}
+    if chosen:  # --ratio auto: lr_B = chosen ratio x lr_A (the groups above hold ratio 16)
+        print(
+            "ratio chosen per layer (median by kind): "
+            + ", ".join(f"{kind} {value:.3g}" for kind, value in sorted(chosen.items()))
+        )
     probes = metrics.get("feature_updates", [])
     if probes:
         print(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainingArguments
 
-from loraplus.groups import as_float
+from loraplus.groups import as_float, as_ratio
 from loraplus.init import SCHEMES
 from loraplus.roles import as_role
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class LoraPlusConfig:
     """The LoRA+ settings of one run, validated: ratio, embedding lr, init scheme, multipliers."""
 
-    ratio: float = 16.0
+    ratio: float | str = 16.0
     lr_embedding: float | None = None
     lora_init: str | None = None
     lr_multipliers: dict[str, float] | None = None
@@ -29,7 +29,7 @@ class LoraPlusConfig:
     n_ref: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ratio", as_float(self.ratio, "loraplus_lr_ratio"))
+        object.__setattr__(self, "ratio", as_ratio(self.ratio, "loraplus_lr_ratio"))
         if self.lr_embedding is not None:
             emb = as_float(self.lr_embedding, "loraplus_lr_embedding")
             object.__setattr__(self, "lr_embedding", emb)
@@ -69,8 +69,12 @@ class LoraPlusConfig:
 class LoraPlusTrainingArguments(TrainingArguments):
     """TrainingArguments plus the LoRA+ settings (lr_B = loraplus_lr_ratio · learning_rate)."""
 
-    loraplus_lr_ratio: float = field(
-        default=16.0, metadata={"help": "lr of LoRA B (and vectors, embeddings) / lr of LoRA A."}
+    loraplus_lr_ratio: float | str = field(
+        default=16.0,
+        metadata={
+            "help": "lr of LoRA B (and vectors, embeddings) / lr of LoRA A; 'auto' sets it "
+            "per layer online (loraplus.autoratio, experimental)."
+        },
     )
     loraplus_lr_embedding: float | None = field(
         default=None, metadata={"help": "lr of embedding adapters (default ratio · lr)."}

@@ -8,6 +8,8 @@ import torch
 from torch.optim import Optimizer
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from loraplus.autoratio import auto_ratio_logs
+
 if TYPE_CHECKING:
     from transformers.trainer_callback import CallbackHandler
 
@@ -45,7 +47,7 @@ class LoraPlusLogCallback(TrainerCallback):
         """Add the per-role lrs to `logs` and to the log_history entry just written."""
         if logs is None or optimizer is None or "learning_rate" not in logs:
             return
-        lrs = role_learning_rates(optimizer)
+        lrs = {**role_learning_rates(optimizer), **auto_ratio_logs(optimizer)}
         logs.update(lrs)
         last = state.log_history[-1] if state.log_history else None
         if (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -12,10 +13,19 @@ from typing import Any
 from transformers import SchedulerType
 
 from loraplus import _config, zoo
+from loraplus.groups import as_ratio
 from loraplus.init import SCHEMES
 from loraplus.roles import as_role
 
 SCHEDULERS = tuple(s.value for s in SchedulerType)
+
+
+def ratio(text: str) -> float | str:
+    """The --ratio flag: a number > 0 or "auto" (argparse shows this error's own message)."""
+    try:
+        return as_ratio(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err} Use a number > 0 or auto.") from None
 
 
 def _help(text: str) -> dict[str, str]:
@@ -30,7 +40,13 @@ class TrainConfig:
     data: str = field(default="rotten-tomatoes", metadata=_help("built-in dataset or data file"))
     task: str = field(default="classification", metadata=_help("classification or causal-lm"))
     lr: float = field(default=2e-4, metadata=_help("learning rate of LoRA A (lr_A)"))
-    ratio: float = field(default=16.0, metadata=_help("lr_B / lr_A; 1 = standard LoRA"))
+    ratio: float | str = field(
+        default=16.0,
+        metadata={
+            "help": "lr_B / lr_A; 1 = standard LoRA; auto = set per layer online (experimental)",
+            "argtype": ratio,
+        },
+    )
     lr_embedding: float | None = field(
         default=None, metadata=_help("lr of embedding adapters (default: ratio * lr)")
     )
@@ -93,7 +109,8 @@ class TrainConfig:
     def _check(self) -> None:
         if self.task not in zoo.TASKS:
             raise ValueError(f"task must be one of {', '.join(zoo.TASKS)}, got {self.task!r}.")
-        positive = {"lr": self.lr, "ratio": self.ratio, "alpha": self.alpha}
+        self.ratio = as_ratio(self.ratio)
+        positive = {"lr": self.lr, "alpha": self.alpha}
         positive.update({"epochs": self.epochs} if self.max_steps <= 0 else {})
         if self.lr_embedding is not None:
             positive["lr_embedding"] = self.lr_embedding

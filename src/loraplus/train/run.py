@@ -140,9 +140,11 @@ class RunRecorder:
         losses, self._since_eval = self._since_eval, []
         row["train_loss"] = sum(losses) / len(losses) if losses else None
         if optimizer is not None:
+            from loraplus.autoratio import auto_ratio_logs
             from loraplus.hf import role_learning_rates
 
             row.update(role_learning_rates(optimizer))
+            row.update(auto_ratio_logs(optimizer))
         if self.rows and self.rows[-1]["step"] == step:
             self.rows[-1] = row
         else:
@@ -393,7 +395,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
             "eval_metric": [r.get(metric) for r in history.rows],
             "eval_loss": [r.get("eval_loss") for r in history.rows],
             "metric_name": metric,
-            "title": f"{cfg.model} on {cfg.data}: lr {cfg.lr:g}, ratio {cfg.ratio:g}",
+            "title": f"{cfg.model} on {cfg.data}: lr {cfg.lr:g}, ratio {cfg.ratio}",
         },
     )
     if cfg.save_adapter:
