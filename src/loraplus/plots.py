@@ -312,8 +312,6 @@ def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     `baseline_row` (ratio 1, standard LoRA) is framed; "diagonal": the line lr_A = lr_B), metric,
     direction (maximize/minimize: brighter is better), title. Accuracies are shown in percent.
     """
-    from matplotlib.colors import Normalize
-
     x = np.log2(np.asarray(data["lr_a"], dtype=float))
     y = np.log2(np.asarray(data["y"], dtype=float))
     values = np.array(
@@ -322,86 +320,18 @@ def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     states = np.asarray(data["states"], dtype=object).reshape(x.size, y.size)
     metric = str(data.get("metric", "metric"))
     scale = 100.0 if "accuracy" in metric else 1.0
-    coloured = np.isfinite(values) & ~np.isin(states, list(_SWEEP_MARKS))
     xe, ye = _edges(x), _edges(y)
     fig = Figure(figsize=(max(5.5, 0.95 * x.size + 2.8), max(4.0, 0.6 * y.size + 2.6)))
     ax = fig.add_subplot()
     cmap = "viridis" if data.get("direction", "maximize") == "maximize" else "viridis_r"
-    norm = None
-    if coloured.any():
-        lo, hi = float(values[coloured].min()) * scale, float(values[coloured].max()) * scale
-        if hi - lo < 1e-9 * max(1.0, abs(hi)):  # one value everywhere: a readable range around it
-            pad = max(abs(hi) * 0.01, 1e-3)
-            lo, hi = lo - pad, hi + pad
-        norm = Normalize(vmin=lo, vmax=hi)
-        masked = np.ma.masked_where(~coloured, values * scale)
-        mesh = ax.pcolormesh(xe, ye, masked.T, cmap=cmap, norm=norm, shading="flat")
-        bar = fig.colorbar(mesh, ax=ax, label=metric + (" (%)" if scale != 1 else ""))
-        bar.ax.yaxis.get_major_formatter().set_useOffset(False)  # type: ignore[attr-defined]
-    small = 7 if x.size * y.size <= 64 else 5
-    handles: list[Any] = []
-    for i in range(x.size):
-        for j in range(y.size):
-            state, value = str(states[i, j]), values[i, j]
-            cx, cy = x[i], y[j]
-            text = "" if not np.isfinite(value) else f"{value * scale:.{1 if scale != 1 else 3}f}"
-            colour = "k"
-            if state in _SWEEP_MARKS:
-                face, hatch, mark = _SWEEP_MARKS[state]
-                ax.add_patch(
-                    Rectangle(
-                        (xe[i], ye[j]),
-                        xe[i + 1] - xe[i],
-                        ye[j + 1] - ye[j],
-                        facecolor=face,
-                        edgecolor="0.5",
-                        hatch=hatch,
-                        linewidth=0.0,
-                    )
-                )
-                text = f"{mark}\n{text}" if text and state == "pruned" else mark
-            elif not text:
-                text = "·" if state == "pending" else ("…" if state == "running" else "")
-            elif norm is not None:
-                level = float(norm(value * scale))
-                shade = level if cmap == "viridis" else 1.0 - level
-                colour = "k" if shade > 0.55 else "w"
-            ax.text(cx, cy, text, ha="center", va="center", fontsize=small, color=colour)
-    for state, (face, hatch, _) in _SWEEP_MARKS.items():
-        if (states == state).any():
-            handles.append(Patch(facecolor=face, edgecolor="0.5", hatch=hatch, label=state))
-    if data.get("baseline") == "diagonal":
-        lo_d, hi_d = max(xe[0], ye[0]), min(xe[-1], ye[-1])
-        if lo_d < hi_d:
-            ax.plot([lo_d, hi_d], [lo_d, hi_d], color="w", ls="--", lw=1.4)
-            handles.append(Line2D([], [], color="0.3", ls="--", label="lr_A = lr_B (LoRA)"))
-    elif data.get("baseline_row") is not None:
-        j = int(data["baseline_row"])
-        ax.add_patch(
-            Rectangle(
-                (xe[0], ye[j]),
-                xe[-1] - xe[0],
-                ye[j + 1] - ye[j],
-                fill=False,
-                edgecolor="w",
-                linestyle="--",
-                linewidth=1.6,
-            )
-        )
-        handles.append(Line2D([], [], color="0.3", ls="--", label="ratio = 1 (LoRA)"))
-    if data.get("best") is not None:
-        bi, bj = (int(k) for k in data["best"])
-        ax.add_patch(
-            Rectangle(
-                (xe[bi], ye[bj]),
-                xe[bi + 1] - xe[bi],
-                ye[bj + 1] - ye[bj],
-                fill=False,
-                edgecolor="r",
-                linewidth=2.6,
-            )
-        )
-        handles.append(Patch(facecolor="none", edgecolor="r", linewidth=2.0, label="best"))
+    norm = _sweep_colours(fig, ax, (xe, ye), values * scale, states, cmap, metric, scale)
+    _sweep_labels(ax, (x, y, xe, ye), values * scale, states, norm, cmap, scale)
+    handles = [
+        Patch(facecolor=face, edgecolor="0.5", hatch=hatch, label=state)
+        for state, (face, hatch, _) in _SWEEP_MARKS.items()
+        if (states == state).any()
+    ]
+    handles += _sweep_frames(ax, xe, ye, data)
     ax.set_xlim(xe[0], xe[-1])
     ax.set_ylim(ye[0], ye[-1])
     ax.set_xticks(x, [f"{v:.3g}" for v in x], fontsize=8)
@@ -421,3 +351,87 @@ def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
         )
     fig.tight_layout()
     return fig
+
+
+def _sweep_colours(
+    fig: Figure,
+    ax: Axes,
+    edges: tuple[np.ndarray, np.ndarray],
+    scaled: np.ndarray,
+    states: np.ndarray,
+    cmap: str,
+    metric: str,
+    scale: float,
+) -> Any:
+    """Colour the finished cells (a colour bar beside them); return the colour norm or None."""
+    from matplotlib.colors import Normalize
+
+    coloured = np.isfinite(scaled) & ~np.isin(states, list(_SWEEP_MARKS))
+    if not coloured.any():
+        return None
+    lo, hi = float(scaled[coloured].min()), float(scaled[coloured].max())
+    if hi - lo < 1e-9 * max(1.0, abs(hi)):  # one value everywhere: a readable range around it
+        pad = max(abs(hi) * 0.01, 1e-3)
+        lo, hi = lo - pad, hi + pad
+    norm = Normalize(vmin=lo, vmax=hi)
+    masked = np.ma.masked_where(~coloured, scaled)
+    mesh = ax.pcolormesh(*edges, masked.T, cmap=cmap, norm=norm, shading="flat")
+    bar = fig.colorbar(mesh, ax=ax, label=metric + (" (%)" if scale != 1 else ""))
+    bar.ax.yaxis.get_major_formatter().set_useOffset(False)  # type: ignore[attr-defined]
+    return norm
+
+
+def _sweep_labels(
+    ax: Axes,
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    scaled: np.ndarray,
+    states: np.ndarray,
+    norm: Any,
+    cmap: str,
+    scale: float,
+) -> None:
+    """Each cell's value, or its mark (P, div, err) over a hatched patch, or · / … if unfinished."""
+    x, y, xe, ye = grid
+    small = 7 if x.size * y.size <= 64 else 5
+    for i in range(x.size):
+        for j in range(y.size):
+            state, value = str(states[i, j]), scaled[i, j]
+            text = "" if not np.isfinite(value) else f"{value:.{1 if scale != 1 else 3}f}"
+            colour = "k"
+            if state in _SWEEP_MARKS:
+                face, hatch, mark = _SWEEP_MARKS[state]
+                _box(ax, (xe[i], xe[i + 1]), (ye[j], ye[j + 1]), facecolor=face, hatch=hatch)
+                text = f"{mark}\n{text}" if text and state == "pruned" else mark
+            elif not text:
+                text = "·" if state == "pending" else ("…" if state == "running" else "")
+            elif norm is not None:
+                level = float(norm(value))
+                shade = level if cmap == "viridis" else 1.0 - level
+                colour = "k" if shade > 0.55 else "w"
+            ax.text(x[i], y[j], text, ha="center", va="center", fontsize=small, color=colour)
+
+
+def _sweep_frames(ax: Axes, xe: np.ndarray, ye: np.ndarray, data: Mapping[str, Any]) -> list[Any]:
+    """The baseline (ratio-1 row framed, or the lr_A = lr_B diagonal) and the best cell's frame."""
+    handles: list[Any] = []
+    if data.get("baseline") == "diagonal":
+        lo_d, hi_d = max(xe[0], ye[0]), min(xe[-1], ye[-1])
+        if lo_d < hi_d:
+            ax.plot([lo_d, hi_d], [lo_d, hi_d], color="w", ls="--", lw=1.4)
+            handles.append(Line2D([], [], color="0.3", ls="--", label="lr_A = lr_B (LoRA)"))
+    elif data.get("baseline_row") is not None:
+        j = int(data["baseline_row"])
+        _box(ax, (xe[0], xe[-1]), (ye[j], ye[j + 1]), fill=False, edgecolor="w", linestyle="--")
+        handles.append(Line2D([], [], color="0.3", ls="--", label="ratio = 1 (LoRA)"))
+    if data.get("best") is not None:
+        bi, bj = (int(k) for k in data["best"])
+        _box(ax, (xe[bi], xe[bi + 1]), (ye[bj], ye[bj + 1]), fill=False, edgecolor="r", lw=2.6)
+        handles.append(Patch(facecolor="none", edgecolor="r", linewidth=2.0, label="best"))
+    return handles
+
+
+def _box(ax: Axes, xs: tuple[float, float], ys: tuple[float, float], **style: Any) -> None:
+    """A rectangle from xs[0]..xs[1] by ys[0]..ys[1] (hatched cell or frame), default grey edge."""
+    style.setdefault("edgecolor", "0.5")
+    style.setdefault("lw", 1.6 if style.get("fill") is False else 0.0)
+    ax.add_patch(Rectangle((xs[0], ys[0]), xs[1] - xs[0], ys[1] - ys[0], **style))
