@@ -11,13 +11,16 @@ import json
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from loraplus import _config
 from loraplus._extras import require
 from loraplus._io import write_json
 from loraplus.cli.common import EXIT_DIVERGED, CLIError, Subparsers, fmt
+from loraplus.groups import as_float
 from loraplus.train import TrainConfig, make_config
 
 DEMO_METHODS: dict[str, dict[str, Any]] = {
@@ -121,36 +124,35 @@ def _demo_lrs(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, flo
     return lrs, ratios, source
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
+@dataclass
+class DemoOptions:
+    """The flags of `loraplus demo`."""
+
+    quick: bool = field(default=False, metadata={"help": "a few steps on tiny subsets"})
+    output_dir: str = field(default="runs/demo", metadata={"help": "where the runs are written"})
+    lr_lora: float | None = field(default=None, metadata={"help": "override LoRA's lr"})
+    lr_loraplus: float | None = field(default=None, metadata={"help": "override LoRA+'s lr (lr_A)"})
+    lrs_file: str | None = field(
+        default=None, metadata={"help": f"lr record to read (default: {DEMO_LRS_RESOURCE})"}
+    )
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
+
+    def __post_init__(self) -> None:
+        for name in ("lr_lora", "lr_loraplus"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, as_float(value, f"--{name.replace('_', '-')}"))
 
 
 def add_parser(subparsers: Subparsers) -> None:
     """`loraplus demo`: LoRA against LoRA+ on MiniLM / Rotten Tomatoes."""
     parser = subparsers.add_parser(
         "demo",
+        dataclass_types=DemoOptions,
         help="LoRA vs LoRA+ on MiniLM / Rotten Tomatoes, each at its best recorded lr",
         description="Train MiniLM on Rotten Tomatoes twice, standard LoRA (ratio 1) and LoRA+ "
         "(ratio 16), each at the learning rate a recorded sweep found best, and compare eval "
         "accuracy along the way. Writes demo.json, demo.png and both adapters.",
-    )
-    parser.add_argument("--quick", action="store_true", help="a few steps on tiny subsets")
-    parser.add_argument("--output-dir", default="runs/demo", metavar="DIR")
-    parser.add_argument("--lr-lora", type=_positive_float, metavar="LR", help="override LoRA's lr")
-    parser.add_argument(
-        "--lr-loraplus", type=_positive_float, metavar="LR", help="override LoRA+'s lr (lr_A)"
-    )
-    parser.add_argument(
-        "--lrs-file", metavar="FILE", help=f"lr record to read (default: {DEMO_LRS_RESOURCE})"
-    )
-    parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars"
     )
     parser.set_defaults(func=run)
 
@@ -173,6 +175,7 @@ def demo_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run `loraplus demo`."""
+    DemoOptions(**_config.passed(args, DemoOptions))  # validates the lrs: > 0 and finite
     require("train", "loraplus demo")
     from loraplus.plots import plot_demo
     from loraplus.train import train
