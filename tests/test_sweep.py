@@ -1,4 +1,4 @@
-"""sweep.py: Optuna grid sweeps run every cell exactly once, resume, and summarize exactly.
+"""loraplus.sweep: Optuna grid sweeps run every cell exactly once, resume, and summarize exactly.
 
 Most tests inject a deterministic analytic `train_fn` (a known argmax over lr_A x ratio) so the
 summary can be checked exactly; one test runs the real loraplus.train.train on a tiny BERT.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
-import socket
-import subprocess
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,6 @@ import optuna
 import pytest
 
 from loraplus.sweep import (
-    CLAIM,
     Reporter,
     SweepConfig,
     SweepSummary,
@@ -63,13 +62,19 @@ def fake_train(spec: TrialSpec, reporter: Reporter) -> FakeResult:
     """Evaluations at steps 0/10/20/30 reaching the score at step 20 (best) then 98% of it.
 
     `spec.overrides` steers it: log (file every call appends to), barrier (wait until this many
-    processes have called), interrupt_at (trial number), diverge_above (lr_B), flat (every
-    run scores 0.8), bad_from (trial number from which runs score 0.1), sleep (seconds).
+    processes have called), interrupt_at / hang_at / fail_at (trial number), diverge_above (lr_B),
+    flat (every run scores 0.8), bad_from (trial number from which runs score 0.1), sleep
+    (seconds). Like a real run it makes its output folder first.
     """
     opts = spec.overrides
+    spec.output_dir.mkdir(parents=True)
     log = Path(opts["log"])
     with log.open("a") as handle:
         handle.write(f"{spec.lr_a!r} {spec.ratio!r} {spec.seed} {os.getpid()}\n")
+    if opts.get("hang_at") == spec.number:
+        time.sleep(600)
+    if opts.get("fail_at") == spec.number:
+        raise RuntimeError("out of memory (fake)")
     if opts.get("barrier"):
         deadline = time.monotonic() + 60
         while len({c[3] for c in calls(log)}) < opts["barrier"] and time.monotonic() < deadline:
@@ -79,7 +84,7 @@ def fake_train(spec: TrialSpec, reporter: Reporter) -> FakeResult:
     time.sleep(opts.get("sleep", 0.0))
     if spec.lr_b > opts.get("diverge_above", math.inf):
         history = [{"step": 0, "eval_accuracy": 0.5}, {"step": 10, "eval_accuracy": math.nan}]
-        return FakeResult(history, {"eval_accuracy": math.nan}, True)
+        return FakeResult(history, {"eval_accuracy": math.nan, "diverged_at_step": 7}, True)
     target = 0.8 if opts.get("flat") else score(spec.lr_a, spec.ratio, spec.seed)
     if spec.number >= opts.get("bad_from", math.inf):
         target = 0.1
@@ -135,36 +140,65 @@ def test_best_cells_are_the_argmax_and_a_finished_sweep_is_not_rerun(tmp_path: P
     assert len(again.trials) == 16
 
 
+def worker(cfg: SweepConfig) -> None:
+    """A worker process on the sweep's study (what `loraplus sweep` on another machine is)."""
+    run_worker(cfg, train_fn=fake_train)
+
+
+def wait_for_calls(log: Path, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(calls(log)) < n:
+        assert time.monotonic() < deadline, f"{len(calls(log))} of {n} calls"
+        time.sleep(0.02)
+
+
 def test_resume_after_interrupt_and_crash_reruns_only_unfinished_cells(tmp_path: Path) -> None:
     cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16], overrides={"interrupt_at": 2})
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, train_fn=fake_train)
-    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16])
-    study, sampler = open_study(cfg)
-    assert [t.user_attrs.get("status") for t in study.trials] == [
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16], heartbeat_s=1)
+    study, grid = open_study(cfg)
+    statuses = [t.user_attrs.get("status") for t in study.trials]
+    assert statuses == ["complete", "complete", "interrupted", None]  # trial 3 still queued
+    assert study.trials[3].state == optuna.trial.TrialState.WAITING
+    trials = Path(cfg.out_dir) / "trials"
+    assert sorted(p.name for p in trials.iterdir())[-1] == "trial_0002"
+
+    # A worker killed mid-run (SIGKILL) leaves its trial RUNNING; its heartbeat stops.
+    log = tmp_path / "calls.log"
+    hang = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16], heartbeat_s=1, overrides={"hang_at": 3})
+    proc = multiprocessing.get_context("spawn").Process(target=worker, args=(hang,))
+    proc.start()
+    wait_for_calls(log, 4)
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    study, grid = open_study(cfg)
+    assert study.trials[3].state == optuna.trial.TrialState.RUNNING
+    assert (trials / "trial_0002").exists() is False  # the killed worker's resume cleaned it
+    assert (trials / "trial_0003").is_dir()
+    time.sleep(2.5)  # 2 heartbeats: the killed trial is now stale
+
+    summary = run_sweep(cfg, train_fn=fake_train)
+    cells = [c[:3] for c in calls(log)]
+    assert cells[:2] == list(grid.cells[:2])  # the first two: never re-run
+    assert cells == [*grid.cells[:4], *grid.cells[2:]]  # 4: cell 2 again, 5: cell 3 again
+    assert summary.counts == {"complete": 4, "interrupted": 1, "crashed": 1}
+    assert [t["status"] for t in summary.trials] == [
         "complete",
         "complete",
         "interrupted",
+        "crashed",
+        "complete",
+        "complete",
     ]
-    # a worker killed mid-run leaves its trial RUNNING, claimed by a process that is gone
-    trial = study.ask()
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    crashed = sampler.cell_of(study.trials[3])
-    worker = {"host": socket.gethostname(), "pid": dead.pid, "start": None}
-    claim = {"cell": list(crashed), "worker": worker}
-    study._storage.set_trial_system_attr(trial._trial_id, CLAIM, claim)
-    assert study.trials[3].state == optuna.trial.TrialState.RUNNING
-
-    summary = run_sweep(cfg, train_fn=fake_train)
-    cells = [c[:3] for c in calls(tmp_path / "calls.log")]
-    completed_first = [(t["lr_a"], t["ratio"], t["seed"]) for t in summary.trials[:2]]
-    assert all(cells.count(c) == 1 for c in completed_first)  # never re-run
-    assert len(set(cells)) == 4 and len(cells) == 5  # the interrupted cell ran twice
-    assert crashed == cells[2]  # the crashed trial had claimed the interrupted (free) cell
-    assert cells.count(crashed) == 2  # interrupted run + the run after the crash; no third
-    assert summary.counts == {"complete": 4, "interrupted": 1, "crashed": 1}
     assert all(c["state"] == "complete" for c in summary.cells)
+    assert sorted(p.name for p in trials.iterdir()) == [
+        "trial_0000",
+        "trial_0001",
+        "trial_0004",
+        "trial_0005",
+    ]  # the interrupted and the killed trial's folders are gone
 
 
 def test_two_spawned_workers_on_one_sqlite_study_run_every_cell_once(tmp_path: Path) -> None:
