@@ -25,6 +25,7 @@ from loraplus.sweep import (
     SweepSummary,
     TrialSpec,
     load_summary,
+    make_storage,
     open_study,
     run_sweep,
     run_worker,
@@ -222,6 +223,42 @@ def test_two_spawned_workers_on_one_sqlite_study_run_every_cell_once(tmp_path: P
     assert summary.best is not None and summary.best["lr_a"] == LR_A[2]
 
 
+def test_a_cell_queued_twice_runs_once_and_errors_stay_taken_unless_retried(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1], overrides={"fail_at": 1})
+    study, grid = open_study(cfg)
+    grid.enqueue(study, grid.cells[0])  # two workers re-queued the same cell at once
+    summary = run_sweep(cfg, train_fn=fake_train)
+    assert [c[:3] for c in calls(tmp_path / "calls.log")] == list(grid.cells)
+    assert [t["status"] for t in summary.trials] == ["complete", "error", "duplicate"]
+    assert summary.trials[1]["error"] == "RuntimeError: out of memory (fake)"
+    assert summary.trials[2]["error"] == "the cell is trial 0's"
+    assert [c["state"] for c in summary.cells] == ["complete", "error"]
+
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1])
+    assert run_worker(cfg, train_fn=fake_train) == 0  # an errored cell is not retried...
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1], retry_failed=True)
+    summary = run_sweep(cfg, train_fn=fake_train)  # ...unless asked to, once
+    assert [c[:3] for c in calls(tmp_path / "calls.log")] == [*grid.cells, grid.cells[1]]
+    assert [t["status"] for t in summary.trials] == ["complete", "error", "duplicate", "complete"]
+    assert [c["state"] for c in summary.cells] == ["complete", "complete"]
+    assert summary.cells[1]["trials"] == [1, 3]
+
+
+def test_a_study_whose_grid_was_never_published_is_refused(tmp_path: Path) -> None:
+    cfg = config(tmp_path, publish_timeout_s=0.2)
+    storage = make_storage(cfg.storage_url)
+    optuna.create_study(storage=storage, study_name=cfg.study_name)  # not a sweep
+    with pytest.raises(ValueError, match="has no published grid after 0.2 s"):
+        open_study(cfg)
+    loss = config(tmp_path, metric="eval_loss", study_name="loss")
+    study = optuna.create_study(storage=storage, study_name="loss", direction="maximize")
+    study.set_user_attr("loraplus_sweep", loss.record())
+    with pytest.raises(ValueError, match="maximizes/minimizes differently"):
+        open_study(loss)
+
+
 DIVERGED = (2.0**-9, 16.0)  # lr_B = 2^-5 > 2^-6
 
 
@@ -250,6 +287,9 @@ def test_diverged_cells_are_recorded_and_the_sweep_goes_on(
     (trial,) = [t for t in study.trials if (t.params["lr_a"], t.params["ratio"]) == DIVERGED]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["status"] == "diverged"
+    assert trial.user_attrs["cause"] == "training loss was NaN/inf at step 7"
+    row = next(r for r in summary.trials if r["number"] == trial.number)
+    assert (row["status"], row["cause"]) == ("diverged", "training loss was NaN/inf at step 7")
     assert summary.counts["diverged"] == 1 and len(summary.trials) == 8
     assert run_worker(cfg, train_fn=fake_train) == 0  # diverged cells are not retried
     assert len(calls(Path(cfg.overrides["log"]))) == 8
