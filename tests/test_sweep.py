@@ -257,6 +257,11 @@ def test_a_study_whose_grid_was_never_published_is_refused(tmp_path: Path) -> No
     study.set_user_attr("loraplus_sweep", loss.record())
     with pytest.raises(ValueError, match="maximizes/minimizes differently"):
         open_study(loss)
+    old = config(tmp_path, study_name="old")
+    study = optuna.create_study(storage=storage, study_name="old", direction="maximize")
+    study.set_user_attr("loraplus_sweep", {**old.record(), "version": 1})
+    with pytest.raises(ValueError, match="another loraplus version"):
+        open_study(old)
 
 
 DIVERGED = (2.0**-9, 16.0)  # lr_B = 2^-5 > 2^-6

@@ -6,6 +6,7 @@ default SQLite file in the output folder for processes on one machine.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -209,7 +210,12 @@ def make_storage(
     make it on PostgreSQL). `heartbeat_s` enables Optuna's heartbeat (stale after 2 beats);
     `stale_trial_callback` runs in the one process that marks a stale trial failed."""
     url = as_url(url)
-    kwargs: dict[str, Any] = {"heartbeat_stale_trial_callback": stale_trial_callback}
+    # Optuna 4.9 renamed failed_trial_callback (deprecated) to heartbeat_stale_trial_callback.
+    params = inspect.signature(optuna.storages.RDBStorage).parameters
+    callback = next(
+        n for n in ("heartbeat_stale_trial_callback", "failed_trial_callback") if n in params
+    )
+    kwargs: dict[str, Any] = {callback: stale_trial_callback}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 600}}
         database = url.split(":///", 1)[-1]

@@ -130,14 +130,6 @@ class Grid:
                 return t.number
         return None
 
-    def pending(self, study: optuna.Study) -> list[Cell]:
-        """Cells no trial holds yet, or queued and not started (WAITING)."""
-        trials = study.get_trials(deepcopy=False)
-        started = {
-            cell_of(t.user_attrs) for t in trials if holds(t) and t.state != TrialState.WAITING
-        }
-        return [c for c in self.cells if c not in started]
-
     def cell_of(self, trial: FrozenTrial) -> Cell | None:
         """The cell of a trial of this grid."""
         return cell_of(trial.user_attrs)
@@ -214,6 +206,12 @@ def _check(cfg: SweepConfig, study: optuna.Study, stored: dict[str, Any]) -> Non
             f"({study.direction.name.lower()}) from metric {cfg.metric}: use another study name."
         )
     mine = cfg.record()
+    if stored.get("version") != mine["version"]:
+        raise ValueError(
+            f"Study {cfg.study_name!r} in {cfg.storage_url} was made by another loraplus version "
+            f"(sweep record {stored.get('version')}, this one writes {mine['version']}): finish it "
+            "with that version, or pass another study name / storage."
+        )
     if stored != mine:
         diff = sorted(k for k in set(mine) | set(stored) if mine.get(k) != stored.get(k))
         raise ValueError(
