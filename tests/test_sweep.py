@@ -7,6 +7,7 @@ test_sweep_postgres.py use it too.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import FrozenTrial
 
 from loraplus.sweep import (
     Reporter,
@@ -114,11 +116,24 @@ def wait_for_calls(log: Path, n: int, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+def kill_worker_at(cfg: SweepConfig, number: int, calls_before: int) -> FrozenTrial:
+    """Start a worker process that hangs in trial `number`, SIGKILL it there; the trial."""
+    hang = dataclasses.replace(cfg, overrides={**cfg.overrides, "hang_at": number})
+    proc = multiprocessing.get_context("spawn").Process(target=worker, args=(hang,))
+    proc.start()
+    wait_for_calls(Path(cfg.overrides["log"]), calls_before)
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
+    return study.trials[number]
+
+
 def test_resume_after_interrupt_and_crash_reruns_only_unfinished_cells(tmp_path: Path) -> None:
     cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16], overrides={"interrupt_at": 2})
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, train_fn=fake_train)
-    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16], heartbeat_s=1)
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16])
     study, grid = open_study(cfg)
     statuses = [t.user_attrs.get("status") for t in study.trials]
     assert statuses == ["complete", "complete", "interrupted", None]  # trial 3 still queued
@@ -126,20 +141,12 @@ def test_resume_after_interrupt_and_crash_reruns_only_unfinished_cells(tmp_path:
     trials = Path(cfg.out_dir) / "trials"
     assert sorted(p.name for p in trials.iterdir())[-1] == "trial_0002"
 
-    # A worker killed mid-run (SIGKILL) leaves its trial RUNNING; its heartbeat stops.
+    # A worker killed mid-run (SIGKILL) leaves its trial RUNNING; its lock file is free now.
     log = tmp_path / "calls.log"
-    hang = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16], heartbeat_s=1, overrides={"hang_at": 3})
-    proc = multiprocessing.get_context("spawn").Process(target=worker, args=(hang,))
-    proc.start()
-    wait_for_calls(log, 4)
-    assert proc.pid is not None
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.join()
-    study, grid = open_study(cfg)
-    assert study.trials[3].state == optuna.trial.TrialState.RUNNING
+    killed = kill_worker_at(config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16]), 3, 4)
+    assert killed.state == optuna.trial.TrialState.RUNNING
     assert (trials / "trial_0002").exists() is False  # the killed worker's resume cleaned it
     assert (trials / "trial_0003").is_dir()
-    time.sleep(2.5)  # 2 heartbeats: the killed trial is now stale
 
     summary = run_sweep(cfg, train_fn=fake_train)
     cells = [c[:3] for c in calls(log)]
@@ -161,6 +168,21 @@ def test_resume_after_interrupt_and_crash_reruns_only_unfinished_cells(tmp_path:
         "trial_0004",
         "trial_0005",
     ]  # the interrupted and the killed trial's folders are gone
+
+
+def test_a_worker_killed_on_another_machine_is_found_by_its_heartbeat(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1], heartbeat_s=1)
+    killed = kill_worker_at(cfg, 0, 1)
+    Path(killed.user_attrs["lock"]).unlink()  # as if it ran elsewhere: only the heartbeat tells
+    time.sleep(2.5)  # 2 heartbeats
+    summary = run_sweep(cfg, train_fn=fake_train)
+    assert "Trial 0 stopped beating" in caplog.text
+    cells = [c[:3] for c in calls(tmp_path / "calls.log")]
+    assert cells == [(LR_A[0], 1, 0), (LR_A[1], 1, 0), (LR_A[0], 1, 0)]
+    assert [t["status"] for t in summary.trials] == ["crashed", "complete", "complete"]
+    assert summary.cells[0]["trials"] == [0, 2]
 
 
 def test_two_spawned_workers_on_one_sqlite_study_run_every_cell_once(tmp_path: Path) -> None:

@@ -6,11 +6,12 @@
         --summarize--> SweepSummary --write_outputs--> sweep.json + sweep_heatmap.png
 
 Modules: config (SweepConfig, make_storage), grid (how each cell is handed out exactly once, on
-Optuna's public API), trial (one cell as a training run), run (workers), summary (results).
-Guarantees: every cell runs exactly once across processes and machines sharing the study; a
-resumed sweep re-runs only unfinished cells (interrupted, or crashed: stale by Optuna's
-heartbeat); diverged and errored cells stay taken (errors are retried with retry_failed); a
-worker that finds no queued cell stops.
+Optuna's public API), alive (is a trial's worker alive), trial (one cell as a training run), run
+(workers), summary (results). Guarantees: every cell runs exactly once across processes and
+machines sharing the study; a resumed sweep re-runs only unfinished cells (interrupted, or
+crashed: worker gone, by its lock file here or Optuna's heartbeat elsewhere), and removes their
+folders; diverged and errored cells stay taken (errors are retried with retry_failed); a worker
+that finds no queued cell stops.
 """
 
 from loraplus.sweep.config import SweepConfig, make_storage

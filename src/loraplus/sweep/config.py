@@ -68,8 +68,9 @@ class SweepConfig:
     runs at the same step (Optuna MedianPruner, after 5 finished trials); pruned cells are never
     the best. `storage` is any Optuna/SQLAlchemy URL (default sqlite:///<out_dir>/sweep.db); every
     process (`workers`) or machine that opens the same URL and `study_name` shares the grid.
-    `heartbeat_s` enables Optuna's heartbeat: a trial whose process or machine died is marked
-    failed 2 x heartbeat_s after its last beat, and its cell is handed out again.
+    `heartbeat_s` enables Optuna's heartbeat: a trial whose machine died is marked failed
+    2 x heartbeat_s after its last beat, and its cell is handed out again (a dead worker process
+    on this machine is noticed at once, by its lock file).
     `retry_failed` re-runs cells whose earlier attempt raised an error (once per start).
     `publish_timeout_s`: how long a process that did not create the study waits for its grid.
     """

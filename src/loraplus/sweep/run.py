@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from loraplus.sweep.alive import fail_dead_workers
 from loraplus.sweep.config import SweepConfig
 from loraplus.sweep.grid import Grid, open_study
 from loraplus.sweep.summary import SweepSummary, summarize, write_outputs
@@ -33,7 +34,9 @@ def run_worker(
 
 
 def resume(study: optuna.Study, grid: Grid) -> None:
-    """Fail trials whose heartbeat went stale, then queue every cell no trial holds."""
+    """Fail trials whose worker on this machine is gone or whose heartbeat went stale, then
+    queue every cell no trial holds."""
+    fail_dead_workers(study, grid.out_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

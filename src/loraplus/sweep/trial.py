@@ -2,10 +2,10 @@
 
 Every trial stores user attrs: status (complete | pruned | diverged | error | interrupted, or
 idle / duplicate for a trial that ran no cell), value (the best evaluation, see
-`SweepConfig.metric`), best_step, final_value, seconds, error, worker (host:pid) and, for a
-diverged run, cause. Diverged runs (TrainResult.diverged, or a NaN/inf evaluation) are state FAIL
-with status "diverged": the objective returns NaN, which Optuna stores as FAIL; the sweep goes on
-and the cell is not retried.
+`SweepConfig.metric`), best_step, final_value, seconds, error, worker (host:pid), lock (see
+alive.py) and, for a diverged run, cause. Diverged runs (TrainResult.diverged, or a NaN/inf
+evaluation) are state FAIL with status "diverged": the objective returns NaN, which Optuna stores
+as FAIL; the sweep goes on and the cell is not retried.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 
+from loraplus.sweep.alive import WorkerLock
 from loraplus.sweep.config import TRIAL_DEFAULTS, SweepConfig
 from loraplus.sweep.grid import Grid, cell_of
 
@@ -189,10 +190,12 @@ def objective(
     cfg: SweepConfig, grid: Grid, train_fn: TrainFn, ran: list[int]
 ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective: one training run of the cell of the queued trial it was given."""
+    lock = WorkerLock(grid.out_dir)
 
     def run(trial: optuna.Trial) -> float:
         attrs = trial.user_attrs
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("lock", lock.hold())
         if cell_of(attrs) is None:  # the queue ran empty between our look and ask()
             trial.set_user_attr("status", "idle")
             trial.study.stop()
