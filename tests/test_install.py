@@ -78,3 +78,5 @@ def test_core_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
         assert f'pip install "loraplus[{extra}]"' in refused.stderr
     plots = _run([str(env / "bin" / "python"), "-c", "import loraplus.plots"])
     assert plots.returncode == 1 and 'pip install "loraplus[train]"' in plots.stderr
+    sweep_import = _run([str(env / "bin" / "python"), "-c", "import loraplus.sweep"])
+    assert 'pip install "loraplus[sweep]"' in sweep_import.stderr

@@ -1,16 +1,17 @@
-"""sweep.py: Optuna grid sweeps run every cell exactly once, resume, and summarize exactly.
+"""loraplus.sweep: every cell runs exactly once (processes, resumes, crashes), configs are checked.
 
-Most tests inject a deterministic analytic `train_fn` (a known argmax over lr_A x ratio) so the
-summary can be checked exactly; one test runs the real loraplus.train.train on a tiny BERT.
+The tests inject a deterministic analytic `train_fn` (a known argmax over lr_A x ratio) that logs
+every call, so "exactly once" is checked against what really ran; test_sweep_results.py and
+test_sweep_postgres.py use it too.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
+import multiprocessing
 import os
-import socket
-import subprocess
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +19,16 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import FrozenTrial
 
 from loraplus.sweep import (
-    CLAIM,
     Reporter,
     SweepConfig,
-    SweepSummary,
     TrialSpec,
-    load_summary,
+    make_storage,
     open_study,
     run_sweep,
     run_worker,
-    summarize,
-    write_outputs,
 )
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -63,13 +61,19 @@ def fake_train(spec: TrialSpec, reporter: Reporter) -> FakeResult:
     """Evaluations at steps 0/10/20/30 reaching the score at step 20 (best) then 98% of it.
 
     `spec.overrides` steers it: log (file every call appends to), barrier (wait until this many
-    processes have called), interrupt_at (trial number), diverge_above (lr_B), flat (every
-    run scores 0.8), bad_from (trial number from which runs score 0.1), sleep (seconds).
+    processes have called), interrupt_at / hang_at / fail_at (trial number), diverge_above (lr_B),
+    flat (every run scores 0.8), bad_from (trial number from which runs score 0.1), sleep
+    (seconds). Like a real run it makes its output folder first.
     """
     opts = spec.overrides
+    spec.output_dir.mkdir(parents=True)
     log = Path(opts["log"])
     with log.open("a") as handle:
         handle.write(f"{spec.lr_a!r} {spec.ratio!r} {spec.seed} {os.getpid()}\n")
+    if opts.get("hang_at") == spec.number:
+        time.sleep(600)
+    if opts.get("fail_at") == spec.number:
+        raise RuntimeError("out of memory (fake)")
     if opts.get("barrier"):
         deadline = time.monotonic() + 60
         while len({c[3] for c in calls(log)}) < opts["barrier"] and time.monotonic() < deadline:
@@ -79,7 +83,7 @@ def fake_train(spec: TrialSpec, reporter: Reporter) -> FakeResult:
     time.sleep(opts.get("sleep", 0.0))
     if spec.lr_b > opts.get("diverge_above", math.inf):
         history = [{"step": 0, "eval_accuracy": 0.5}, {"step": 10, "eval_accuracy": math.nan}]
-        return FakeResult(history, {"eval_accuracy": math.nan}, True)
+        return FakeResult(history, {"eval_accuracy": math.nan, "diverged_at_step": 7}, True)
     target = 0.8 if opts.get("flat") else score(spec.lr_a, spec.ratio, spec.seed)
     if spec.number >= opts.get("bad_from", math.inf):
         target = 0.1
@@ -91,48 +95,38 @@ def fake_train(spec: TrialSpec, reporter: Reporter) -> FakeResult:
     return FakeResult(history, {"eval_accuracy": history[-1]["eval_accuracy"]}, False)
 
 
+DIVERGED = (2.0**-9, 16.0)  # lr_B = 2^-5 > 2^-6: diverges with diverge_above 2^-6
+
+
 def config(tmp_path: Path, **kw: Any) -> SweepConfig:
     overrides = {"log": str(tmp_path / "calls.log"), **kw.pop("overrides", {})}
     settings: dict[str, Any] = {"lr_a": LR_A, "ratios": [1, 4, 16], "heartbeat_s": None}
     return SweepConfig(out_dir=str(tmp_path / "sweep"), overrides=overrides, **{**settings, **kw})
 
 
-def stored_means(cfg: SweepConfig) -> dict[tuple[float, float], float]:
-    """Seed-mean value per (lr_a, ratio) straight from the study's COMPLETE trials."""
+def worker(cfg: SweepConfig) -> None:
+    """A worker process on the sweep's study (what `loraplus sweep` on another machine is)."""
+    run_worker(cfg, train_fn=fake_train)
+
+
+def wait_for_calls(log: Path, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(calls(log)) < n:
+        assert time.monotonic() < deadline, f"{len(calls(log))} of {n} calls"
+        time.sleep(0.02)
+
+
+def kill_worker_at(cfg: SweepConfig, number: int, calls_before: int) -> FrozenTrial:
+    """Start a worker process that hangs in trial `number`, SIGKILL it there; the trial."""
+    hang = dataclasses.replace(cfg, overrides={**cfg.overrides, "hang_at": number})
+    proc = multiprocessing.get_context("spawn").Process(target=worker, args=(hang,))
+    proc.start()
+    wait_for_calls(Path(cfg.overrides["log"]), calls_before)
+    assert proc.pid is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
     study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage_url)
-    per: dict[tuple[float, float], list[float]] = {}
-    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        per.setdefault((t.params["lr_a"], t.params["ratio"]), []).append(float(t.value))
-    return {k: sum(v) / len(v) for k, v in per.items()}
-
-
-def test_best_cells_are_the_argmax_and_a_finished_sweep_is_not_rerun(tmp_path: Path) -> None:
-    cfg = config(tmp_path, lr_a=LR_A[1:], ratios=[1, 16], seeds=[0, 1])
-    summary = run_sweep(cfg, train_fn=fake_train)
-    log = tmp_path / "calls.log"
-    done = [c[:3] for c in calls(log)]
-    assert len(done) == 16 and len(set(done)) == 16
-    assert summary.counts == {"complete": 16}
-    assert all(c["state"] == "complete" and c["n"] == 2 for c in summary.cells)
-
-    means = stored_means(cfg)
-    best = max(means, key=means.__getitem__)
-    lora = max((k for k in means if k[1] == 1.0), key=means.__getitem__)
-    assert summary.best is not None and summary.best_lora is not None
-    assert (summary.best["lr_a"], summary.best["ratio"]) == best == (2.0**-10, 16.0)
-    assert (summary.best_lora["lr_a"], summary.best_lora["ratio"]) == lora == (2.0**-12, 1.0)
-    assert summary.best["mean"] == pytest.approx(means[best])
-    assert summary.gain == pytest.approx(means[best] - means[lora]) == pytest.approx(0.08)
-    assert summary.best["std"] == pytest.approx(math.sqrt(0.5) * 0.001)
-    # a trial's value is the best evaluation (step 20), not the last one (step 30)
-    row = next(t for t in summary.trials if (t["lr_a"], t["ratio"], t["seed"]) == (LR_A[1], 16, 1))
-    assert row["value"] == pytest.approx(score(LR_A[1], 16, 1))
-    assert row["best_step"] == 20
-    assert row["final_value"] == pytest.approx(0.98 * score(LR_A[1], 16, 1))
-
-    again = run_sweep(cfg, train_fn=fake_train)  # resume a finished study: nothing runs
-    assert len(calls(log)) == 16
-    assert len(again.trials) == 16
+    return study.trials[number]
 
 
 def test_resume_after_interrupt_and_crash_reruns_only_unfinished_cells(tmp_path: Path) -> None:
@@ -140,31 +134,55 @@ def test_resume_after_interrupt_and_crash_reruns_only_unfinished_cells(tmp_path:
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, train_fn=fake_train)
     cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16])
-    study, sampler = open_study(cfg)
-    assert [t.user_attrs.get("status") for t in study.trials] == [
+    study, grid = open_study(cfg)
+    statuses = [t.user_attrs.get("status") for t in study.trials]
+    assert statuses == ["complete", "complete", "interrupted", None]  # trial 3 still queued
+    assert study.trials[3].state == optuna.trial.TrialState.WAITING
+    trials = Path(cfg.out_dir) / "trials"
+    assert sorted(p.name for p in trials.iterdir())[-1] == "trial_0002"
+
+    # A worker killed mid-run (SIGKILL) leaves its trial RUNNING; its lock file is free now.
+    log = tmp_path / "calls.log"
+    killed = kill_worker_at(config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16]), 3, 4)
+    assert killed.state == optuna.trial.TrialState.RUNNING
+    assert (trials / "trial_0002").exists() is False  # the killed worker's resume cleaned it
+    assert (trials / "trial_0003").is_dir()
+
+    summary = run_sweep(cfg, train_fn=fake_train)
+    cells = [c[:3] for c in calls(log)]
+    assert cells[:2] == list(grid.cells[:2])  # the first two: never re-run
+    assert cells == [*grid.cells[:4], *grid.cells[2:]]  # 4: cell 2 again, 5: cell 3 again
+    assert summary.counts == {"complete": 4, "interrupted": 1, "crashed": 1}
+    assert [t["status"] for t in summary.trials] == [
         "complete",
         "complete",
         "interrupted",
+        "crashed",
+        "complete",
+        "complete",
     ]
-    # a worker killed mid-run leaves its trial RUNNING, claimed by a process that is gone
-    trial = study.ask()
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    crashed = sampler.cell_of(study.trials[3])
-    worker = {"host": socket.gethostname(), "pid": dead.pid, "start": None}
-    claim = {"cell": list(crashed), "worker": worker}
-    study._storage.set_trial_system_attr(trial._trial_id, CLAIM, claim)
-    assert study.trials[3].state == optuna.trial.TrialState.RUNNING
-
-    summary = run_sweep(cfg, train_fn=fake_train)
-    cells = [c[:3] for c in calls(tmp_path / "calls.log")]
-    completed_first = [(t["lr_a"], t["ratio"], t["seed"]) for t in summary.trials[:2]]
-    assert all(cells.count(c) == 1 for c in completed_first)  # never re-run
-    assert len(set(cells)) == 4 and len(cells) == 5  # the interrupted cell ran twice
-    assert crashed == cells[2]  # the crashed trial had claimed the interrupted (free) cell
-    assert cells.count(crashed) == 2  # interrupted run + the run after the crash; no third
-    assert summary.counts == {"complete": 4, "interrupted": 1, "crashed": 1}
     assert all(c["state"] == "complete" for c in summary.cells)
+    assert sorted(p.name for p in trials.iterdir()) == [
+        "trial_0000",
+        "trial_0001",
+        "trial_0004",
+        "trial_0005",
+    ]  # the interrupted and the killed trial's folders are gone
+
+
+def test_a_worker_killed_on_another_machine_is_found_by_its_heartbeat(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1], heartbeat_s=1)
+    killed = kill_worker_at(cfg, 0, 1)
+    Path(killed.user_attrs["lock"]).unlink()  # as if it ran elsewhere: only the heartbeat tells
+    time.sleep(2.5)  # 2 heartbeats
+    summary = run_sweep(cfg, train_fn=fake_train)
+    assert "Trial 0 stopped beating" in caplog.text
+    cells = [c[:3] for c in calls(tmp_path / "calls.log")]
+    assert cells == [(LR_A[0], 1, 0), (LR_A[1], 1, 0), (LR_A[0], 1, 0)]
+    assert [t["status"] for t in summary.trials] == ["crashed", "complete", "complete"]
+    assert summary.cells[0]["trials"] == [0, 2]
 
 
 def test_two_spawned_workers_on_one_sqlite_study_run_every_cell_once(tmp_path: Path) -> None:
@@ -188,94 +206,45 @@ def test_two_spawned_workers_on_one_sqlite_study_run_every_cell_once(tmp_path: P
     assert summary.best is not None and summary.best["lr_a"] == LR_A[2]
 
 
-DIVERGED = (2.0**-9, 16.0)  # lr_B = 2^-5 > 2^-6
-
-
-@pytest.fixture(scope="module")
-def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[SweepConfig, SweepSummary]:
-    """A median-pruned sweep: equal runs, one diverging cell, poor runs from trial 6 on."""
-    tmp_path = tmp_path_factory.mktemp("mixed")
-    cfg = config(
-        tmp_path,
-        lr_a=LR_A[1:],
-        ratios=[1, 16],
-        pruner="median",
-        overrides={"flat": True, "bad_from": 6, "diverge_above": 2**-6},
-    )
-    return cfg, run_sweep(cfg, train_fn=fake_train)
-
-
-def test_diverged_cells_are_recorded_and_the_sweep_goes_on(
-    mixed: tuple[SweepConfig, SweepSummary],
+def test_a_cell_queued_twice_runs_once_and_errors_stay_taken_unless_retried(
+    tmp_path: Path,
 ) -> None:
-    cfg, summary = mixed
-    study, _ = open_study(cfg)
-    states = {(c["lr_a"], c["ratio"]): c["state"] for c in summary.cells}
-    assert [k for k, s in states.items() if s == "diverged"] == [DIVERGED]
-    assert set(states.values()) == {"complete", "pruned", "diverged"}
-    (trial,) = [t for t in study.trials if (t.params["lr_a"], t.params["ratio"]) == DIVERGED]
-    assert trial.state == optuna.trial.TrialState.FAIL
-    assert trial.user_attrs["status"] == "diverged"
-    assert summary.counts["diverged"] == 1 and len(summary.trials) == 8
-    assert run_worker(cfg, train_fn=fake_train) == 0  # diverged cells are not retried
-    assert len(calls(Path(cfg.overrides["log"]))) == 8
-
-
-def test_pruned_trials_are_recorded_as_pruned(mixed: tuple[SweepConfig, SweepSummary]) -> None:
-    cfg, summary = mixed
-    study, _ = open_study(cfg)
-    late = [t for t in study.trials[6:] if t.user_attrs["status"] != "diverged"]
-    assert late  # every poor run after the 5 startup trials is pruned at its first check
-    for t in late:
-        assert t.state == optuna.trial.TrialState.PRUNED
-        assert t.user_attrs["status"] == "pruned"
-        assert sorted(t.intermediate_values) == [0, 10]
-    assert all(t.state != optuna.trial.TrialState.PRUNED for t in study.trials[:6])
-    assert summary.counts["pruned"] == len(late)
-    assert sum(c["state"] == "pruned" for c in summary.cells) == len(late)
-    assert summary.best is not None and summary.best["state"] == "complete"
-
-
-def test_json_round_trips_and_heatmap_is_a_png(
-    mixed: tuple[SweepConfig, SweepSummary], tmp_path: Path
-) -> None:
-    from matplotlib.image import imread
-
-    cfg, summary = mixed
-    paths = write_outputs(summary, tmp_path / "out")
-    data = json.loads(paths["json"].read_text())
-    assert load_summary(paths["json"]) == summary == SweepSummary.from_dict(data)
-    assert len(data["trials"]) == 8 and data["best"] == summary.best
-    img = imread(paths["heatmap"])
-    assert img.ndim == 3 and min(img.shape[:2]) > 250
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "sweep.json",
-        "sweep_heatmap.png",
-    ]
-    assert (Path(cfg.out_dir) / "sweep_heatmap.png").is_file()  # run_sweep wrote its own
-    assert summarize(Path(cfg.out_dir) / "sweep.db") == summary  # from the .db path
-
-
-def test_budget_mode_and_lr_b_grid(tmp_path: Path) -> None:
-    cfg = config(tmp_path / "b", lr_a=LR_A[1:], ratios=None, budget=True)
-    assert cfg.y == [1.0, 16.0]
-    budget = run_sweep(cfg, train_fn=fake_train).budget
-    assert budget is not None and budget["trials_each"] == 4
-    assert (budget["best_loraplus"]["lr_a"], budget["best_loraplus"]["ratio"]) == (2.0**-10, 16)
-    assert (budget["best_lora"]["lr_a"], budget["best_lora"]["ratio"]) == (2.0**-12, 1)
-    assert budget["gain"] == pytest.approx(0.08)
-
-    grid = [2.0**-12, 2.0**-10, 2.0**-6]
-    cfg = config(tmp_path / "l", lr_a=grid[:2], ratios=None, lr_b=grid)
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1], overrides={"fail_at": 1})
+    study, grid = open_study(cfg)
+    grid.enqueue(study, grid.cells[0])  # two workers re-queued the same cell at once
     summary = run_sweep(cfg, train_fn=fake_train)
-    assert summary.axis == "lr_b" and summary.y == grid
-    assert summary.cell(2.0**-12, 2.0**-6)["ratio"] == 64.0
-    assert summary.best is not None and summary.best_lora is not None
-    assert summary.best_lora["lr_a"] == summary.best_lora["lr_b"]  # on the diagonal
-    diagonal = [c for c in summary.cells if c["lr_a"] == c["lr_b"]]
-    assert summary.best_lora["mean"] == max(c["mean"] for c in diagonal)
-    assert summary.best["mean"] == max(c["mean"] for c in summary.cells)
-    assert summary.heatmap()["baseline"] == "diagonal"
+    assert [c[:3] for c in calls(tmp_path / "calls.log")] == list(grid.cells)
+    assert [t["status"] for t in summary.trials] == ["complete", "error", "duplicate"]
+    assert summary.trials[1]["error"] == "RuntimeError: out of memory (fake)"
+    assert summary.trials[2]["error"] == "the cell is trial 0's"
+    assert [c["state"] for c in summary.cells] == ["complete", "error"]
+
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1])
+    assert run_worker(cfg, train_fn=fake_train) == 0  # an errored cell is not retried...
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1], retry_failed=True)
+    summary = run_sweep(cfg, train_fn=fake_train)  # ...unless asked to, once
+    assert [c[:3] for c in calls(tmp_path / "calls.log")] == [*grid.cells, grid.cells[1]]
+    assert [t["status"] for t in summary.trials] == ["complete", "error", "duplicate", "complete"]
+    assert [c["state"] for c in summary.cells] == ["complete", "complete"]
+    assert summary.cells[1]["trials"] == [1, 3]
+
+
+def test_a_study_whose_grid_was_never_published_is_refused(tmp_path: Path) -> None:
+    cfg = config(tmp_path, publish_timeout_s=0.2)
+    storage = make_storage(cfg.storage_url)
+    optuna.create_study(storage=storage, study_name=cfg.study_name)  # not a sweep
+    with pytest.raises(ValueError, match="has no published grid after 0.2 s"):
+        open_study(cfg)
+    loss = config(tmp_path, metric="eval_loss", study_name="loss")
+    study = optuna.create_study(storage=storage, study_name="loss", direction="maximize")
+    study.set_user_attr("loraplus_sweep", loss.record())
+    with pytest.raises(ValueError, match="maximizes/minimizes differently"):
+        open_study(loss)
+    old = config(tmp_path, study_name="old")
+    study = optuna.create_study(storage=storage, study_name="old", direction="maximize")
+    study.set_user_attr("loraplus_sweep", {**old.record(), "version": 1})
+    with pytest.raises(ValueError, match="another loraplus version"):
+        open_study(old)
 
 
 def test_config_errors_name_the_fix(tmp_path: Path) -> None:
@@ -294,82 +263,3 @@ def test_config_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="another sweep"):
         open_study(config(tmp_path, ratios=[1, 8]))
     assert SweepConfig(out_dir=str(tmp_path)).storage_url == f"sqlite:///{tmp_path}/sweep.db"
-
-
-# ---------------------------------------------------------------------------------------------
-# The real trainer on a tiny model
-# ---------------------------------------------------------------------------------------------
-
-WORDS = ["good", "great", "fine", "bad", "awful", "poor", "film", "movie", "plot", "the", "a"]
-
-
-def tiny_classifier(folder: Path) -> Path:
-    """A 1-layer BERT (hidden 16) and a word-level tokenizer saved to `folder`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    bert = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    BertForSequenceClassification(bert).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.mark.slow
-def test_real_trainer_reports_every_evaluation(tmp_path: Path) -> None:
-    import csv
-
-    model = tiny_classifier(tmp_path / "model")
-    data = tmp_path / "data.csv"
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for k in range(48):
-            positive = k % 2 == 0
-            word = WORDS[k % 3] if positive else WORDS[3 + k % 3]
-            writer.writerow([f"the {word} film", "pos" if positive else "neg"])
-    cfg = SweepConfig(
-        lr_a=[1e-2],
-        ratios=[1, 16],
-        out_dir=str(tmp_path / "sweep"),
-        heartbeat_s=None,
-        overrides={
-            "model": str(model),
-            "data": str(data),
-            "target_modules": ["query", "value"],
-            "max_steps": 2,
-            "eval_steps": 1,
-            "batch_size": 8,
-            "max_length": 8,
-        },
-    )
-    summary = run_sweep(cfg)
-    assert summary.counts == {"complete": 2}
-    study, _ = open_study(cfg)
-    for t in study.trials:
-        assert sorted(t.intermediate_values) == [0, 1, 2]  # eval_on_start + every step
-        assert 0.0 <= t.value <= 1.0
-    assert summary.best is not None and summary.best_lora is not None
-    run = tmp_path / "sweep" / "trials" / "trial_0000"
-    history = json.loads((run / "metrics.json").read_text())["history"]
-    best = max(r["eval_accuracy"] for r in history if r["step"] > 0)
-    assert study.trials[0].value == pytest.approx(best)  # the best evaluation after step 0
-    assert not (run / "adapter").exists()  # sweep default: no adapter per cell

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from loraplus import _config
 from loraplus._extras import require
@@ -24,23 +23,27 @@ def add_parser(subparsers: Subparsers) -> None:
         "share one study), then write sweep.json and a Figure-3-style heatmap into --out-dir "
         "and print the best cell, the best standard-LoRA cell (ratio 1) and the gain.",
     )
-    parser.add_argument("--config", metavar="FILE", help="YAML/TOML training settings")
-    parser.add_argument("--lr-a", nargs="+", type=float, metavar="LR", help="lr_A values")
+    # Sweep settings: absent unless given, so SweepConfig's defaults are the only ones.
+    quiet = {"default": argparse.SUPPRESS}
+    parser.add_argument("--config", metavar="FILE", help="YAML/TOML training settings", **quiet)
+    parser.add_argument("--lr-a", nargs="+", type=float, metavar="LR", help="lr_A values", **quiet)
     axis = parser.add_mutually_exclusive_group()
-    axis.add_argument("--ratios", nargs="+", type=float, metavar="R", help="default 1 4 16 64")
-    axis.add_argument("--lr-b", nargs="+", type=float, metavar="LR", help="lr_B values instead")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N")
-    parser.add_argument("--metric", default="eval_accuracy", choices=["eval_accuracy", "eval_loss"])
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage (default: SQLite file)")
-    parser.add_argument("--study-name", default="loraplus-sweep")
-    parser.add_argument("--out-dir", default="runs/sweep", metavar="DIR")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    parser.add_argument("--n-trials", type=int, metavar="N", help="trials per worker (default all)")
-    parser.add_argument("--pruner", default="none", choices=["none", "median"])
+    axis.add_argument("--ratios", nargs="+", type=float, metavar="R", help="ratios", **quiet)
+    axis.add_argument("--lr-b", nargs="+", type=float, metavar="LR", help="lr_B values", **quiet)
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", **quiet)
+    parser.add_argument("--metric", help="eval_accuracy or eval_loss", **quiet)
     parser.add_argument(
-        "--budget", action="store_true", help="paper recipe: ratio fixed, 1-D lr_A search vs LoRA"
+        "--storage", metavar="URL", help="sqlite:///... or postgresql://...", **quiet
     )
-    parser.add_argument("--budget-ratio", type=float, default=16.0, metavar="R")
+    parser.add_argument("--study-name", **quiet)
+    parser.add_argument("--out-dir", metavar="DIR", **quiet)
+    parser.add_argument("--workers", type=int, help="worker processes on this machine", **quiet)
+    parser.add_argument("--pruner", help="none or median", **quiet)
+    parser.add_argument(
+        "--budget", action="store_true", help="ratio fixed, 1-D lr_A search vs LoRA", **quiet
+    )
+    parser.add_argument("--budget-ratio", type=float, metavar="R", **quiet)
+    parser.add_argument("--n-trials", type=int, metavar="N", help="trials per worker (default all)")
     parser.add_argument(
         "--summarize-only", action="store_true", help="report the stored study, train nothing"
     )
@@ -51,25 +54,10 @@ def run(args: argparse.Namespace) -> int:
     """Run (or just summarize) a sweep and print its best cells."""
     require("sweep", "loraplus sweep")
     from loraplus import sweep
+    from loraplus.sweep import SweepConfig
 
-    overrides = _config.passed(args, TrainConfig)
-    grid: dict[str, Any] = {} if args.lr_a is None else {"lr_a": args.lr_a}
-    cfg = sweep.SweepConfig(
-        **grid,
-        ratios=args.ratios,
-        lr_b=args.lr_b,
-        seeds=args.seeds,
-        config=args.config,
-        overrides=overrides,
-        metric=args.metric,
-        storage=args.storage,
-        study_name=args.study_name,
-        out_dir=args.out_dir,
-        pruner=args.pruner,
-        budget=args.budget,
-        budget_ratio=args.budget_ratio,
-        workers=args.workers,
-    )
+    settings = {k: v for k, v in vars(args).items() if k in _config.field_names(SweepConfig)}
+    cfg = SweepConfig(**settings, overrides=_config.passed(args, TrainConfig))
     if args.summarize_only:
         summary = sweep.summarize(cfg.storage_url, cfg.study_name)
         sweep.write_outputs(summary, cfg.out_dir)

@@ -1,0 +1,42 @@
+"""Learning-rate sweeps of LoRA+ on real models, kept in an Optuna study (paper Figure 3).
+
+    SweepConfig --open_study--> Optuna study, every cell queued once (any SQLAlchemy URL;
+        default sqlite:///<out_dir>/sweep.db; PostgreSQL for several machines)
+        --run_sweep / run_worker--> one training run per grid cell (lr_A x ratio|lr_B x seed)
+        --summarize--> SweepSummary --write_outputs--> sweep.json + sweep_heatmap.png
+
+Modules: config (SweepConfig, make_storage), grid (how each cell is handed out exactly once, on
+Optuna's public API), alive (is a trial's worker alive), trial (one cell as a training run), run
+(workers), summary (results). Guarantees: every cell runs exactly once across processes and
+machines sharing the study; a resumed sweep re-runs only unfinished cells (interrupted, or
+crashed: worker gone, by its lock file here or Optuna's heartbeat elsewhere), and removes their
+folders; diverged and errored cells stay taken (errors are retried with retry_failed); a worker
+that finds no queued cell stops.
+"""
+
+from loraplus._extras import require
+
+require("sweep", "loraplus.sweep")
+
+from loraplus.sweep.config import SweepConfig, make_storage  # noqa: E402
+from loraplus.sweep.grid import STUDY_ATTR, Grid, open_study  # noqa: E402
+from loraplus.sweep.run import run_sweep, run_worker  # noqa: E402
+from loraplus.sweep.summary import SweepSummary, load_summary, summarize, write_outputs  # noqa: E402
+from loraplus.sweep.trial import Reporter, TrialSpec, train_trial  # noqa: E402
+
+__all__ = [
+    "STUDY_ATTR",
+    "Grid",
+    "Reporter",
+    "SweepConfig",
+    "SweepSummary",
+    "TrialSpec",
+    "load_summary",
+    "make_storage",
+    "open_study",
+    "run_sweep",
+    "run_worker",
+    "summarize",
+    "train_trial",
+    "write_outputs",
+]
