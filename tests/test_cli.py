@@ -199,8 +199,9 @@ def test_sweep_on_a_tiny_saved_model(
 ) -> None:
     args = _tiny_train_args(tiny_files, tmp_path / "unused")[1:-2]  # train flags, no output dir
     out = tmp_path / "sweep"
-    argv = ["sweep", "--lr-a", "1e-3", "4e-3", "--ratios", "1", "16", "--out-dir", str(out), *args]
-    assert cli.main(argv) == 0
+    grid = ["--lr-a", "1e-3", "4e-3", "--ratios", "1", "16", "--study-name", "tiny"]
+    argv = ["sweep", *grid, "--out-dir", str(out), *args]
+    assert cli.main([*argv, "--workers", "2"]) == 0  # two processes share the study
     text = capsys.readouterr().out
     data = json.loads((out / "sweep.json").read_text())
     values = {(c["lr_a"], c["ratio"]): c["mean"] for c in data["cells"]}
