@@ -68,6 +68,9 @@ def test_registries_list_the_builtins() -> None:
 
 
 def test_resolve_model_passes_paths_and_hub_ids_through(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"holds no model: no config.json \(found: nothing\)"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path)) == str(tmp_path)
     assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == (
         "sentence-transformers/all-MiniLM-L6-v2"
@@ -243,9 +246,11 @@ def test_explicit_columns_and_column_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"No text column.*columns found: body, stars, id"):
         load_data(tmp_path / "d.parquet", task="classification")
-    with pytest.raises(ValueError, match=r"No label column.*Pass label_column=<name>"):
+    with pytest.raises(
+        ValueError, match=r"No label column.*Pass --label-column NAME \(label_column= in Python\)"
+    ):
         load_data(tmp_path / "d.parquet", task="classification", text_column="body")
-    with pytest.raises(ValueError, match=r"'score' \(label_column\) not found.*body, stars, id"):
+    with pytest.raises(ValueError, match=r"'score' \(--label-column\) not found.*body, stars, id"):
         load_data(tmp_path / "d.parquet", task="classification", label_column="score")
     data = load_data(
         tmp_path / "d.parquet", task="classification", text_column="body", label_column="stars"

@@ -127,8 +127,16 @@ def build(cls: Any, path: str | os.PathLike[str] | None = None, **overrides: Any
     if path is not None:
         values = parse_settings(cls, read_settings_file(path), str(path))
     keyed = {k.replace("-", "_"): v for k, v in overrides.items()}
-    values.update(parse_settings(cls, keyed))
-    return cls(**values)
+    flags = parse_settings(cls, keyed)
+    from_file = [k for k in values if k not in flags]
+    values.update(flags)
+    try:
+        return cls(**values)
+    except ValueError as err:  # a dataclass check: name the file and key the value came from
+        key = next((k for k in from_file if re.search(rf"\b{k}\b", str(err))), None)
+        if key is None:
+            raise
+        raise ValueError(f"{path}, key {key}: {err}") from None
 
 
 def as_pairs(items: Sequence[str] | None, name: str) -> dict[str, float]:
