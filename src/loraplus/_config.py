@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -78,8 +79,11 @@ def parse_settings(cls: Any, values: Mapping[str, Any], source: str = "") -> dic
             f"Unknown setting(s){where}: {', '.join(unknown)}. Valid: {', '.join(valid)}."
         )
     parser = DataclassParser(cls, suppress=True)
+    hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for key, value in values.items():
+        if value is None and type(None) not in typing.get_args(hints[key]):
+            raise ValueError(f"Bad value for {key}{where}: it needs a value (got None).")
         if value is None or (isinstance(value, (list, tuple, Mapping)) and not value):
             out[key] = value  # nothing to convert; the dataclass checks it
             continue

@@ -76,6 +76,8 @@ def _read_file(path: Path) -> tuple[Dataset, dict[str, str]]:
 
 def _read_error(path: Path, suffix: str, err: BaseException) -> str:
     """One line naming the file, what is wrong and (for JSON Lines) the line number."""
+    if not _has_rows(path, suffix):
+        return f"{path} has no data rows: add rows (a CSV needs a header line, then one per row)."
     if suffix in (".jsonl", ".ndjson", ".json"):
         line = _bad_json_line(path)
         if line is not None:
@@ -83,6 +85,17 @@ def _read_error(path: Path, suffix: str, err: BaseException) -> str:
     cause = err.__cause__ or err.__context__ or err
     detail = " ".join(str(cause).split()) or type(cause).__name__
     return f"Cannot read {path} as {suffix[1:]}: {detail}"
+
+
+def _has_rows(path: Path, suffix: str) -> bool:
+    """False for a text file with no line (JSON) or no line after the header (CSV/TSV)."""
+    if suffix not in (".csv", ".tsv", ".jsonl", ".ndjson", ".json"):
+        return True
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError):
+        return True
+    return len(lines) > (1 if suffix in (".csv", ".tsv") else 0)
 
 
 def _bad_json_line(path: Path) -> tuple[int, str] | None:
@@ -155,12 +168,14 @@ def _pick(
     return None
 
 
-def _no_column(data: Dataset, what: str, candidates: Sequence[str], args: str) -> ValueError:
+def _no_column(
+    data: Dataset, source: Path, what: str, candidates: Sequence[str], args: str
+) -> ValueError:
     """The error for a column that could not be detected."""
     columns = ", ".join(data.column_names)
     return ValueError(
-        f"No {what} column found (looked for {', '.join(candidates)}); columns found: {columns}. "
-        f"Pass {args}."
+        f"{source}: No {what} column found (looked for {', '.join(candidates)}); columns "
+        f"found: {columns}. Pass {args}."
     )
 
 
@@ -198,9 +213,9 @@ def _local_table(
         if prompt is not None and response is not None:
             return _prompt_response(data, prompt, response, source)
         if prompt is None and columns["response"] is not None:
-            raise _no_column(data, "prompt", PROMPT_COLUMNS, _flag("prompt_column"))
+            raise _no_column(data, source, "prompt", PROMPT_COLUMNS, _flag("prompt_column"))
         if response is None and columns["prompt"] is not None:
-            raise _no_column(data, "response", RESPONSE_COLUMNS, _flag("response_column"))
+            raise _no_column(data, source, "response", RESPONSE_COLUMNS, _flag("response_column"))
         # else: a labelled text file, turned into prompt/answer pairs by the caller
     label = _pick(data, columns["label"], LABEL_COLUMNS, "label_column", hints.get("label", ""))
     text = _pick(data, columns["text"], TEXT_COLUMNS, "text_column", hints.get("text", ""))
@@ -212,13 +227,14 @@ def _local_table(
         if task == "causal-lm":
             raise _no_column(
                 data,
+                source,
                 "prompt/response or text",
                 PROMPT_COLUMNS + RESPONSE_COLUMNS + TEXT_COLUMNS,
                 "--prompt-column and --response-column (or --text-column and --label-column)",
             )
-        raise _no_column(data, "text", TEXT_COLUMNS, _flag("text_column"))
+        raise _no_column(data, source, "text", TEXT_COLUMNS, _flag("text_column"))
     if label is None:
-        raise _no_column(data, "label", LABEL_COLUMNS, _flag("label_column"))
+        raise _no_column(data, source, "label", LABEL_COLUMNS, _flag("label_column"))
     rows = pairs(data[text], data[label], ("text", "label"), source)
     return {"text": [str(t) for t in rows["text"]], "label": rows["label"]}
 

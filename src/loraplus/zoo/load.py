@@ -20,7 +20,7 @@ from loraplus.zoo.files import (
     _read_file,
 )
 from loraplus.zoo.models import _lookup, log
-from loraplus.zoo.table import encode_labels, to_dataset
+from loraplus.zoo.table import check_classes, encode_labels, to_dataset
 
 TASKS = ("classification", "causal-lm")
 
@@ -313,6 +313,8 @@ def load_data(
         raise ValueError(f"{source} has no usable rows (every row had a blank text or label).")
 
     train, eval_, split = _split(train, official, eval_fraction, seed, source)
+    if "label" in train.column_names:
+        check_classes([train, eval_], source)
     train = _subsample(train, max_train, seed, "train")
     eval_ = _subsample(eval_, max_eval, 0, "eval")  # the same eval rows for every seed
 

@@ -91,9 +91,10 @@ def _check_kinds(labels: Sequence[Any], source: str) -> None:
     """Labels of one kind; numbers mixed with words (1, pos, 2.5, neg) are refused with counts."""
     kinds = Counter(_kind(v) for v in labels)
     if len(kinds) > 1:
-        examples = {k: sorted({str(v) for v in labels if _kind(v) == k})[:3] for k in kinds}
+        examples = {k: sorted({str(v) for v in labels if _kind(v) == k}) for k in kinds}
         parts = "; ".join(
-            f"{n} rows are {k}s ({', '.join(examples[k])}{', ...' if n > 3 else ''})"
+            f"{n} rows are {k}s ({', '.join(examples[k][:3])}"
+            f"{', ...' if len(examples[k]) > 3 else ''})"
             for k, n in sorted(kinds.items())
         )
         raise ValueError(
@@ -121,10 +122,12 @@ def _number_names(labels: Sequence[Any], source: str) -> tuple[list[str], list[i
 
 
 def encode_labels(parts: Sequence[dict[str, list[Any]]], source: str) -> list[Dataset]:
-    """text/label parts (train, eval) as Datasets sharing one ClassLabel; one class is refused."""
+    """text/label parts (train, eval) as Datasets sharing one ClassLabel (mixed kinds refused)."""
     from datasets import concatenate_datasets
 
     labels = [v for part in parts for v in part["label"]]
+    if not parts[0]["label"]:
+        raise ValueError(f"{source} has no usable rows (every row had a blank text or label).")
     _check_kinds(labels, source)
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels):
         names, ids = _number_names(labels, source)
@@ -134,19 +137,24 @@ def encode_labels(parts: Sequence[dict[str, list[Any]]], source: str) -> list[Da
         with quiet_datasets():
             merged = concatenate_datasets([to_plain(p) for p in strings])
             merged = merged.class_encode_column("label")
-    names = merged.features["label"].names
-    counts = Counter(merged["label"])
-    if len(counts) < 2:
-        ((only, rows),) = counts.items()
-        raise ValueError(
-            f"{source}: every one of the {rows} rows has the label {names[only]!r}; "
-            "classification needs at least 2 classes. Check --label-column."
-        )
     out, start = [], 0
     for part in parts:
-        out.append(merged.select(range(start, start + len(part["text"]))))
+        rows = range(start, start + len(part["text"]))
+        out.append(merged.select(rows if len(rows) else []))
         start += len(part["text"])
     return out
+
+
+def check_classes(parts: Sequence[Dataset], source: str) -> None:
+    """At least two classes among the labels of all parts."""
+    counts = Counter(v for part in parts for v in part["label"])
+    if len(counts) < 2:
+        ((only, rows),) = counts.items()
+        name = parts[0].features["label"].names[only]
+        raise ValueError(
+            f"{source}: every one of the {rows} rows has the label {name!r}; "
+            "classification needs at least 2 classes. Check --label-column."
+        )
 
 
 def to_plain(columns: dict[str, list[Any]]) -> Dataset:
