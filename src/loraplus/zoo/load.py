@@ -233,6 +233,24 @@ def _read_local(
     return tables[0], (tables[1] if len(tables) > 1 else None)
 
 
+def _read(
+    name: str, eval_data: str | os.PathLike[str] | None, task: str, columns: dict[str, str | None]
+) -> tuple[Dataset, Dataset | None, str, str]:
+    """(train, official eval or None, source, causal-LM prompt template) for a built-in or path."""
+    check_source(name, eval_data)
+    spec: DatasetSpec | None = _lookup(name, DATASETS)
+    if spec is None:
+        path = Path(name).expanduser()
+        return (*_read_local(path, eval_data, task, columns), str(path), _PROMPTS["default"])
+    if any(v is not None for v in columns.values()):
+        raise ValueError(
+            f"Column options apply to local files only; built-in {spec.name!r} already has "
+            "text/label columns. Drop the *_column arguments."
+        )
+    train, official = spec.read(spec)
+    return train, official, spec.name, spec.prompt
+
+
 def _split(
     train: Dataset, official: Dataset | None, fraction: float, seed: int, source: str
 ) -> tuple[Dataset, Dataset, str]:
@@ -295,20 +313,7 @@ def load_data(
         "prompt": prompt_column,
         "response": response_column,
     }
-    check_source(name, eval_data)
-    spec: DatasetSpec | None = _lookup(name, DATASETS)
-    template = _PROMPTS["default"]
-    if spec is not None:
-        if any(v is not None for v in columns.values()):
-            raise ValueError(
-                f"Column options apply to local files only; built-in {spec.name!r} already has "
-                "text/label columns. Drop the *_column arguments."
-            )
-        train, official = spec.read(spec)
-        source, template = spec.name, spec.prompt
-    else:
-        train, official = _read_local(Path(name).expanduser(), eval_data, task, columns)
-        source = str(Path(name).expanduser())
+    train, official, source, template = _read(name, eval_data, task, columns)
     if not len(train):
         raise ValueError(f"{source} has no usable rows (every row had a blank text or label).")
 
