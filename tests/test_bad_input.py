@@ -143,9 +143,13 @@ def _config(text: str, name: str = "run.yaml") -> Setup:
     return setup
 
 
-def _empty(path: Path) -> Path:
-    path.write_text("")
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
     return path
+
+
+def _empty(path: Path) -> Path:
+    return _write(path, "")
 
 
 def _eval_folder(tmp: Path) -> Path:
@@ -203,6 +207,16 @@ CASES: list[tuple[str, Setup, str]] = [
         "Pass --label-column NAME",
     ),
     ("jsonl parse error", _data(_jsonl), "d.jsonl: line 3 is not valid JSON"),
+    (
+        "jsonl line not an object",
+        _data(lambda t: _write(t / "a.jsonl", '{"text": "a", "label": 1}\n[1, 2]\n')),
+        "a.jsonl: line 2 is a JSON list, not an object of column: value",
+    ),
+    (
+        "csv ragged row",
+        _data(lambda t: _write(t / "r.csv", "text,label\na,x\nb,y,z\nc,x\n")),
+        "r.csv as csv: Error tokenizing data. C error: Expected 2 fields in line 3, saw 3",
+    ),
     (
         "fractional labels",
         _data(lambda t: _csv(t / "f.csv", [(f"t{i}", i / 4) for i in range(40)])),

@@ -81,7 +81,7 @@ def _read_error(path: Path, suffix: str, err: BaseException) -> str:
     if suffix in (".jsonl", ".ndjson", ".json"):
         line = _bad_json_line(path)
         if line is not None:
-            return f"Cannot read {path}: line {line[0]} is not valid JSON ({line[1]})."
+            return f"Cannot read {path}: line {line[0]} {line[1]}."
     cause = err.__cause__ or err.__context__ or err
     detail = " ".join(str(cause).split()) or type(cause).__name__
     return f"Cannot read {path} as {suffix[1:]}: {detail}"
@@ -99,7 +99,7 @@ def _has_rows(path: Path, suffix: str) -> bool:
 
 
 def _bad_json_line(path: Path) -> tuple[int, str] | None:
-    """(line number, parser message) of the first line that is not one JSON value, if any."""
+    """(line number, what is wrong) of the first line that is not one JSON object, if any."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -112,9 +112,11 @@ def _bad_json_line(path: Path) -> tuple[int, str] | None:
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as err:
-                return number, err.msg
+                return number, f"is not valid JSON ({err.msg})"
+            if not isinstance(value, dict):
+                return number, f"is a JSON {type(value).__name__}, not an object of column: value"
     return None
 
 
