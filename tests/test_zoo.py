@@ -68,6 +68,9 @@ def test_registries_list_the_builtins() -> None:
 
 
 def test_resolve_model_passes_paths_and_hub_ids_through(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"holds no model: no config.json \(found: nothing\)"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path)) == str(tmp_path)
     assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == (
         "sentence-transformers/all-MiniLM-L6-v2"
@@ -243,9 +246,11 @@ def test_explicit_columns_and_column_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"No text column.*columns found: body, stars, id"):
         load_data(tmp_path / "d.parquet", task="classification")
-    with pytest.raises(ValueError, match=r"No label column.*Pass label_column=<name>"):
+    with pytest.raises(
+        ValueError, match=r"No label column.*Pass --label-column NAME \(label_column= in Python\)"
+    ):
         load_data(tmp_path / "d.parquet", task="classification", text_column="body")
-    with pytest.raises(ValueError, match=r"'score' \(label_column\) not found.*body, stars, id"):
+    with pytest.raises(ValueError, match=r"'score' \(--label-column\) not found.*body, stars, id"):
         load_data(tmp_path / "d.parquet", task="classification", label_column="score")
     data = load_data(
         tmp_path / "d.parquet", task="classification", text_column="body", label_column="stars"
@@ -291,6 +296,49 @@ def test_folder_with_train_and_test_uses_the_given_split(tmp_path: Path) -> None
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"no train file \(found: nothing\)"):
         load_data(tmp_path / "empty", task="classification")
+
+
+def test_eval_data_file_is_the_eval_set_and_overlap_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _labelled_frame(30).to_csv(tmp_path / "train.csv", index=False)
+    _labelled_frame(12).iloc[3:].to_json(tmp_path / "held.jsonl", orient="records", lines=True)
+    with caplog.at_level("WARNING", logger="loraplus.zoo"):
+        data = load_data(
+            tmp_path / "train.csv", task="classification", eval_data=tmp_path / "held.jsonl"
+        )
+    assert data.split == "official" and (len(data.train), len(data.eval)) == (21, 9)
+    assert _texts(data.eval) == [f"review number {i}" for i in range(3, 12)]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'train.csv'}: dropped 9 of 30 train rows whose text is also in the eval set"
+    ]
+
+
+def test_max_eval_subset_is_the_same_for_every_seed(tmp_path: Path) -> None:
+    _labelled_frame(60).to_csv(tmp_path / "train.csv", index=False)
+    _labelled_frame(300).iloc[60:].to_csv(tmp_path / "test.csv", index=False)
+    runs = [load_data(tmp_path, task="cls", seed=s, max_train=12, max_eval=30) for s in (0, 1)]
+    assert _texts(runs[0].eval) == _texts(runs[1].eval) and len(runs[0].eval) == 30
+    assert _texts(runs[0].train) != _texts(runs[1].train)  # max_train still follows the seed
+
+
+def test_label_kinds(tmp_path: Path) -> None:
+    rows = [{"text": "a", "label": 1}, {"text": "b", "label": "x"}, {"text": "c", "label": 0}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ValueError, match=r"mixes kinds: 2 rows are numbers \(0, 1\); 1 rows"):
+        load_data(tmp_path / "m.jsonl", task="classification")
+    (tmp_path / "b.json").write_text(
+        json.dumps([{"text": str(i), "label": i % 2 == 0} for i in range(6)])
+    )
+    assert load_data(tmp_path / "b.json", task="cls").label_names == ["False", "True"]
+    pd.DataFrame({"text": list("abcdef"), "label": [-1, 1, -1, 1, 5, 5]}).to_csv(
+        tmp_path / "n.csv", index=False
+    )
+    data = load_data(tmp_path / "n.csv", task="cls", eval_fraction=0.5)
+    assert data.label_names == ["-1", "1", "5"]
+    truth = dict(zip("abcdef", ["-1", "1", "-1", "1", "5", "5"], strict=True))
+    rows = [*data.train, *data.eval]
+    assert len(rows) == 6 and all(data.label_names[r["label"]] == truth[r["text"]] for r in rows)
 
 
 def test_orange_tab_files_are_parsed(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -80,8 +81,11 @@ def parse_settings(cls: Any, values: Mapping[str, Any], source: str = "") -> dic
             f"Unknown setting(s){where}: {', '.join(unknown)}. Valid: {', '.join(valid)}."
         )
     parser = DataclassParser(cls, suppress=True)
+    hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for key, value in values.items():
+        if value is None and type(None) not in typing.get_args(hints[key]):
+            raise ValueError(f"Bad value for {key}{where}: it needs a value (got None).")
         if value is None or (isinstance(value, (list, tuple, Mapping)) and not value):
             out[key] = value  # nothing to convert; the dataclass checks it
             continue
@@ -129,8 +133,16 @@ def build(cls: Any, path: str | os.PathLike[str] | None = None, **overrides: Any
     if path is not None:
         values = parse_settings(cls, read_settings_file(path), str(path))
     keyed = {k.replace("-", "_"): v for k, v in overrides.items()}
-    values.update(parse_settings(cls, keyed))
-    return cls(**values)
+    flags = parse_settings(cls, keyed)
+    from_file = [k for k in values if k not in flags]
+    values.update(flags)
+    try:
+        return cls(**values)
+    except ValueError as err:  # a dataclass check: name the file and key the value came from
+        key = next((k for k in from_file if re.search(rf"\b{k}\b", str(err))), None)
+        if key is None:
+            raise
+        raise ValueError(f"{path}, key {key}: {err}") from None
 
 
 def as_pairs(items: Sequence[str] | None, name: str) -> dict[str, float]:

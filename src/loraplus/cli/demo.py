@@ -74,6 +74,7 @@ def demo_config(
         lr=lr,
         ratio=DEMO_METHODS[method]["ratio"] if ratio is None else ratio,
         output_dir=str(Path(output_dir) / method),
+        overwrite=True,  # the demo replaces its own earlier output
     )
 
 

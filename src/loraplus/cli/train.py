@@ -12,6 +12,7 @@ from loraplus import _config
 from loraplus._extras import require
 from loraplus.cli.common import EXIT_DIVERGED, Subparsers, fmt
 from loraplus.train import TrainConfig, TrainResult, make_config
+from loraplus.train.checks import check_output_dir, check_paths
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -37,6 +38,17 @@ def add_parser(subparsers: Subparsers) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """--config file, then the flags the user actually passed."""
     return make_config(getattr(args, "config", None), **_config.passed(args, TrainConfig))
+
+
+def validate(cfg: TrainConfig, *, run: bool = True) -> None:
+    """Before any model loads: model/data/eval paths; for a run, the extras and --output-dir.
+
+    (The data's columns, labels and row counts are checked by `train` before the model loads.)
+    """
+    check_paths(cfg)
+    if run:
+        require("train", "loraplus train")
+        check_output_dir(cfg)
 
 
 def _print_run(result: TrainResult) -> None:
@@ -85,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from loraplus.train import train
 
     cfg = config_from_args(args)
-    if not args.print_config:
-        require("train", "loraplus train")
+    validate(cfg, run=not args.print_config)
     if args.print_config:
         import yaml
 

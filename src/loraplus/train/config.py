@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -37,8 +38,30 @@ class TrainConfig:
     """Everything one training run needs; every field is a `loraplus train` flag."""
 
     model: str = field(default="minilm", metadata=_help("built-in name, local folder or hub id"))
-    data: str = field(default="rotten-tomatoes", metadata=_help("built-in dataset or data file"))
+    data: str = field(
+        default="rotten-tomatoes",
+        metadata=_help("built-in dataset, data file, or folder with train.csv (+ test.csv)"),
+    )
     task: str = field(default="classification", metadata=_help("classification or causal-lm"))
+    eval_data: str | None = field(
+        default=None,
+        metadata=_help(
+            "eval file (CSV/JSONL/Parquet); default: test/eval/validation.<ext> beside "
+            "train.<ext> in a --data folder, else a split of --data drawn with --seed"
+        ),
+    )
+    text_column: str | None = field(default=None, metadata=_help("text column of a data file"))
+    label_column: str | None = field(default=None, metadata=_help("label column of a data file"))
+    prompt_column: str | None = field(
+        default=None, metadata=_help("prompt column of a data file (causal-lm)")
+    )
+    response_column: str | None = field(
+        default=None, metadata=_help("response column of a data file (causal-lm)")
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata=_help("replace a run already in --output-dir (its metrics, adapter and logs)"),
+    )
     lr: float = field(default=2e-4, metadata=_help("learning rate of LoRA A (lr_A)"))
     ratio: float | str = field(
         default=16.0,
@@ -75,14 +98,20 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata=_help("gradient accumulation steps"))
     max_length: int = field(default=64, metadata=_help("truncate examples to this many tokens"))
     eval_steps: int = field(default=50, metadata=_help("evaluate every this many steps"))
-    seed: int = field(default=0, metadata=_help("seed of the split, the head and the shuffle"))
+    seed: int = field(
+        default=0,
+        metadata=_help("seed of the head, the shuffle, --max-train and a split of one data file"),
+    )
     output_dir: str = field(default="runs/train", metadata=_help("where outputs are written"))
     optimizer: str = field(default="adamw_torch", metadata=_help("HF optim name"))
     scheduler: str = field(default="linear", metadata=_help("HF lr scheduler name"))
     warmup_ratio: float = field(default=0.0, metadata=_help("fraction of steps of lr warmup"))
     weight_decay: float = field(default=0.0, metadata=_help("weight decay of the matrices"))
     max_train: int | None = field(default=None, metadata=_help("at most this many train rows"))
-    max_eval: int | None = field(default=None, metadata=_help("at most this many eval rows"))
+    max_eval: int | None = field(
+        default=None,
+        metadata=_help("at most this many eval rows: a stratified subset, the same for any seed"),
+    )
     save_adapter: bool = field(default=True, metadata=_help("save the adapter (PEFT format)"))
     merge: bool = field(default=False, metadata=_help("also save the merged full model"))
     probe_every: int = field(
@@ -147,6 +176,8 @@ class TrainConfig:
             raise ValueError(
                 f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}."
             )
+        _check_optimizer(self.optimizer)
+        _check_columns(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON/YAML-able values (make_config(**d) rebuilds it)."""
@@ -161,6 +192,31 @@ class TrainResult:
     final: dict[str, Any]  # last eval metrics, best_eval_*, steps, seconds
     output_dir: Path
     diverged: bool  # a NaN/inf training loss stopped the run
+
+
+def _check_optimizer(name: str) -> None:
+    """optimizer is one of transformers' TrainingArguments.optim names."""
+    from transformers.training_args import OptimizerNames
+
+    names = [o.value for o in OptimizerNames]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        raise ValueError(
+            f"optimizer {name!r} is not a transformers optim name.{hint} Valid: {', '.join(names)}."
+        )
+
+
+def _check_columns(cfg: TrainConfig) -> None:
+    """Column options name a column (not blank) and fit the task."""
+    for name in ("text_column", "label_column", "prompt_column", "response_column"):
+        value = getattr(cfg, name)
+        if value is not None and not str(value).strip():
+            raise ValueError(f"{name} is blank: name a column of the data file, or leave it out.")
+    pair = [n for n in ("prompt_column", "response_column") if getattr(cfg, n) is not None]
+    if pair and cfg.task != "causal-lm":
+        flags = " and ".join(f"--{n.replace('_', '-')}" for n in pair)
+        raise ValueError(f"{flags} apply to --task causal-lm; this run's task is {cfg.task}.")
 
 
 def _targets(value: list[str] | str | None) -> list[str] | None:

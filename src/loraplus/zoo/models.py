@@ -221,17 +221,35 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
 
+def check_model(name_or_path: str | os.PathLike[str]) -> None:
+    """Refuse a model path that is missing, a file, or a folder without config.json (no loading)."""
+    name = os.fspath(name_or_path)
+    if _lookup(name, MODELS) is not None:
+        return
+    path = Path(name).expanduser()
+    choices = f"a Hugging Face hub id, or a built-in model: {', '.join(MODELS)}"
+    if path.is_file():
+        raise ValueError(f"Model path {name!r} is a file. Pass a model folder, {choices}.")
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:5]) or "nothing"
+        raise ValueError(
+            f"Model folder {name!r} holds no model: no config.json (found: {found}). Pass a "
+            f"folder written by save_pretrained, {choices}."
+        )
+    if not path.exists() and _looks_like_path(name):
+        raise ValueError(
+            f"Model path {name!r} does not exist. Pass an existing folder, a Hugging Face hub id, "
+            f"or a built-in model: {', '.join(MODELS)}."
+        )
+
+
 def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     """A folder from_pretrained loads for a built-in name; a local path or hub id unchanged."""
     name = os.fspath(name_or_path)
     spec: ModelSpec | None = _lookup(name, MODELS)
     if spec is not None:
         return str(spec.path())
+    check_model(name)
     if os.path.exists(os.path.expanduser(name)):
         return os.path.expanduser(name)
-    if _looks_like_path(name):
-        raise ValueError(
-            f"Model path {name!r} does not exist. Pass an existing folder, a Hugging Face hub id, "
-            f"or a built-in model: {', '.join(MODELS)}."
-        )
     return name
