@@ -58,7 +58,7 @@ def draw_lr_heatmap(
 
     `panel`: lr_a, lr_b, loss[len(lr_a), len(lr_b)], optional diverged (bool, default:
     non-finite loss; drawn grey), title, cbar_label, reference (list of dicts lr_a, lr_b,
-    label: points marked with a star, e.g. the paper's published optimum).
+    label: points marked with a star, then X, D, s, e.g. the paper's published optimum).
     """
     x = np.log2(np.asarray(panel["lr_a"], dtype=float))
     y = np.log2(np.asarray(panel["lr_b"], dtype=float))
@@ -91,9 +91,10 @@ def draw_lr_heatmap(
         handles.append(
             Line2D([], [], color="r", marker="+", ls="", ms=9, label=f"within {margin:.0%} of best")
         )
-    for ref in panel.get("reference", []):
+    for k, ref in enumerate(panel.get("reference", [])):
         lx, ly = math.log2(float(ref["lr_a"])), math.log2(float(ref["lr_b"]))
-        (mark,) = ax.plot(lx, ly, "*", color="orange", mec="k", ms=14, ls="")
+        shape = "*XDs"[k % 4]
+        (mark,) = ax.plot(lx, ly, shape, color="orange", mec="k", ms=14 if k == 0 else 9, ls="")
         mark.set_label(str(ref.get("label", "reference")))
         handles.append(mark)
     if diverged.any():
@@ -103,8 +104,10 @@ def draw_lr_heatmap(
     ax.set_xlabel("log2(lr_A)")
     ax.set_ylabel("log2(lr_B)")
     ax.set_title(str(panel.get("title", "")), fontsize=10)
-    if handles:
-        ax.legend(handles=handles, loc="upper left", fontsize=7, framealpha=0.85)
+    if handles:  # below the axes: the band, the stars and the grid corners stay visible
+        ax.legend(
+            handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7
+        )
     return HeatmapDrawn(values=masked, band=near, best=best, diverged=np.argwhere(diverged))
 
 
@@ -112,10 +115,10 @@ def plot_lr_heatmap(
     path: str | Path, panel: Mapping[str, Any], *, margin: float = 0.01, suptitle: str = ""
 ) -> Path:
     """One (lr_A, lr_B) loss heatmap written to `path` (panel as in `draw_lr_heatmap`)."""
-    fig = Figure(figsize=(5.6, 4.6))
+    fig = Figure(figsize=(5.6, 5.4))
     draw_lr_heatmap(fig, fig.add_subplot(), panel, margin)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=8, wrap=True)
+        fig.suptitle(suptitle, fontsize=8)
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -133,7 +136,7 @@ def plot_lr_heatmaps(
         raise ValueError("plot_lr_heatmaps needs at least one panel.")
     ncols = min(ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(5.0 * ncols, 4.2 * nrows))
+    fig = Figure(figsize=(5.0 * ncols, 5.0 * nrows))
     for k, panel in enumerate(panels):
         draw_lr_heatmap(fig, fig.add_subplot(nrows, ncols, k + 1), panel, margin)
     if suptitle:

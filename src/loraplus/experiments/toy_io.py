@@ -144,6 +144,7 @@ def _paper_marks(cfg: ToyConfig) -> list[dict[str, Any]]:
     a, b = PAPER_CAPTION_OPTIMUM
     return [
         {"lr_a": a, "lr_b": b, "label": f"paper caption optimum ({a:g}, {b:g})"},
+        {"lr_a": b, "lr_b": a, "label": "the same, axes swapped"},
         {"lr_a": PAPER_BEST_DIAGONAL, "lr_b": PAPER_BEST_DIAGONAL, "label": "paper best diagonal"},
     ]
 
@@ -155,7 +156,12 @@ def write_toy_outputs(result: ToyResult, out_dir: str | Path, *, prefix: str = "
     out = Path(out_dir)
     cfg = result.config
     paths = [write_json(out / f"{prefix}.json", toy_to_json(result), indent=None)]
-    note = f"; {BROADCAST_NOTE}" if cfg.loss == "broadcast" else ""
+    note = (
+        "\nbroadcast loss = mean over all pairs (f(x_i) - y_j)^2:\n"
+        "a hypothesis about the paper's figure, not its stated loss"
+        if cfg.loss == "broadcast"
+        else ""
+    )
     panels = []
     for sp in SPLITS:
         for st in STAGES:
