@@ -406,13 +406,14 @@ def _aggregate(cfg: ToyConfig, grids: list[_SeedGrid], seconds: float) -> ToyRes
     stacked = {k: np.stack([g.losses[k].reshape(shape) for g in grids]) for k in LOSS_KEYS}
     div = np.stack([g.div_step.reshape(shape) for g in grids])
     first = np.where(div >= 0, div, np.iinfo(np.int64).max).min(axis=0)
+    any_div = np.asarray((div >= 0).any(axis=0), dtype=bool)
     return ToyResult(
         config=cfg,
         lr_a=np.asarray(cfg.lrs_a, dtype=np.float64),
         lr_b=np.asarray(cfg.lrs_b, dtype=np.float64),
         **{k: v.mean(axis=0) for k, v in stacked.items()},
-        diverged=(div >= 0).any(axis=0),
-        diverged_step=np.where((div >= 0).any(axis=0), first, -1),
+        diverged=any_div,
+        diverged_step=np.where(any_div, first, -1),
         init_loss=float(np.mean([g.init_loss for g in grids])),
         seconds=seconds,
         seed_losses=stacked,

@@ -155,7 +155,7 @@ def write_toy_outputs(result: ToyResult, out_dir: str | Path, *, prefix: str = "
 
     out = Path(out_dir)
     cfg = result.config
-    paths = [write_json(out / f"{prefix}.json", toy_to_json(result), indent=None)]
+    paths = [write_json(out / f"{prefix}.json", toy_to_json(result), indent=1)]
     note = (
         "\nbroadcast loss = mean over all pairs (f(x_i) - y_j)^2:\n"
         "a hypothesis about the paper's figure, not its stated loss"
