@@ -7,8 +7,9 @@ by least squares against log2(n), one slope per seed, and the slopes' mean and s
 with the theory: lr_A ∝ n^-1 and lr_B ∝ n^0 (Theorem 1 for Adam; Proposition 2 for GD on the
 linear toy model).
 
-Parametrization (stated, not tuned): the toy's standard fan-in init (see `toy.py`), the same lr
-grid in absolute units for every n. What each (optimizer, readout) predicts for *this* MLP, from
+Parametrization (stated, not tuned): the toy set-up named by `setup` (see `toy.py`; "paper",
+"init1" and "init2" all keep activations Θ(1) in n), the same lr grid in absolute units for
+every n. What each (optimizer, readout) predicts for *this* MLP, from
 the order-of-magnitude argument of §3.1 applied to the output f:
 
 - GD, readout "standard" (W_out ~ N(0, 1/n)): grad_B ∝ W_out has n^-1/2 entries, and a step of B
