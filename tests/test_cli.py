@@ -222,47 +222,25 @@ def test_sweep_refuses_swept_settings(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_experiment_toy_and_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    toy_argv = [
-        "experiment",
-        "toy",
-        "--n",
-        "16",
-        "--steps",
-        "6",
-        "--early-step",
-        "2",
-        "--num-lrs",
-        "4",
-        "--out",
-        str(tmp_path),
-        "--no-progress",
-    ]
-    assert cli.main(toy_argv) == 0
+    """The README's toy command at a small size: --setup paper, two seeds, the broadcast loss."""
+    toy_argv = ["experiment", "toy", "--setup", "paper", "--loss", "broadcast", "--seeds", "0", "1"]
+    small = ["--n", "16", "--steps", "6", "--early-step", "2", "--num-lrs", "4", "--n-train", "32"]
+    assert cli.main([*toy_argv, *small, "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "best lr_A=" in out and "best on diagonal lr=" in out
     toy = json.loads((tmp_path / "toy.json").read_text())
-    assert toy["best"] is not None
-    width_argv = [
-        "experiment",
-        "width",
-        "--widths",
-        "16,32",
-        "--seeds",
-        "0",
-        "--optimizers",
-        "adam",
-        "--steps",
-        "4",
-        "--n-train",
-        "16",
-        "--out",
-        str(tmp_path),
-        "--no-progress",
-    ]
-    assert cli.main(width_argv) == 0
-    assert (tmp_path / "width.png").is_file() and (tmp_path / "width.json").is_file()
-    assert cli.main(["experiment", "width", "--widths", "16,x"]) == 2
-    assert "--widths must be a comma-separated list" in capsys.readouterr().err
+    assert (toy["config"]["setup"], toy["config"]["loss"]) == ("paper", "broadcast")
+    assert toy["config"]["seeds"] == [0, 1] and len(toy["best_per_seed"]) == 2
+    assert toy["config"]["lr_a"][0] == pytest.approx(1e-4) and len(toy["config"]["lr_a"]) == 4
+    width_argv = ["experiment", "width", "--setup", "paper", "--widths", "16", "32"]
+    small = ["--seeds", "0", "--optimizers", "adam", "--steps", "4", "--n-train", "16"]
+    assert cli.main([*width_argv, *small, "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (tmp_path / "width.png").is_file()
+    assert json.loads((tmp_path / "width.json").read_text())["config"]["widths"] == [16, 32]
+    assert cli.main(["experiment", "width", "--widths", "16", "x"]) == 2
+    assert "--widths: invalid int value: 'x'" in capsys.readouterr().err
+    assert cli.main(["experiment", "toy", "--setup", "fig2"]) == 2
+    assert "invalid choice: 'fig2'" in capsys.readouterr().err
 
 
 def test_width_aware_flags(capsys: pytest.CaptureFixture[str]) -> None:

@@ -133,3 +133,30 @@ def test_sweep_heatmap_draws_values_marks_and_best() -> None:
     (frame,) = best
     assert frame.get_x() == pytest.approx(np.log2(1e-4) - 1.0)  # cell edges at half spacing
     assert frame.get_y() == pytest.approx(2.0)  # the ratio-16 row starts midway log2 1 .. 16
+
+
+def test_draw_lr_heatmap_returns_what_it_drew() -> None:
+    from matplotlib.collections import QuadMesh
+    from matplotlib.figure import Figure
+
+    loss = np.array([[0.30, 0.200, 0.1000], [0.2, 0.1005, np.inf], [0.10, np.inf, np.nan]])
+    fig = Figure()
+    ax = fig.add_subplot()
+    drawn = plots.draw_lr_heatmap(
+        fig, ax, {**_panel(loss), "reference": [{"lr_a": 2.0, "lr_b": 1.0, "label": "paper"}]}
+    )
+    assert drawn.best == (0, 2)
+    # 1% band around 0.1: (0, 2), (1, 1) (0.1005) and (2, 0); never a diverged cell
+    assert sorted(map(tuple, drawn.band.tolist())) == [(0, 2), (1, 1), (2, 0)]
+    assert sorted(map(tuple, drawn.diverged.tolist())) == [(1, 2), (2, 1), (2, 2)]
+    mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
+    plotted = np.ma.getdata(mesh.get_array()).reshape(3, 3)  # rows are lr_B (transposed)
+    shown = ~np.ma.getmaskarray(mesh.get_array()).reshape(3, 3)
+    np.testing.assert_array_equal(plotted[shown], loss.T[np.isfinite(loss.T)])
+    plus = next(ln for ln in ax.lines if ln.get_marker() == "+")
+    np.testing.assert_array_equal(plus.get_xdata(), [0.0, 1.0, 2.0])  # log2(lr_A) of the band
+    star = next(ln for ln in ax.lines if ln.get_marker() == "*")
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == (1.0, 0.0)
+    assert star.get_label() == "paper"
+    narrow = plots.draw_lr_heatmap(fig, fig.add_subplot(2, 1, 2), _panel(loss), margin=0.001)
+    assert sorted(map(tuple, narrow.band.tolist())) == [(0, 2), (2, 0)]

@@ -33,25 +33,30 @@ def test_fit_recovers_known_slopes() -> None:
 
 
 def test_grid_spacing_and_validation() -> None:
-    cfg = WidthConfig(log2_ranges={"gd": (-4.0, 0.0, -2.0, 1.0), "adam": (-3, -1, -3, -1)})
+    cfg = WidthConfig(gd_log2_range=[-4.0, 0.0, -2.0, 1.0], adam_log2_range=[-3, -1, -3, -1])
     lr_a, lr_b = cfg.grid("gd")
     assert np.allclose(np.log2(lr_a), [-4, -3, -2, -1, 0])
     assert np.allclose(np.log2(lr_b), [-2, -1, 0, 1])
-    with pytest.raises(ValueError, match="two widths"):
-        WidthConfig(widths=(64,))
-    with pytest.raises(ValueError, match="lr range"):
-        WidthConfig(optimizers=("gd",), log2_ranges={})
+    with pytest.raises(ValueError, match="--widths needs at least two"):
+        WidthConfig(widths=[64])
+    with pytest.raises(ValueError, match="--gd-log2-range takes 4 values"):
+        WidthConfig(optimizers=["gd"], gd_log2_range=[-4.0, 0.0])
+    with pytest.raises(ValueError, match="--optimizers takes gd and/or adam"):
+        WidthConfig(optimizers=["sgd"])
 
 
-def test_tiny_scan_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("setup", ["paper", "init1"])
+def test_tiny_scan_end_to_end(tmp_path: Path, setup: str) -> None:
     cfg = WidthConfig(
-        widths=(8, 16, 32),
-        seeds=(0, 1),
+        setup=setup,  # type: ignore[arg-type]
+        widths=[8, 16, 32],
+        seeds=[0, 1],
         steps=6,
         n_train=24,
         n_test=8,
         log2_step=2.0,
-        log2_ranges={"gd": (-6.0, 2.0, -6.0, 2.0), "adam": (-8.0, 0.0, -8.0, 0.0)},
+        gd_log2_range=[-6.0, 2.0, -6.0, 2.0],
+        adam_log2_range=[-8.0, 0.0, -8.0, 0.0],
         progress=False,
     )
     res = run_width(cfg)
@@ -76,3 +81,42 @@ def test_tiny_scan_end_to_end(tmp_path: Path) -> None:
     img = imread(tmp_path / "width.png")
     assert img.ndim == 3 and img.shape[1] > 300
     assert {p.name for p in paths} == {"width.json", "width.png"}
+    assert data["config"]["setup"] == setup
+
+
+def test_width_runs_the_toy_setup_it_names() -> None:
+    from loraplus.experiments.toy import ToyConfig, best, run_toy
+
+    cfg = WidthConfig(
+        setup="paper",
+        widths=[8, 16],
+        seeds=[3],
+        optimizers=["gd"],
+        steps=5,
+        n_train=16,
+        n_test=8,
+        log2_step=3.0,
+        gd_log2_range=[-9.0, 0.0, -9.0, 0.0],
+        progress=False,
+    )
+    res = run_width(cfg)
+    lr_a, lr_b = cfg.grid("gd")
+    for run in res.runs:
+        toy = ToyConfig(
+            setup="paper",
+            n=run["n"],
+            n_train=16,
+            n_test=8,
+            steps=5,
+            early_step=5,
+            lr_a=list(lr_a),
+            lr_b=list(lr_b),
+            seeds=[3],
+            progress=False,
+        )
+        bp = best(run_toy(toy))
+        assert (run["lr_a"], run["lr_b"], run["loss"]) == (bp.lr_a, bp.lr_b, bp.loss)
+    old = WidthConfig(init="init2", widths=[8, 16])
+    assert (old.setup, old.init) == ("init2", None)
+    with pytest.raises(ValueError, match="--init init1 conflicts with --setup init2"):
+        WidthConfig(setup="init2", init="init1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,69 +46,84 @@ def _edges(centers: np.ndarray) -> np.ndarray:
     return np.concatenate([[2 * centers[0] - mid[0]], mid, [2 * centers[-1] - mid[-1]]])
 
 
-def _draw_lr_heatmap(fig: Figure, ax: Axes, panel: Mapping[str, Any], margin: float) -> None:
-    """One log2(lr_A) x log2(lr_B) heatmap: diagonal, near-best '+', diverged cells hatched."""
+@dataclass(frozen=True)
+class HeatmapDrawn:
+    """What `draw_lr_heatmap` put on the axes, in (lr_a index, lr_b index) cells."""
+
+    values: np.ndarray  # the coloured loss array, masked where diverged
+    band: np.ndarray  # (k, 2) cells marked '+' (within margin of the best)
+    best: tuple[int, int] | None
+    diverged: np.ndarray  # (k, 2) cells drawn grey
+
+
+def draw_lr_heatmap(
+    fig: Figure, ax: Axes, panel: Mapping[str, Any], margin: float = 0.01
+) -> HeatmapDrawn:
+    """One log2(lr_A) x log2(lr_B) heatmap: diagonal, near-best '+' band, diverged cells grey.
+
+    `panel`: lr_a, lr_b, loss[len(lr_a), len(lr_b)], optional diverged (bool, default:
+    non-finite loss; drawn grey), title, cbar_label, reference (list of dicts lr_a, lr_b,
+    label: points marked with a star, then X, D, s, e.g. the paper's published optimum).
+    """
     x = np.log2(np.asarray(panel["lr_a"], dtype=float))
     y = np.log2(np.asarray(panel["lr_b"], dtype=float))
-    loss = np.asarray(panel["loss"], dtype=float)  # (len(lr_a), len(lr_b))
+    loss = np.asarray(panel["loss"], dtype=float)
     diverged = np.asarray(panel.get("diverged", ~np.isfinite(loss)), dtype=bool)
     finite = np.isfinite(loss) & ~diverged
     xe, ye = _edges(x), _edges(y)
+    masked = np.ma.masked_where(~finite, np.where(finite, loss, 1.0))
     if finite.any():
-        vals = loss[finite]
-        lo, hi = float(vals.min()), float(vals.max())
-        lo = max(lo, 1e-12)
-        norm = LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001))
-        masked = np.ma.masked_where(~finite, np.where(finite, loss, 1.0))
+        lo = max(float(loss[finite].min()), 1e-12)
+        norm = LogNorm(vmin=lo, vmax=max(float(loss[finite].max()), lo * 1.0001))
         mesh = ax.pcolormesh(xe, ye, masked.T, cmap="viridis", norm=norm, shading="flat")
         fig.colorbar(mesh, ax=ax, label=str(panel.get("cbar_label", "loss")))
-    for i, j in np.argwhere(diverged):
-        ax.add_patch(
-            Rectangle(
-                (xe[i], ye[j]),
-                xe[i + 1] - xe[i],
-                ye[j + 1] - ye[j],
-                facecolor="0.82",
-                edgecolor="0.55",
-                hatch="///",
-                linewidth=0.0,
-            )
-        )
+    if diverged.any():  # one grey layer: a patch per cell is slow to draw on big grids
+        grey = np.ma.masked_where(~diverged, np.ones_like(loss))
+        ax.pcolormesh(xe, ye, grey.T, cmap="Greys", vmin=0.0, vmax=5.0, shading="flat")
     lo_d, hi_d = max(xe[0], ye[0]), min(xe[-1], ye[-1])
     handles: list[Any] = []
     if lo_d < hi_d:
         ax.plot([lo_d, hi_d], [lo_d, hi_d], "w--", lw=1.3)
         handles.append(Line2D([], [], color="k", ls="--", label="lr_A = lr_B"))
+    near = np.zeros((0, 2), dtype=np.int64)
+    best: tuple[int, int] | None = None
     if finite.any():
-        best = float(loss[finite].min())
-        near = np.argwhere(finite & (loss <= best * (1 + margin)))
+        near = np.argwhere(finite & (loss <= float(loss[finite].min()) * (1 + margin)))
         ax.plot(x[near[:, 0]], y[near[:, 1]], "r+", ms=11, mew=2.2)
         bi, bj = np.unravel_index(int(np.argmin(np.where(finite, loss, np.inf))), loss.shape)
+        best = (int(bi), int(bj))
         ax.plot(x[bi], y[bj], marker="o", mfc="none", mec="r", ms=13, mew=1.5, ls="")
         handles.append(
             Line2D([], [], color="r", marker="+", ls="", ms=9, label=f"within {margin:.0%} of best")
         )
+    for k, ref in enumerate(panel.get("reference", [])):
+        lx, ly = math.log2(float(ref["lr_a"])), math.log2(float(ref["lr_b"]))
+        shape = "*XDs"[k % 4]
+        (mark,) = ax.plot(lx, ly, shape, color="orange", mec="k", ms=14 if k == 0 else 9, ls="")
+        mark.set_label(str(ref.get("label", "reference")))
+        handles.append(mark)
     if diverged.any():
-        handles.append(Patch(facecolor="0.82", edgecolor="0.55", hatch="///", label="diverged"))
+        handles.append(Patch(facecolor=(0.86, 0.86, 0.86), label="diverged"))
     ax.set_xlim(xe[0], xe[-1])
     ax.set_ylim(ye[0], ye[-1])
     ax.set_xlabel("log2(lr_A)")
     ax.set_ylabel("log2(lr_B)")
     ax.set_title(str(panel.get("title", "")), fontsize=10)
-    if handles:
-        ax.legend(handles=handles, loc="upper left", fontsize=7, framealpha=0.85)
+    if handles:  # below the axes: the band, the stars and the grid corners stay visible
+        ax.legend(
+            handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7
+        )
+    return HeatmapDrawn(values=masked, band=near, best=best, diverged=np.argwhere(diverged))
 
 
 def plot_lr_heatmap(
     path: str | Path, panel: Mapping[str, Any], *, margin: float = 0.01, suptitle: str = ""
 ) -> Path:
-    """One (lr_A, lr_B) loss heatmap. `panel`: lr_a, lr_b, loss[len(lr_a), len(lr_b)], optional
-    diverged (bool, default: non-finite loss), title, cbar_label."""
-    fig = Figure(figsize=(5.6, 4.6))
-    ax = fig.add_subplot()
-    _draw_lr_heatmap(fig, ax, panel, margin)
+    """One (lr_A, lr_B) loss heatmap written to `path` (panel as in `draw_lr_heatmap`)."""
+    fig = Figure(figsize=(5.6, 5.4))
+    draw_lr_heatmap(fig, fig.add_subplot(), panel, margin)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
+        fig.suptitle(suptitle, fontsize=8)
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -125,9 +141,9 @@ def plot_lr_heatmaps(
         raise ValueError("plot_lr_heatmaps needs at least one panel.")
     ncols = min(ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(5.0 * ncols, 4.2 * nrows))
+    fig = Figure(figsize=(5.0 * ncols, 5.0 * nrows))
     for k, panel in enumerate(panels):
-        _draw_lr_heatmap(fig, fig.add_subplot(nrows, ncols, k + 1), panel, margin)
+        draw_lr_heatmap(fig, fig.add_subplot(nrows, ncols, k + 1), panel, margin)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()

@@ -1,51 +1,61 @@
 """The paper's toy experiment (§3.2, Figure 2): a LoRA MLP trained over an (lr_A, lr_B) grid.
 
 Model: f(x) = W_out · ReLU(B · A · ReLU(W_in · x)), W_in ∈ R^{n×d} and W_out ∈ R^{1×n} fixed at
-init, only A (r×n) and B (n×r) trained on the MSE loss, full batch. Data: x ~ N(0, I_d),
-y = sin(mean(x)). Standard (fan-in) parametrization, no width multipliers, so every activation is
-Θ(1) in the width n:
+init, only A (r×n) and B (n×r) trained, full batch. Data: x ~ N(0, I_d), y = sin(mean(x)).
+Set-ups (`setup`), all with W_out ~ N(0, 1/n) (readout="standard") or N(0, 1/n²) ("mup"):
 
-- W_in ~ N(0, 1/d): W_in·x and z = ReLU(W_in·x) have Θ(1) entries;
-- Init[1] ("init1"): B = 0, A ~ N(0, 1/n), so A·z has Θ(1) entries (CLT over n);
-- Init[2] ("init2"): A = 0, B ~ N(0, 1/r), so B·u has Θ(1) entries for u ∈ R^r of Θ(1) entries;
-- readout="standard": W_out ~ N(0, 1/n), so W_out·h is Θ(1) for h of Θ(1) entries;
-  readout="mup": W_out ~ N(0, 1/n²), the μP readout of the μP-pretrained model of Theorem 1.
+- "paper": appendix C.1.1 of the ICML 2024 paper: W_in ~ N(0, 1), A ~ N(0, 1/n), B ~ N(0, 1).
+  Both A and B start non-zero, so B·A ≠ 0 at init (neither Init[1] nor Init[2]).
+- "init1": the project's earlier reconstruction: W_in ~ N(0, 1/d), B = 0, A ~ N(0, 1/n).
+- "init2": W_in ~ N(0, 1/d), A = 0, B ~ N(0, 1/r).
 
-B·A = 0 at init, so h = 0 and ReLU'(0) decides whether anything moves: torch's ReLU'(0) = 0 would
-make the init a stationary point. Both trainers use ReLU'(0) := `relu_grad_at_zero` (default 1/2,
-the tie rule of jnp.maximum).
+Losses (`loss`): "mse" is mean_i (f(x_i) − y_i)², the paper's stated loss; "broadcast" is
+mean_{i,j} (f(x_i) − y_j)², what an (N,1) − (N,) shape slip computes. It equals
+mean_i (f_i − ȳ)² + Var(y) ≥ Var(y); it is a hypothesis about the figure's ≈ 0.17 loss level,
+not the paper's stated loss.
 
-`run_toy` trains every grid cell at once: the state is a (cells, r, n) and a (cells, n, r) tensor,
-one batched matmul per step for all cells, with hand-written gradients; `train_single` is a plain
-autograd + torch.optim loop for one (lr_A, lr_B), which the tests use to check the grid. A cell
-whose train loss turns non-finite or exceeds `blowup` × the initial loss is frozen and recorded as
-diverged (loss = inf from that step on), never dropped.
+Under init1/init2 B·A = 0 at init, so ReLU'(0) decides whether anything moves: both trainers use
+ReLU'(0) := `relu_grad_at_zero` (default 1/2, the tie rule of jnp.maximum).
+
+`run_toy` trains every grid cell at once for each seed: the state is a (cells, r, n) and a
+(cells, n, r) tensor, one batched matmul per step for all cells, hand-written gradients; the loss
+grids are then averaged over seeds (the paper's way) before the best cell is taken.
+`train_single` is a plain autograd + torch.optim loop for one (lr_A, lr_B) and one seed, which
+the tests use to check the grid. A cell whose train loss turns non-finite or exceeds `blowup` ×
+the initial loss is frozen and recorded as diverged (loss = inf from that step on), never dropped.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from loraplus._io import write_json
+from loraplus.experiments._toygrid import CellOptimizer, loss_and_grads, make_target
 
+Setup = Literal["paper", "init1", "init2"]
 Init = Literal["init1", "init2"]
+LossKind = Literal["mse", "broadcast"]
 Optimizer = Literal["gd", "adam"]
 Readout = Literal["standard", "mup"]
 Stage = Literal["early", "final"]
 Split = Literal["train", "test"]
 
+SETUPS: tuple[Setup, ...] = ("paper", "init1", "init2")
 STAGES: tuple[Stage, ...] = ("early", "final")
 SPLITS: tuple[Split, ...] = ("train", "test")
+LOSS_KEYS: tuple[str, ...] = tuple(f"{sp}_{st}" for st in STAGES for sp in SPLITS)
+PAPER_CAPTION_OPTIMUM = (2.78, 1.29e-4)  # Figure 2 caption: (lr_A*, lr_B*) by test loss at t=200
+PAPER_BEST_DIAGONAL = 2.15e-2  # Figure 2 caption: best cell on lr_A = lr_B
+BROADCAST_NOTE = (
+    "broadcast loss = mean over all pairs (f(x_i) - y_j)^2: a hypothesis about the paper's "
+    "figure, not the paper's stated loss"
+)
 
 
 def log2_grid(lo: float, hi: float, num: int) -> tuple[float, ...]:
@@ -57,54 +67,173 @@ def log2_grid(lo: float, hi: float, num: int) -> tuple[float, ...]:
     return tuple(float(2.0 ** (lo + (hi - lo) * k / (num - 1))) for k in range(num))
 
 
-DEFAULT_LRS: tuple[float, ...] = log2_grid(-10, 4, 15)
+def log_grid(lo: float, hi: float, num: int) -> list[float]:
+    """`num` learning rates from lo to hi, evenly spaced in log (the paper's 46 over [1e-4, 10])."""
+    if num < 1 or not 0 < lo <= hi:
+        raise ValueError(f"log_grid needs num >= 1 and 0 < lo <= hi, got ({lo}, {hi}, {num}).")
+    return [float(v) for v in log2_grid(math.log2(lo), math.log2(hi), num)]
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """Everything that defines one toy grid run (defaults: SPEC "Toy experiment")."""
+    """Everything that defines one toy grid run; each field is one `experiment toy` flag."""
 
-    n: int = 100
-    d: int = 5
-    r: int = 4
-    n_train: int = 1000
-    n_test: int = 100
-    init: Init = "init1"
-    optimizer: Optimizer = "gd"
-    readout: Readout = "standard"
-    lr_a: tuple[float, ...] = DEFAULT_LRS
-    lr_b: tuple[float, ...] = DEFAULT_LRS
-    steps: int = 200
-    early_step: int = 10
-    seed: int = 0
-    relu_grad_at_zero: float = 0.5
-    blowup: float = 1e3
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    dtype: Literal["float32", "float64"] = "float32"
-    chunk_mb: float = 64.0
-    progress: bool = True
+    setup: Setup = field(
+        default="paper",
+        metadata=_help(
+            "paper: appendix C.1.1 init (W_in~N(0,1), A~N(0,1/n), B~N(0,1)); init1: earlier "
+            "reconstruction (W_in~N(0,1/d), B=0, A~N(0,1/n)); init2: W_in~N(0,1/d), A=0, B~N(0,1/r)"
+        ),
+    )
+    loss: LossKind = field(
+        default="mse",
+        metadata=_help(
+            "mse: mean (f(x_i)-y_i)^2, the paper's stated loss; broadcast: mean over all pairs "
+            "(f(x_i)-y_j)^2, a hypothesis about the figure's loss level, not the stated loss"
+        ),
+    )
+    n: int = field(default=100, metadata=_help("width of the MLP's hidden layer"))
+    d: int = field(default=5, metadata=_help("input dimension"))
+    r: int = field(default=4, metadata=_help("LoRA rank"))
+    n_train: int = field(default=1000, metadata=_help("training points (full batch)"))
+    n_test: int = field(default=100, metadata=_help("test points"))
+    optimizer: Optimizer = field(default="gd", metadata=_help("gd (the paper's) or adam"))
+    readout: Readout = field(
+        default="standard", metadata=_help("standard: W_out~N(0,1/n); mup: W_out~N(0,1/n^2)")
+    )
+    lr_min: float = field(default=1e-4, metadata=_help("smallest lr of the log-spaced grid"))
+    lr_max: float = field(default=10.0, metadata=_help("largest lr of the log-spaced grid"))
+    num_lrs: int = field(
+        default=46, metadata=_help("grid points per axis, log-spaced over [lr_min, lr_max]")
+    )
+    lr_a: list[float] | None = field(
+        default=None, metadata=_help("explicit lr_A values (overrides the log-spaced grid)")
+    )
+    lr_b: list[float] | None = field(
+        default=None, metadata=_help("explicit lr_B values (overrides the log-spaced grid)")
+    )
+    steps: int = field(default=200, metadata=_help("gradient steps per cell"))
+    early_step: int = field(default=10, metadata=_help("step of the early snapshot"))
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata=_help("seeds; loss grids are averaged over them before the best cell is taken"),
+    )
+    margin: float = field(
+        default=0.01, metadata=_help("band: cells within this fraction of the best loss")
+    )
+    relu_grad_at_zero: float = field(default=0.5, metadata=_help("ReLU'(0) used by training"))
+    blowup: float = field(
+        default=1e3, metadata=_help("a cell diverged once its loss exceeds blowup x initial loss")
+    )
+    adam_betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.999], metadata=_help("Adam's beta1 beta2")
+    )
+    adam_eps: float = field(default=1e-8, metadata=_help("Adam's epsilon"))
+    dtype: Literal["float32", "float64"] = field(
+        default="float32", metadata=_help("float type of the grid")
+    )
+    chunk_mb: float = field(
+        default=2.0, metadata=_help("memory per batch of grid cells (MiB); small stays in cache")
+    )
+    num_threads: int = field(
+        default=1,
+        metadata=_help("torch CPU threads while training (1 is fastest on a shared machine)"),
+    )
+    progress: bool = field(default=True, metadata=_help("show a progress bar"))
+    init: Init | None = field(
+        default=None, metadata=_help("older spelling of --setup init1/init2 (sets --setup)")
+    )
+    seed: int | None = field(
+        default=None, metadata=_help("older spelling of --seeds with a single seed")
+    )
 
     def __post_init__(self) -> None:
-        for name in ("n", "d", "r", "n_train", "n_test", "steps"):
+        self._resolve_aliases()
+        for name in ("n", "d", "r", "n_train", "n_test", "steps", "num_lrs", "num_threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ToyConfig.{name} must be >= 1, got {getattr(self, name)}.")
+                flag = name.replace("_", "-")
+                raise ValueError(f"--{flag} must be >= 1, got {getattr(self, name)}.")
         if not 0 <= self.early_step <= self.steps:
             raise ValueError(
-                f"ToyConfig.early_step={self.early_step} must lie in [0, steps={self.steps}]."
+                f"--early-step {self.early_step} must lie in [0, --steps {self.steps}]."
             )
-        if self.init not in ("init1", "init2"):
-            raise ValueError(f"ToyConfig.init={self.init!r}: use 'init1' (B = 0) or 'init2'.")
-        if self.optimizer not in ("gd", "adam"):
-            raise ValueError(f"ToyConfig.optimizer={self.optimizer!r}: use 'gd' or 'adam'.")
-        if self.readout not in ("standard", "mup"):
-            raise ValueError(f"ToyConfig.readout={self.readout!r}: use 'standard' or 'mup'.")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"ToyConfig.dtype={self.dtype!r}: use 'float32' or 'float64'.")
-        if not self.lr_a or not self.lr_b or min(*self.lr_a, *self.lr_b) <= 0:
-            raise ValueError("ToyConfig.lr_a and lr_b must be non-empty tuples of positive lrs.")
+        for name, allowed in (
+            ("setup", SETUPS),
+            ("loss", ("mse", "broadcast")),
+            ("optimizer", ("gd", "adam")),
+            ("readout", ("standard", "mup")),
+            ("dtype", ("float32", "float64")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} {getattr(self, name)!r} is not one of {allowed}.")
+        if not 0 < self.lr_min <= self.lr_max:
+            raise ValueError(
+                f"--lr-min/--lr-max need 0 < min <= max, got {self.lr_min}, {self.lr_max}."
+            )
+        grid = log_grid(self.lr_min, self.lr_max, self.num_lrs)
+        for name in ("lr_a", "lr_b"):
+            values = [float(v) for v in (getattr(self, name) or grid)]
+            if not values or min(values) <= 0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be a non-empty list of positive lrs."
+                )
+            object.__setattr__(self, name, values)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(
+                f"--seeds must be distinct integers, e.g. --seeds 0 1 2; got {self.seeds}."
+            )
+        object.__setattr__(self, "seeds", [int(s) for s in self.seeds])
+        if len(self.adam_betas) != 2:
+            raise ValueError(f"--adam-betas takes two values, got {self.adam_betas}.")
+        object.__setattr__(self, "adam_betas", [float(b) for b in self.adam_betas])
         if self.blowup <= 1:
-            raise ValueError(f"ToyConfig.blowup={self.blowup} must be > 1 (x initial loss).")
+            raise ValueError(f"--blowup {self.blowup} must be > 1 (x initial loss).")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"--margin {self.margin} must lie in [0, 1), e.g. 0.01 for 1%.")
+
+    def _resolve_aliases(self) -> None:
+        """Fold the older `init` and `seed` fields into `setup` and `seeds`, then clear them."""
+        if self.init is not None:
+            if self.init not in ("init1", "init2"):
+                raise ValueError(f"--init {self.init!r}: use --setup paper, init1 or init2.")
+            if self.setup not in ("paper", self.init):
+                raise ValueError(
+                    f"--init {self.init} conflicts with --setup {self.setup}; use --setup."
+                )
+            object.__setattr__(self, "setup", self.init)
+            object.__setattr__(self, "init", None)
+        if self.seed is not None:
+            if list(self.seeds) not in ([0], [self.seed]):
+                raise ValueError(
+                    f"--seed {self.seed} conflicts with --seeds {self.seeds}; use --seeds."
+                )
+            object.__setattr__(self, "seeds", [int(self.seed)])
+            object.__setattr__(self, "seed", None)
+        object.__setattr__(self, "seeds", list(self.seeds))
+
+    @property
+    def lrs_a(self) -> list[float]:
+        """The resolved lr_A axis (never None after __post_init__)."""
+        assert self.lr_a is not None
+        return self.lr_a
+
+    @property
+    def lrs_b(self) -> list[float]:
+        """The resolved lr_B axis."""
+        assert self.lr_b is not None
+        return self.lr_b
+
+    def describe(self) -> str:
+        """A one-line label of the set-up, loss and optimizer, for titles and logs."""
+        loss = "MSE" if self.loss == "mse" else "broadcast loss (hypothesis)"
+        seeds = f"{len(self.seeds)} seeds" if len(self.seeds) > 1 else f"seed {self.seeds[0]}"
+        return (
+            f"setup={self.setup}, {loss}, {self.optimizer.upper()}, n={self.n}, r={self.r}, {seeds}"
+        )
 
 
 @dataclass(frozen=True)
@@ -121,23 +250,27 @@ class ToyProblem:
     b0: torch.Tensor
 
 
-def make_problem(cfg: ToyConfig) -> ToyProblem:
-    """Draw data and init from `cfg.seed` (float64 draws, cast to `cfg.dtype`)."""
-    g = torch.Generator().manual_seed(cfg.seed)
+def make_problem(cfg: ToyConfig, seed: int | None = None) -> ToyProblem:
+    """Draw data and init from `seed` (default: the first of cfg.seeds), float64 then cast."""
+    g = torch.Generator().manual_seed(cfg.seeds[0] if seed is None else seed)
     f64 = torch.float64
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g, dtype=f64)
 
     x_train, x_test = randn(cfg.n_train, cfg.d), randn(cfg.n_test, cfg.d)
-    w_in = randn(cfg.n, cfg.d) / math.sqrt(cfg.d)
+    w_in = randn(cfg.n, cfg.d)  # every draw is made in every set-up: the RNG stream is shared
     w_out = randn(cfg.n) / (cfg.n if cfg.readout == "mup" else math.sqrt(cfg.n))
-    a_rand = randn(cfg.r, cfg.n) / math.sqrt(cfg.n)  # both drawn always: init does not shift RNG
-    b_rand = randn(cfg.n, cfg.r) / math.sqrt(cfg.r)
-    if cfg.init == "init1":
-        a0, b0 = a_rand, torch.zeros_like(b_rand)
+    a_rand = randn(cfg.r, cfg.n) / math.sqrt(cfg.n)
+    b_rand = randn(cfg.n, cfg.r)
+    if cfg.setup == "paper":
+        a0, b0 = a_rand, b_rand
     else:
-        a0, b0 = torch.zeros_like(a_rand), b_rand
+        w_in = w_in / math.sqrt(cfg.d)
+        if cfg.setup == "init1":
+            a0, b0 = a_rand, torch.zeros_like(b_rand)
+        else:
+            a0, b0 = torch.zeros_like(a_rand), b_rand / math.sqrt(cfg.r)
     dt = _dtype(cfg)
     return ToyProblem(
         x_train=x_train.to(dt),
@@ -155,9 +288,90 @@ def _dtype(cfg: ToyConfig) -> torch.dtype:
     return torch.float64 if cfg.dtype == "float64" else torch.float32
 
 
+def toy_loss(f: torch.Tensor, y: torch.Tensor, loss: LossKind = "mse") -> torch.Tensor:
+    """The loss by its definition: mse = mean_i (f_i - y_i)^2, broadcast = mean_ij (f_i - y_j)^2."""
+    if loss == "mse":
+        return (f - y).pow(2).mean()
+    if loss == "broadcast":
+        return (f.reshape(-1, 1) - y.reshape(1, -1)).pow(2).mean()  # the (N,1) - (N,) slip
+    raise ValueError(f"loss={loss!r}: use 'mse' or 'broadcast'.")
+
+
+@dataclass
+class _SeedGrid:
+    """One seed's flat (cells,) records: losses per stage/split, first blow-up step, init loss."""
+
+    losses: dict[str, np.ndarray]
+    div_step: np.ndarray
+    init_loss: float
+
+
+def _run_seed(cfg: ToyConfig, seed: int, bar: Any) -> _SeedGrid:
+    """Train every cell of the grid for one seed (cell c = i * len(lr_b) + j)."""
+    dt = _dtype(cfg)
+    p = make_problem(cfg, seed)
+    z_tr_t = torch.relu(p.x_train @ p.w_in.t()).t().contiguous()  # (n, N)
+    z_te_t = torch.relu(p.x_test @ p.w_in.t()).t().contiguous()
+    tgt_tr, tgt_te = make_target(p.y_train, cfg.loss), make_target(p.y_test, cfg.loss)
+    ga, gb = len(cfg.lrs_a), len(cfg.lrs_b)
+    cells = ga * gb
+    lr_a = torch.tensor(cfg.lrs_a, dtype=dt).repeat_interleave(gb)
+    lr_b = torch.tensor(cfg.lrs_b, dtype=dt).repeat(ga)
+    a_all = p.a0.expand(cells, -1, -1).clone()
+    b_all = p.b0.expand(cells, -1, -1).clone()
+    opt = CellOptimizer(cfg.optimizer, cfg.adam_betas, cfg.adam_eps, [a_all.shape, b_all.shape], dt)
+    g0 = cfg.relu_grad_at_zero
+    init_loss = float(
+        loss_and_grads(p.a0[None], p.b0[None], z_tr_t, tgt_tr, p.w_out, g0, False)[0][0]
+    )
+    threshold = cfg.blowup * init_loss
+    per_cell = 2 * cfg.n_train * cfg.n * torch.finfo(dt).bits // 8
+    chunk = max(1, min(cells, int(cfg.chunk_mb * 2**20 // per_cell)))
+    buffers = (
+        torch.empty(chunk, cfg.n_train, cfg.n, dtype=dt),
+        torch.empty(chunk, cfg.n_train, cfg.n, dtype=dt),
+    )
+    active = torch.ones(cells, dtype=torch.bool)
+    div_step = np.full(cells, -1, dtype=np.int64)
+    rec = {key: np.full(cells, np.inf) for key in LOSS_KEYS}
+    for t in range(cfg.steps + 1):
+        bar.update(1)
+        idx_all = active.nonzero().squeeze(1)
+        if idx_all.numel() == 0:
+            continue
+        stages = [st for st in STAGES if t == (cfg.early_step if st == "early" else cfg.steps)]
+        train_last = t == cfg.steps
+        for idx in idx_all.split(chunk):
+            a, b = a_all[idx], b_all[idx]
+            loss, grad_a, grad_b = loss_and_grads(
+                a, b, z_tr_t, tgt_tr, p.w_out, g0, not train_last, buffers
+            )
+            bad = ~torch.isfinite(loss) | (loss > threshold)
+            if bool(bad.any()):
+                active[idx[bad]] = False
+                div_step[idx[bad].numpy()] = t
+            ok = ~bad
+            idx_ok = idx[ok]
+            if stages and idx_ok.numel():
+                loss_te = loss_and_grads(a[ok], b[ok], z_te_t, tgt_te, p.w_out, g0, False)[0]
+                cols = idx_ok.numpy()
+                for st in stages:
+                    rec[f"train_{st}"][cols] = loss[ok].double().numpy()
+                    rec[f"test_{st}"][cols] = loss_te.double().numpy()
+            if not train_last and idx_ok.numel():
+                assert grad_a is not None and grad_b is not None
+                opt.step(
+                    [a_all, b_all], [grad_a[ok], grad_b[ok]], [lr_a[idx_ok], lr_b[idx_ok]], idx_ok
+                )
+        opt.tick()
+        bar.set_postfix(seed=seed, active=int(active.sum()))
+    return _SeedGrid(losses=rec, div_step=div_step, init_loss=init_loss)
+
+
 @dataclass
 class ToyResult:
-    """Losses of every grid cell; arrays are (len(lr_a), len(lr_b)), inf where diverged."""
+    """Losses of every grid cell, (len(lr_a), len(lr_b)) arrays averaged over seeds (inf where
+    any seed diverged); `seed_losses[key]` holds each seed's own (seeds, len(lr_a), len(lr_b))."""
 
     config: ToyConfig
     lr_a: np.ndarray
@@ -166,10 +380,13 @@ class ToyResult:
     test_early: np.ndarray
     train_final: np.ndarray
     test_final: np.ndarray
-    diverged: np.ndarray  # bool: diverged at or before the final step
-    diverged_step: np.ndarray  # int: first step whose loss blew up, -1 if never
-    init_loss: float
+    diverged: np.ndarray  # bool: some seed diverged at or before the final step
+    diverged_step: np.ndarray  # int: first step any seed blew up, -1 if never
+    init_loss: float  # mean over seeds
     seconds: float = 0.0
+    seed_losses: dict[str, np.ndarray] = field(default_factory=dict)
+    seed_diverged_step: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    seed_init_loss: list[float] = field(default_factory=list)
 
     def loss(self, stage: Stage = "final", split: Split = "train") -> np.ndarray:
         """The (len(lr_a), len(lr_b)) loss array of one split at one stage."""
@@ -183,171 +400,60 @@ class ToyResult:
         return self.config.early_step if stage == "early" else self.config.steps
 
 
-def _loss_and_grads(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    z_t: torch.Tensor,
-    y: torch.Tensor,
-    w_out: torch.Tensor,
-    g0: float,
-    need_grad: bool,
-    buffers: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Per-cell MSE and its gradients for a batch of cells: a (C,r,n), b (C,n,r), z_t (n,N).
-
-    With mask = ReLU'(h) (value g0 at 0) and g = dL/df, dL/dh = g·mask·w_out is never
-    materialized: grad_B = w_out ⊙ (maskᵀ (g·u)) and dL/du = g·(mask (w_out ⊙ B)). `buffers`
-    are reused (C_max,N,n) tensors for h and mask (fresh big allocations page-fault every step).
-    """
-    c = a.shape[0]
-    u = torch.matmul(a, z_t).transpose(1, 2)  # (C,N,r): one GEMM over all cells
-    if buffers is None:
-        h = torch.bmm(u, b.transpose(1, 2))  # (C,N,n)
-        mask = torch.empty_like(h) if need_grad else None
-    else:
-        h = torch.bmm(u, b.transpose(1, 2), out=buffers[0][:c])
-        mask = buffers[1][:c] if need_grad else None
-    if mask is not None:
-        if g0 == 0.5:  # heaviside(h, 1/2) = (sign(h) + 1) / 2, the fastest exact form
-            torch.sign(h, out=mask).add_(1.0).mul_(0.5)
-        else:
-            torch.gt(h, 0, out=mask)
-            if g0 != 0.0:
-                zero = h == 0
-                if bool(zero.any()):
-                    mask.add_(zero.to(h.dtype), alpha=g0)
-    e = torch.matmul(h.relu_(), w_out) - y  # (C,N)
-    loss = e.pow(2).mean(1)
-    if mask is None:
-        return loss, None, None
-    g = e.mul_(2.0 / e.shape[1]).unsqueeze(-1)  # dL/df (C,N,1)
-    w_col = w_out.unsqueeze(-1)
-    grad_b = torch.bmm((g * u).transpose(1, 2), mask).transpose(1, 2).mul(w_col)  # (C,n,r)
-    du = torch.bmm(mask, b * w_col).mul_(g)  # dL/du (C,N,r)
-    grad_a = torch.matmul(du.transpose(1, 2), z_t.t())  # (C,r,n)
-    return loss, grad_a, grad_b
-
-
-class _CellOptimizer:
-    """GD or Adam (torch.optim.Adam's formula) with one lr per cell, on rows of the cell state."""
-
-    def __init__(self, cfg: ToyConfig, shapes: Sequence[torch.Size], dtype: torch.dtype):
-        self.cfg = cfg
-        self.t = 0
-        self.m = [torch.zeros(s, dtype=dtype) for s in shapes] if cfg.optimizer == "adam" else []
-        self.v = [torch.zeros(s, dtype=dtype) for s in shapes] if cfg.optimizer == "adam" else []
-
-    def step(
-        self,
-        params: Sequence[torch.Tensor],
-        grads: Sequence[torch.Tensor],
-        lrs: Sequence[torch.Tensor],
-        idx: torch.Tensor,
-    ) -> None:
-        """Update rows `idx` of each full-grid tensor in `params`; grads are for those rows."""
-        if self.cfg.optimizer == "gd":
-            for p, gr, lr in zip(params, grads, lrs, strict=True):
-                p[idx] = p[idx] - lr.view(-1, 1, 1) * gr
-            return
-        b1, b2 = self.cfg.adam_betas
-        k = self.t + 1
-        bc1, bc2 = 1 - b1**k, 1 - b2**k
-        for p, gr, lr, m, v in zip(params, grads, lrs, self.m, self.v, strict=True):
-            mi = m[idx].lerp_(gr, 1 - b1)
-            vi = v[idx].mul_(b2).addcmul_(gr, gr, value=1 - b2)
-            m[idx], v[idx] = mi, vi
-            denom = (vi.sqrt() / math.sqrt(bc2)).add_(self.cfg.adam_eps)
-            p[idx] = p[idx] - (lr.view(-1, 1, 1) / bc1) * mi / denom
-
-    def tick(self) -> None:
-        """Advance the shared step counter (Adam's bias correction) after a full step."""
-        self.t += 1
+def _aggregate(cfg: ToyConfig, grids: list[_SeedGrid], seconds: float) -> ToyResult:
+    """Average the seeds' grids (inf stays inf: a cell diverged in any seed is not-best)."""
+    shape = (len(cfg.lrs_a), len(cfg.lrs_b))
+    stacked = {k: np.stack([g.losses[k].reshape(shape) for g in grids]) for k in LOSS_KEYS}
+    div = np.stack([g.div_step.reshape(shape) for g in grids])
+    first = np.where(div >= 0, div, np.iinfo(np.int64).max).min(axis=0)
+    any_div = np.asarray((div >= 0).any(axis=0), dtype=bool)
+    return ToyResult(
+        config=cfg,
+        lr_a=np.asarray(cfg.lrs_a, dtype=np.float64),
+        lr_b=np.asarray(cfg.lrs_b, dtype=np.float64),
+        **{k: v.mean(axis=0) for k, v in stacked.items()},
+        diverged=any_div,
+        diverged_step=np.where(any_div, first, -1),
+        init_loss=float(np.mean([g.init_loss for g in grids])),
+        seconds=seconds,
+        seed_losses=stacked,
+        seed_diverged_step=div,
+        seed_init_loss=[g.init_loss for g in grids],
+    )
 
 
 def run_toy(cfg: ToyConfig) -> ToyResult:
-    """Train every (lr_A, lr_B) cell of the grid at once; losses at `early_step` and `steps`."""
+    """Train every (lr_A, lr_B) cell for every seed; losses at `early_step` and `steps`."""
     t_start = time.perf_counter()
-    dt = _dtype(cfg)
-    p = make_problem(cfg)
-    z_tr_t = torch.relu(p.x_train @ p.w_in.t()).t().contiguous()  # (n, N)
-    z_te_t = torch.relu(p.x_test @ p.w_in.t()).t().contiguous()
-    ga, gb = len(cfg.lr_a), len(cfg.lr_b)
-    cells = ga * gb  # cell c = i * len(lr_b) + j
-    lr_a = torch.tensor(cfg.lr_a, dtype=dt).repeat_interleave(gb)
-    lr_b = torch.tensor(cfg.lr_b, dtype=dt).repeat(ga)
-    a_all = p.a0.expand(cells, -1, -1).clone()
-    b_all = p.b0.expand(cells, -1, -1).clone()
-    opt = _CellOptimizer(cfg, [a_all.shape, b_all.shape], dt)
-    g0 = cfg.relu_grad_at_zero
-    init_loss = float(
-        _loss_and_grads(p.a0[None], p.b0[None], z_tr_t, p.y_train, p.w_out, g0, False)[0][0]
-    )
-    threshold = cfg.blowup * init_loss
-    per_cell = 2 * cfg.n_train * cfg.n * torch.finfo(dt).bits // 8
-    chunk = max(1, min(cells, int(cfg.chunk_mb * 2**20 // per_cell)))
-    buffers = (
-        torch.empty(chunk, cfg.n_train, cfg.n, dtype=dt),
-        torch.empty(chunk, cfg.n_train, cfg.n, dtype=dt),
-    )
-    active = torch.ones(cells, dtype=torch.bool)
-    div_step = np.full(cells, -1, dtype=np.int64)
-    rec = {(st, sp): np.full(cells, np.inf) for st in STAGES for sp in SPLITS}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads)
+    total = len(cfg.seeds) * (cfg.steps + 1)
+    desc = f"toy {cfg.setup} {cfg.loss} n={cfg.n} {cfg.optimizer}"
+    with tqdm(total=total, disable=not cfg.progress, desc=desc, leave=False) as bar:
+        try:
+            grids = [_run_seed(cfg, seed, bar) for seed in cfg.seeds]
+        finally:
+            torch.set_num_threads(threads)
+    return _aggregate(cfg, grids, time.perf_counter() - t_start)
 
-    bar = tqdm(
-        range(cfg.steps + 1),
-        disable=not cfg.progress,
-        desc=f"toy n={cfg.n} {cfg.optimizer}",
-        leave=False,
-    )
-    for t in bar:
-        idx_all = active.nonzero().squeeze(1)
-        if idx_all.numel() == 0:
-            break
-        stages = [st for st in STAGES if t == (cfg.early_step if st == "early" else cfg.steps)]
-        train_last = t == cfg.steps
-        for idx in idx_all.split(chunk):
-            a, b = a_all[idx], b_all[idx]
-            loss, grad_a, grad_b = _loss_and_grads(
-                a, b, z_tr_t, p.y_train, p.w_out, g0, not train_last, buffers
-            )
-            bad = ~torch.isfinite(loss) | (loss > threshold)
-            if bool(bad.any()):
-                active[idx[bad]] = False
-                div_step[idx[bad].numpy()] = t
-            ok = ~bad
-            idx_ok = idx[ok]
-            if stages and idx_ok.numel():
-                loss_te = _loss_and_grads(a[ok], b[ok], z_te_t, p.y_test, p.w_out, g0, False)[0]
-                cols = idx_ok.numpy()
-                for st in stages:
-                    rec[(st, "train")][cols] = loss[ok].double().numpy()
-                    rec[(st, "test")][cols] = loss_te.double().numpy()
-            if not train_last and idx_ok.numel():
-                assert grad_a is not None and grad_b is not None
-                opt.step(
-                    [a_all, b_all],
-                    [grad_a[ok], grad_b[ok]],
-                    [lr_a[idx_ok], lr_b[idx_ok]],
-                    idx_ok,
-                )
-        opt.tick()
-        if cfg.progress:
-            bar.set_postfix(active=int(active.sum()))
-    bar.close()
 
-    shape = (ga, gb)
+def seed_result(result: ToyResult, k: int) -> ToyResult:
+    """The k-th seed's own grid as a one-seed ToyResult (for its own best cell)."""
+    if not 0 <= k < len(result.config.seeds):
+        raise ValueError(f"seed index {k} out of range for seeds {result.config.seeds}.")
+    div = result.seed_diverged_step[k]
     return ToyResult(
-        config=cfg,
-        lr_a=np.asarray(cfg.lr_a, dtype=np.float64),
-        lr_b=np.asarray(cfg.lr_b, dtype=np.float64),
-        train_early=rec[("early", "train")].reshape(shape),
-        test_early=rec[("early", "test")].reshape(shape),
-        train_final=rec[("final", "train")].reshape(shape),
-        test_final=rec[("final", "test")].reshape(shape),
-        diverged=(div_step >= 0).reshape(shape),
-        diverged_step=div_step.reshape(shape),
-        init_loss=init_loss,
-        seconds=time.perf_counter() - t_start,
+        config=replace(result.config, seeds=[result.config.seeds[k]]),
+        lr_a=result.lr_a,
+        lr_b=result.lr_b,
+        **{key: result.seed_losses[key][k] for key in LOSS_KEYS},
+        diverged=div >= 0,
+        diverged_step=div,
+        init_loss=result.seed_init_loss[k],
+        seconds=result.seconds,
+        seed_losses={key: result.seed_losses[key][k : k + 1] for key in LOSS_KEYS},
+        seed_diverged_step=div[None],
+        seed_init_loss=[result.seed_init_loss[k]],
     )
 
 
@@ -376,9 +482,9 @@ def _relu_g0(h: torch.Tensor, g0: float) -> torch.Tensor:
     return torch.relu(h) + g0 * zero * (h - h.detach())
 
 
-def train_single(cfg: ToyConfig, lr_a: float, lr_b: float) -> SingleRun:
-    """Plain autograd + torch.optim loop for one cell: the reference `run_toy` is tested against."""
-    p = make_problem(cfg)
+def train_single(cfg: ToyConfig, lr_a: float, lr_b: float, seed: int | None = None) -> SingleRun:
+    """Plain autograd + torch.optim loop for one cell and one seed: `run_toy`'s reference."""
+    p = make_problem(cfg, seed)
     a = p.a0.clone().requires_grad_(True)
     b = p.b0.clone().requires_grad_(True)
     groups: list[dict[str, Any]] = [{"params": [a], "lr": lr_a}, {"params": [b], "lr": lr_b}]
@@ -386,27 +492,27 @@ def train_single(cfg: ToyConfig, lr_a: float, lr_b: float) -> SingleRun:
     if cfg.optimizer == "gd":
         opt = torch.optim.SGD(groups, lr=lr_a)
     else:
-        opt = torch.optim.Adam(groups, lr=lr_a, betas=cfg.adam_betas, eps=cfg.adam_eps)
+        betas = (cfg.adam_betas[0], cfg.adam_betas[1])
+        opt = torch.optim.Adam(groups, lr=lr_a, betas=betas, eps=cfg.adam_eps)
     g0 = cfg.relu_grad_at_zero
 
-    def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         z = torch.relu(x @ p.w_in.t())
-        f = _relu_g0(z @ a.t() @ b.t(), g0) @ p.w_out
-        return (f - y).pow(2).mean()
+        return toy_loss(_relu_g0(z @ a.t() @ b.t(), g0) @ p.w_out, y, cfg.loss)
 
     run = SingleRun(lr_a=lr_a, lr_b=lr_b)
     with torch.no_grad():
-        threshold = cfg.blowup * float(mse(p.x_train, p.y_train))
+        threshold = cfg.blowup * float(objective(p.x_train, p.y_train))
     for t in range(cfg.steps + 1):
         opt.zero_grad()
-        loss = mse(p.x_train, p.y_train)
+        loss = objective(p.x_train, p.y_train)
         value = float(loss.detach())
         if not math.isfinite(value) or value > threshold:
             run.diverged_step = t
             break
         run.train_losses.append(value)
         with torch.no_grad():
-            test = float(mse(p.x_test, p.y_test))
+            test = float(objective(p.x_test, p.y_test))
         if t == cfg.early_step:
             run.train_early, run.test_early = value, test
         if t == cfg.steps:
@@ -467,6 +573,14 @@ def best(result: ToyResult, stage: Stage = "final", split: Split = "train") -> B
     )
 
 
+def band(result: ToyResult, stage: Stage = "final", split: Split = "train") -> np.ndarray:
+    """(k, 2) indices of the cells within `config.margin` of the best loss (the red band)."""
+    loss = result.loss(stage, split)
+    if not np.isfinite(loss).any():
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.argwhere(loss <= float(loss[np.isfinite(loss)].min()) * (1 + result.config.margin))
+
+
 def format_best(point: BestPoint) -> str:
     """`best lr_A=<x> lr_B=<y> ratio=<y/x> loss=<l>; best on diagonal lr=<z> loss=<m>`."""
     z = "n/a" if point.diag_lr is None else f"{point.diag_lr:.4g}"
@@ -477,117 +591,7 @@ def format_best(point: BestPoint) -> str:
     )
 
 
-def _json_float(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def toy_to_json(result: ToyResult, margin: float = 0.01) -> dict[str, Any]:
-    """Plain-JSON form: config, grid, every cell (null = diverged), best points, near-best cells."""
-    cells = []
-    for i, la in enumerate(result.lr_a):
-        for j, lb in enumerate(result.lr_b):
-            cell: dict[str, Any] = {"i": i, "j": j, "lr_a": float(la), "lr_b": float(lb)}
-            for st in STAGES:
-                for sp in SPLITS:
-                    cell[f"{sp}_{st}"] = _json_float(result.loss(st, sp)[i, j])
-            cell["diverged"] = bool(result.diverged[i, j])
-            cell["diverged_step"] = int(result.diverged_step[i, j])
-            cells.append(cell)
-    best_points: dict[str, dict[str, Any] | None] = {}
-    for st in STAGES:
-        for sp in SPLITS:
-            key = f"{sp}_{st}"
-            try:
-                bp = best(result, st, sp)
-            except ValueError:
-                best_points[key] = None
-                continue
-            near = np.argwhere(result.loss(st, sp) <= bp.loss * (1 + margin)).tolist()
-            best_points[key] = {
-                **{k: v for k, v in asdict(bp).items() if k not in ("stage", "split")},
-                "ratio": bp.ratio,
-                "step": result.step_of(st),
-                "line": format_best(bp),
-                "near_best": near,
-            }
-    cfg = asdict(result.config)
-    return {
-        "experiment": "toy",
-        "config": cfg,
-        "lr_a": result.lr_a.tolist(),
-        "lr_b": result.lr_b.tolist(),
-        "init_loss": result.init_loss,
-        "seconds": result.seconds,
-        "near_best_margin": margin,
-        "best": best_points,
-        "cells": cells,
-    }
-
-
-def read_toy_json(path: str | Path) -> ToyResult:
-    """Rebuild a ToyResult from `toy.json` (null losses read back as inf)."""
-    data = json.loads(Path(path).read_text())
-    raw = data["config"]
-    kwargs = {f.name: raw[f.name] for f in fields(ToyConfig) if f.name in raw}
-    for key in ("lr_a", "lr_b", "adam_betas"):
-        kwargs[key] = tuple(kwargs[key])
-    cfg = ToyConfig(**kwargs)
-    lr_a, lr_b = np.asarray(data["lr_a"], float), np.asarray(data["lr_b"], float)
-    shape = (lr_a.size, lr_b.size)
-    arrays = {f"{sp}_{st}": np.full(shape, np.inf) for st in STAGES for sp in SPLITS}
-    div_step = np.full(shape, -1, dtype=np.int64)
-    for c in data["cells"]:
-        for key, arr in arrays.items():
-            arr[c["i"], c["j"]] = np.inf if c[key] is None else c[key]
-        div_step[c["i"], c["j"]] = c["diverged_step"]
-    return ToyResult(
-        config=cfg,
-        lr_a=lr_a,
-        lr_b=lr_b,
-        diverged=div_step >= 0,
-        diverged_step=div_step,
-        init_loss=float(data["init_loss"]),
-        seconds=float(data["seconds"]),
-        **arrays,
-    )
-
-
-def write_toy_outputs(
-    result: ToyResult, out_dir: str | Path, *, margin: float = 0.01, prefix: str = "toy"
-) -> list[Path]:
-    """Write `<prefix>.json` and heatmaps `<prefix>_{train,test}_{early,final}.png` + overview."""
-    from loraplus import plots
-
-    out = Path(out_dir)
-    paths = [write_json(out / f"{prefix}.json", toy_to_json(result, margin), indent=1)]
-    cfg = result.config
-    panels = []
-    for sp in SPLITS:
-        for st in STAGES:
-            panel = {
-                "lr_a": result.lr_a,
-                "lr_b": result.lr_b,
-                "loss": result.loss(st, sp),
-                "title": f"{sp} loss, step {result.step_of(st)}",
-                "cbar_label": f"{sp} MSE",
-            }
-            panels.append(panel)
-            suptitle = (
-                f"Toy LoRA MLP (n={cfg.n}, r={cfg.r}, {cfg.init}, {cfg.optimizer.upper()}): "
-                f"{sp} loss at step {result.step_of(st)}"
-            )
-            paths.append(
-                plots.plot_lr_heatmap(
-                    out / f"{prefix}_{sp}_{st}.png", panel, margin=margin, suptitle=suptitle
-                )
-            )
-    suptitle = (
-        f"Toy LoRA MLP (n={cfg.n}, r={cfg.r}, {cfg.init}, {cfg.optimizer.upper()}); "
-        f"+ = within {margin:.0%} of best"
-    )
-    paths.append(
-        plots.plot_lr_heatmaps(
-            out / f"{prefix}_overview.png", panels, margin=margin, suptitle=suptitle
-        )
-    )
-    return paths
+# The JSON and figure writers live in toy_io; older callers import them from here.
+from loraplus.experiments.toy_io import read_toy_json as read_toy_json  # noqa: E402
+from loraplus.experiments.toy_io import toy_to_json as toy_to_json  # noqa: E402
+from loraplus.experiments.toy_io import write_toy_outputs as write_toy_outputs  # noqa: E402

@@ -7,8 +7,9 @@ by least squares against log2(n), one slope per seed, and the slopes' mean and s
 with the theory: lr_A ∝ n^-1 and lr_B ∝ n^0 (Theorem 1 for Adam; Proposition 2 for GD on the
 linear toy model).
 
-Parametrization (stated, not tuned): the toy's standard fan-in init (see `toy.py`), the same lr
-grid in absolute units for every n. What each (optimizer, readout) predicts for *this* MLP, from
+Parametrization (stated, not tuned): the toy set-up named by `setup` (see `toy.py`; "paper",
+"init1" and "init2" all keep activations Θ(1) in n), the same lr grid in absolute units for
+every n. What each (optimizer, readout) predicts for *this* MLP, from
 the order-of-magnitude argument of §3.1 applied to the output f:
 
 - GD, readout "standard" (W_out ~ N(0, 1/n)): grad_B ∝ W_out has n^-1/2 entries, and a step of B
@@ -29,16 +30,17 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from loraplus._io import write_json
 from loraplus.experiments.toy import (
+    SETUPS,
     Init,
-    Optimizer,
     Readout,
+    Setup,
     ToyConfig,
     best,
     log2_grid,
@@ -59,38 +61,89 @@ PREDICTED_SLOPES: dict[tuple[str, str], dict[str, float]] = {
 }
 
 
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
 @dataclass(frozen=True)
 class WidthConfig:
-    """Widths, seeds, optimizers, step budget and per-optimizer log2 lr ranges of the scan."""
+    """Widths, seeds, optimizers, step budget and lr ranges; each field is one `experiment width`
+    flag."""
 
-    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    optimizers: tuple[Optimizer, ...] = ("gd", "adam")
-    readout: Readout = "standard"
-    init: Init = "init1"
-    steps: int = 50
-    n_train: int = 64
-    n_test: int = 64
-    d: int = 5
-    r: int = 4
-    log2_step: float = 1.0
-    near_margin: float = 0.05  # cells within 5% of the best loss count as near-best
-    log2_ranges: dict[str, tuple[float, float, float, float]] = field(
-        default_factory=lambda: {"gd": (-8.0, 6.0, -14.0, 4.0), "adam": (-14.0, 4.0, -16.0, 2.0)}
-    )  # optimizer -> (log2 lr_A lo, hi, log2 lr_B lo, hi)
-    dtype: str = "float32"
-    progress: bool = True
+    setup: Setup = field(
+        default="paper",
+        metadata=_help("toy set-up at every width: paper (appendix C.1.1), init1 or init2"),
+    )
+    widths: list[int] = field(
+        default_factory=lambda: [64, 128, 256, 512, 1024, 2048],
+        metadata=_help("widths n to scan (at least two)"),
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata=_help("seeds; one slope fit per seed")
+    )
+    optimizers: list[str] = field(
+        default_factory=lambda: ["gd", "adam"], metadata=_help("optimizers to scan: gd, adam")
+    )
+    readout: Readout = field(
+        default="standard", metadata=_help("standard: W_out~N(0,1/n); mup: W_out~N(0,1/n^2)")
+    )
+    steps: int = field(default=50, metadata=_help("step budget; optimum = best train loss then"))
+    n_train: int = field(default=64, metadata=_help("training points (full batch)"))
+    n_test: int = field(default=64, metadata=_help("test points"))
+    d: int = field(default=5, metadata=_help("input dimension"))
+    r: int = field(default=4, metadata=_help("LoRA rank"))
+    log2_step: float = field(default=1.0, metadata=_help("grid spacing in log2(lr)"))
+    near_margin: float = field(
+        default=0.05, metadata=_help("cells within this fraction of the best loss are near-best")
+    )
+    gd_log2_range: list[float] = field(
+        default_factory=lambda: [-8.0, 6.0, -14.0, 4.0],
+        metadata=_help("GD grid: log2 lr_A lo hi, log2 lr_B lo hi"),
+    )
+    adam_log2_range: list[float] = field(
+        default_factory=lambda: [-14.0, 4.0, -16.0, 2.0],
+        metadata=_help("Adam grid: log2 lr_A lo hi, log2 lr_B lo hi"),
+    )
+    dtype: Literal["float32", "float64"] = field(
+        default="float32", metadata=_help("float type of the grids")
+    )
+    progress: bool = field(default=True, metadata=_help("show a progress bar"))
+    init: Init | None = field(
+        default=None, metadata=_help("older spelling of --setup init1/init2 (sets --setup)")
+    )
 
     def __post_init__(self) -> None:
+        if self.init is not None:
+            if self.setup not in ("paper", self.init):
+                raise ValueError(
+                    f"--init {self.init} conflicts with --setup {self.setup}; use --setup."
+                )
+            object.__setattr__(self, "setup", self.init)
+            object.__setattr__(self, "init", None)
+        for name in ("widths", "seeds", "optimizers", "gd_log2_range", "adam_log2_range"):
+            object.__setattr__(self, name, list(getattr(self, name)))
+        if self.setup not in SETUPS:
+            raise ValueError(f"--setup {self.setup!r} is not one of {SETUPS}.")
         if len(self.widths) < 2:
-            raise ValueError("WidthConfig.widths needs at least two widths to fit a slope.")
+            raise ValueError("--widths needs at least two widths to fit a slope.")
         if not self.seeds:
-            raise ValueError("WidthConfig.seeds must not be empty.")
-        missing = [o for o in self.optimizers if o not in self.log2_ranges]
-        if missing:
-            raise ValueError(f"WidthConfig.log2_ranges has no lr range for {missing}.")
+            raise ValueError("--seeds must not be empty.")
+        bad = [o for o in self.optimizers if o not in ("gd", "adam")]
+        if bad or not self.optimizers:
+            raise ValueError(f"--optimizers takes gd and/or adam, got {self.optimizers}.")
+        for name in ("gd_log2_range", "adam_log2_range"):
+            lo_a, hi_a, lo_b, hi_b = (list(getattr(self, name)) + [0.0] * 4)[:4]
+            if len(getattr(self, name)) != 4 or hi_a < lo_a or hi_b < lo_b:
+                flag = name.replace("_", "-")
+                raise ValueError(f"--{flag} takes 4 values: lr_A lo hi, lr_B lo hi (log2).")
         if self.log2_step <= 0:
-            raise ValueError(f"WidthConfig.log2_step={self.log2_step} must be > 0.")
+            raise ValueError(f"--log2-step {self.log2_step} must be > 0.")
+
+    @property
+    def log2_ranges(self) -> dict[str, tuple[float, float, float, float]]:
+        """optimizer -> (log2 lr_A lo, hi, log2 lr_B lo, hi)."""
+        g, a = self.gd_log2_range, self.adam_log2_range
+        return {"gd": (g[0], g[1], g[2], g[3]), "adam": (a[0], a[1], a[2], a[3])}
 
     def grid(self, optimizer: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The (lr_A values, lr_B values) scanned for `optimizer`, the same at every width."""
@@ -191,14 +244,14 @@ def run_width(cfg: WidthConfig) -> WidthResult:
             r=cfg.r,
             n_train=cfg.n_train,
             n_test=cfg.n_test,
-            init=cfg.init,
-            optimizer=optimizer,
+            setup=cfg.setup,
+            optimizer="adam" if optimizer == "adam" else "gd",
             readout=cfg.readout,
-            lr_a=lr_a,
-            lr_b=lr_b,
+            lr_a=list(lr_a),
+            lr_b=list(lr_b),
             steps=cfg.steps,
             early_step=cfg.steps,
-            seed=seed,
+            seeds=[seed],
             dtype="float64" if cfg.dtype == "float64" else "float32",
             progress=False,
         )
@@ -336,8 +389,8 @@ def write_width_outputs(
         )
     if panels:
         suptitle = (
-            f"Toy LoRA MLP width scan ({cfg.init}, readout={cfg.readout}): argmin of train loss "
-            f"after {cfg.steps} steps; dotted: paper's lr_A ∝ 1/n, lr_B ∝ 1"
+            f"Toy LoRA MLP width scan (setup={cfg.setup}, readout={cfg.readout}): argmin of "
+            f"train loss after {cfg.steps} steps; dotted: paper's lr_A ∝ 1/n, lr_B ∝ 1"
         )
         paths.append(
             plots.plot_width_scaling(
