@@ -306,7 +306,7 @@ def test_every_field_is_a_flag_of_hf_argument_parser() -> None:
 
 
 def test_reads_a_toy_json_written_before_setups_and_seeds() -> None:
-    old = Path(__file__).resolve().parents[1] / "docs" / "figures" / "toy.json"
+    old = Path(__file__).resolve().parent / "data" / "toy_before_setups.json"  # the 15x15 of v0.1
     res = read_toy_json(old)
     assert (res.config.setup, res.config.seeds, res.config.loss) == ("init1", [0], "mse")
     assert res.seed_losses["train_final"].shape == (1, 15, 15)
