@@ -18,13 +18,12 @@ from collections.abc import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from models import TARGETS, small_llama
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer as peft_loraplus
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import loraplus
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -63,16 +62,7 @@ def step_time(steps: int, rounds: int) -> None:
     """`steps` training steps per optimizer, split into `rounds` alternating chunks."""
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = LlamaConfig(
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=1024,
-    )
-    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=8, target_modules=TARGETS))
-    loraplus.init_lora_(model, "init2")
+    model = small_llama()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizers = {
         "plain AdamW": torch.optim.AdamW(params, lr=1e-4),

@@ -23,31 +23,14 @@ from collections.abc import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from models import small_llama
 
 import loraplus
 from loraplus.autoratio import AutoRatioConfig
 from loraplus.diagnose import kind_scalars
 from loraplus.diagnostics import FeatureUpdateProbe, layer_records, summarize_updates
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 EVERY = 10
-
-
-def small_llama() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=1024,
-    )
-    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=8, target_modules=TARGETS))
-    loraplus.init_lora_(model, "init2")
-    return model
 
 
 def main() -> None:
