@@ -195,9 +195,10 @@ class Study:
 
 
 def tune_lr(
-    study: Study, recipe: Recipe, n: int, grid: Sequence[float]
+    study: Study, recipe: Recipe, n: int, grid: Sequence[float], refine: bool = True
 ) -> tuple[list[float], list[float]]:
-    """Seed 0 at every lr of the grid, extended past an edge that holds the best: (lrs, losses)."""
+    """Seed 0 at every lr of the grid, extended past an edge that holds the best, then (refine)
+    at the two lrs half a grid step either side of the best: (lrs, losses), lrs ascending."""
     lrs = sorted(grid)
     step = lrs[1] / lrs[0] if len(lrs) > 1 else math.sqrt(10)
     added = {"low": 0, "high": 0}
@@ -213,16 +214,25 @@ def tune_lr(
             lrs.append(lrs[-1] * step)
             added["high"] += 1
         else:
-            return lrs, losses
+            break
+    if refine:
+        lrs = sorted([*lrs, lrs[best] / math.sqrt(step), lrs[best] * math.sqrt(step)])
+        losses = [score(study.get(recipe, n, lr, 0)) for lr in lrs]
+    return lrs, losses
 
 
 def evaluate(
-    study: Study, method: str, options: list[Recipe], n: int, grid: Sequence[float]
+    study: Study,
+    method: str,
+    options: list[Recipe],
+    n: int,
+    grid: Sequence[float],
+    refine: bool = True,
 ) -> dict[str, Any]:
     """One method at width n: its lr (and ratio) on seed 0, then every seed there."""
     columns: list[dict[str, Any]] = []
     for recipe in options:
-        lrs, losses = tune_lr(study, recipe, n, grid)
+        lrs, losses = tune_lr(study, recipe, n, grid, refine)
         columns.append({"recipe": recipe, "lrs": lrs, "losses": losses})
     picks = [
         (loss, i, lr)
@@ -271,7 +281,11 @@ def fmt(row: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]], widths: list[int]) -> str:
     """The README table: mean ± std over the seeds at each width, the lr picked, runs needed."""
     by = {(r["method"], r["n"]): r for r in rows}
-    head = "| method | " + " | ".join(f"n = {n}: loss (lr)" for n in widths) + " | runs per width |"
+    head = (
+        "| method | "
+        + " | ".join(f"n = {n}: loss (lr)" for n in widths)
+        + f" | runs (n = {'/'.join(map(str, widths))}) |"
+    )
     lines = [head, "|---" * (len(widths) + 2) + "|"]
     for method in METHODS:
         if not any((method, n) in by for n in widths):
@@ -291,8 +305,8 @@ def table(rows: list[dict[str, Any]], widths: list[int]) -> str:
             if "auto_ratio" in r:
                 extra += f", settles at {r['auto_ratio']:.1f}"
             cells.append(f"{cell} ({extra})")
-        runs = sorted({by[(method, n)]["runs"] for n in widths})
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {'/'.join(map(str, runs))} |")
+        runs = "/".join(str(by[(method, n)]["runs"]) for n in widths)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {runs} |")
     return "\n".join(lines)
 
 
@@ -334,11 +348,11 @@ def paired(rows: list[dict[str, Any]], widths: list[int]) -> tuple[str, list[str
                     f"- n = {n}: {method} / best-ratio = ×{math.exp(mean):.2f} (95% CI "
                     f"×{math.exp(mean - half):.2f} to ×{math.exp(mean + half):.2f}): "
                     + (
-                        "within noise"
+                        "not told from ×1 at 3 seeds"
                         if same
-                        else "worse than noise allows"
+                        else "worse, beyond the noise"
                         if mean > 0
-                        else "better beyond noise"
+                        else "better, beyond the noise"
                     )
                 )
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -346,7 +360,8 @@ def paired(rows: list[dict[str, Any]], widths: list[int]) -> tuple[str, list[str
 
 
 def figure(path: Path, rows: list[dict[str, Any]], widths: list[int]) -> None:
-    """Held-out loss (seed 0) against lr, one panel per width, one line per method."""
+    """Held-out loss (seed 0) against lr, one panel per width, one line per method; at the lr
+    picked, the mean and the range of the seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,47 +369,46 @@ def figure(path: Path, rows: list[dict[str, Any]], widths: list[int]) -> None:
 
     from loraplus.plots import save_png
 
-    fig, axes = plt.subplots(1, len(widths), figsize=(5.2 * len(widths), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(widths), figsize=(5.2 * len(widths), 5.0), squeeze=False)
     colours = plt.get_cmap("tab10")
     for ax, n in zip(axes[0], widths, strict=True):
+        title = f"width n = {n}"
         for i, method in enumerate(METHODS):
             row = next((r for r in rows if r["method"] == method and r["n"] == n), None)
             if row is None:
                 continue
+            if row["ratio"] is not None:
+                title += f" (best-ratio: ratio {row['ratio']:g})"
             sweep = next(s for s in row["sweep"] if s["recipe"] == row["recipe"])
             pts = [
                 (lr, v)
                 for lr, v in zip(sweep["lrs"], sweep["losses"], strict=True)
                 if v is not None
             ]
-            label = method + (f" (ratio {row['ratio']:g})" if row["ratio"] is not None else "")
             style = "--" if i >= 8 else ("-." if method == "best-ratio" else "-")
             if pts:
-                ax.plot(
-                    *zip(*pts, strict=True),
-                    style,
-                    color=colours(i),
-                    marker=".",
-                    label=label,
-                    lw=1.2,
-                )
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, style, color=colours(i), marker=".", label=method, lw=1.2)
             if row["mean"] is not None:
+                low, high = min(row["finals"]), max(row["finals"])
                 ax.errorbar(
                     [row["lr"]],
                     [row["mean"]],
-                    yerr=[row["std"]],
+                    yerr=[[row["mean"] - low], [high - row["mean"]]],
                     color=colours(i),
                     marker="o",
                     ms=6,
                     capsize=3,
                 )
-        ax.set(
-            xscale="log", yscale="log", title=f"width n = {n}", xlabel="lr (lr_A; LoRA-FA: lr_B)"
-        )
+        ax.set(xscale="log", yscale="log", title=title, xlabel="lr (lr_A; LoRA-FA: lr_B)")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("held-out MSE after training (seed 0; dot: mean ± std of 3 seeds)")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    axes[0][0].set_ylabel("held-out MSE after training, seed 0")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle(
+        "Each method's lr sweep (seed 0); dot: mean of 3 seeds at the lr picked, bar: range"
+    )
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     save_png(fig, path)
     plt.close(fig)
 
@@ -406,6 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--n-ref", type=int, default=None, help="width-aware's n_ref (smallest n)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--no-refine", action="store_true", help="skip the two lrs half a step around the best"
+    )
     parser.add_argument("--smoke", action="store_true", help="n = 16, 2 lrs, 20 steps (a test)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -426,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for n in widths:
         for method in methods:
-            rows.append(evaluate(study, method, options[method], n, grid))
+            rows.append(evaluate(study, method, options[method], n, grid, not args.no_refine))
             print(f"n={n} {method}: {fmt(rows[-1])} at lr {rows[-1]['lr']:.3g}", flush=True)
     seconds = time.perf_counter() - start
     command = "python benchmarks/method_study.py " + shlex.join(
@@ -445,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "grid": list(grid),
         "ratios": list(RATIOS),
         "seeds": list(SEEDS),
+        "refine": not args.no_refine,
         "n_ref": n_ref,
         "peft": __import__("peft").__version__,
         "torch": torch.__version__,
@@ -452,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "paired": ratios,
         "comparisons": notes,
         "seconds_this_call": round(seconds, 1),
+        "run_seconds_total": round(sum(r["seconds"] for r in study.runs.values()), 1),
     }
     study.save(summary)
     figure(args.out / "methods.png", rows, widths)
@@ -469,23 +488,28 @@ def write_markdown(
         if "\n## Reading" in old:
             kept = old[old.index("\n## Reading") :]
     grid = ", ".join(f"{lr:.2g}" for lr in summary["grid"])
+    refined = ", then the two lrs half a step either side of the best" * summary["refine"]
     body = f"""# LoRA methods on the width-n teacher-student, each with its own tuned lr
 
-`{summary["command"]}` (torch {summary["torch"]}, peft {summary["peft"]}, one CPU thread)
+`{summary["command"]}` (torch {summary["torch"]}, peft {summary["peft"]}, one CPU thread;
+{len(summary["rows"])} method × width cells, {summary["run_seconds_total"]:.0f} s of training runs)
 
 The LoRA MLP of `loraplus.experiments.lora_mlp` (PEFT LoRA r = 4, α = 4 on two n × n layers,
 teacher = base + rank-2 shift per layer), {summary["steps"]} steps of batch 64 on fresh inputs.
-Loss: MSE against the teacher on 1024 held-out inputs after the last step, mean ± std over seeds
-{", ".join(map(str, summary["seeds"]))} (model, teacher, data and eval set all change with the
-seed). Each method picked its lr on seed 0 from the grid {grid} (extended by the same factor past an
-edge that held the best, at most {MAX_EXTEND} times a side); `best-ratio` picked (lr, ratio) from
-the same grid × ratio ∈ {{{", ".join(f"{q:g}" for q in summary["ratios"])}}}. "runs per width":
-training runs the method needed on its own (lr search + 2 more seeds; best-ratio pays for its
-whole 2-D grid). Bold: the lowest mean at that width. lr is lr_A for the LoRA+ family, the one
-lr of LoRA-FA (it trains B only) and of the Riemannian AdamW. width-aware uses n_ref =
-{summary["n_ref"]}: lr_A = lr · {summary["n_ref"]}/n, lr_B = 16 · lr (effective ratio 16 · n/{
-        summary["n_ref"]
-    }); with its default n_ref (the model's median fan-in, here n) it would be loraplus exactly.
+Loss: MSE against the teacher on 1024 held-out inputs after the last step, mean ± std over
+seeds {", ".join(map(str, summary["seeds"]))} (model, teacher, data and eval set all change with
+the seed).
+
+Each method picked its lr on seed 0 from the grid {grid}
+(extended by the same factor past an edge that held the best, at most {MAX_EXTEND} times a
+side{refined}); `best-ratio` picked (lr, ratio) from the same lrs ×
+ratio ∈ {{{", ".join(f"{q:g}" for q in summary["ratios"])}}}. "runs": training runs the method
+needed on its own (lr search + 2 more seeds; best-ratio pays for its whole 2-D grid). Bold: the
+lowest mean at that width. lr is lr_A for the LoRA+ family (auto: at its start, ratio 16), the
+one lr of LoRA-FA (it trains B only) and of the Riemannian AdamW. width-aware uses
+n_ref = {summary["n_ref"]}: lr_A = lr · {summary["n_ref"]}/n, lr_B = 16 · lr, an effective
+ratio 16 · n/{summary["n_ref"]}; with its default n_ref (the model's median fan-in: both layers
+have fan-in n) it would be loraplus exactly.
 
 {text}
 

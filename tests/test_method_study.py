@@ -78,7 +78,7 @@ def test_smoke_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         assert math.isfinite(row["mean"]) and row["std"] >= 0.0
         assert row["mean"] < 2.0, method  # the untrained student starts near 2
         tried = sum(len(s["lrs"]) for s in row["sweep"])
-        assert tried >= 2 * len(row["sweep"]) and row["runs"] == tried + 2
+        assert tried >= 4 * len(row["sweep"]) and row["runs"] == tried + 2  # 2 lrs + 2 refined
         assert row["lr"] in next(s["lrs"] for s in row["sweep"] if s["recipe"] == row["recipe"])
         assert row["finals"][0] == min(  # seed 0 chose the lr: its loss is the sweep's best
             v for s in row["sweep"] for v in s["losses"] if v is not None
@@ -98,8 +98,10 @@ def test_smoke_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     table = (out / "results.md").read_text()
     assert "| loraplus+rslora |" in table and "methods.png" in table
     assert (out / "methods.png").stat().st_size > 10_000
-    # a restart reruns nothing
+    # a restart reruns nothing and keeps the hand-written reading
+    (out / "results.md").write_text(table + "\n## Reading\n\nby hand\n")
     capsys.readouterr()
     assert study.main(["--smoke", "--out", str(out)]) == 0
     assert "(0 runs in" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["rows"] == data["rows"]
+    assert (out / "results.md").read_text().endswith("\n## Reading\n\nby hand\n")
