@@ -14,6 +14,7 @@ Stages (each a resumable Optuna study under --runs; rerun the script to continue
              log-interpolation between LoRA's and LoRA+'s chosen lr_A (ratio 1 and 16: stage 1).
 Writes into --out: results.md, results.json, curves.png (eval loss vs step, LoRA vs LoRA+, mean
 over seeds with a min-max band), data.json and per sweep its sweep.json.
+Two processes of the same command share every sweep (cells run exactly once), using two cores.
 Usage: python benchmarks/decoder_study.py [--smoke --model DIR --data DIR] [--steps N]
 """
 
@@ -36,7 +37,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from loraplus._io import atomic_file, write_json
-from loraplus.sweep import Reporter, SweepConfig, SweepSummary, TrialSpec, run_sweep
+from loraplus.sweep import (
+    Reporter,
+    SweepConfig,
+    SweepSummary,
+    TrialSpec,
+    run_sweep,
+    summarize,
+    write_outputs,
+)
 
 COMMAND = "python benchmarks/decoder_study.py"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -186,24 +195,69 @@ def sweep(
     ratios: list[float],
     seeds: list[int],
     init: str = "init1",
+    wait: bool = True,
 ) -> SweepSummary:
-    """One resumable Optuna grid (eval_loss, minimized); its metrics.json files into study.runs."""
-    overrides = {**study.overrides, "init": init}
-    cfg = SweepConfig(
+    """One resumable Optuna grid (eval_loss, minimized): this process runs the cells no other
+    process holds; with `wait`, it then waits until every cell is done (see finish)."""
+    cfg = sweep_config(study, name, lr_a, ratios, seeds, init)
+    start = time.perf_counter()
+    summary = run_shared(cfg)
+    print(f"[{name}] {len(summary.trials)} trials, {time.perf_counter() - start:.0f} s", flush=True)
+    return finish(study, cfg) if wait else summary
+
+
+def run_shared(cfg: SweepConfig, tries: int = 5) -> SweepSummary:
+    """run_sweep, retried when two processes create the same new SQLite storage at once (Optuna's
+    schema set-up then fails in one of them with an IntegrityError on alembic_version)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(tries):
+        try:
+            return run_sweep(cfg, train_fn=train_with_exact_match)
+        except (IntegrityError, OperationalError) as err:
+            if attempt == tries - 1:
+                raise
+            print(f"[{cfg.study_name}] storage set-up raced ({type(err).__name__}); retrying")
+            time.sleep(3.0 + attempt)
+    raise AssertionError("unreachable")
+
+
+def sweep_config(
+    study: Study, name: str, lr_a: list[float], ratios: list[float], seeds: list[int], init: str
+) -> SweepConfig:
+    """The SweepConfig of one named sweep of the study."""
+    return SweepConfig(
         lr_a=lr_a,
         ratios=ratios,
         seeds=seeds,
-        overrides=overrides,
+        overrides={**study.overrides, "init": init},
         study_name=name,
         out_dir=str(study.root / name),
         metric="eval_loss",
     )
-    start = time.perf_counter()
-    summary = run_sweep(cfg, train_fn=train_with_exact_match)
-    print(f"[{name}] {len(summary.trials)} trials, {time.perf_counter() - start:.0f} s", flush=True)
-    shutil.copyfile(study.root / name / "sweep.json", study.out / f"{name}_sweep.json")
+
+
+def finish(study: Study, cfg: SweepConfig, poll_s: float = 15.0) -> SweepSummary:
+    """Wait until no cell of the sweep is running in another process (several processes may
+    share the study: start the script twice to use two cores), run any cell left pending (a
+    crashed process's), then read its runs into study.runs and copy its sweep.json to out."""
+    last_run = time.monotonic()
+    while True:
+        summary = summarize(cfg.storage_url, cfg.study_name)
+        states = {c["state"] for c in summary.cells}
+        if "pending" in states or ("running" in states and time.monotonic() - last_run > 120):
+            summary = run_shared(cfg)  # also reaps dead trials
+            last_run = time.monotonic()
+            continue
+        if "running" not in states:
+            break
+        time.sleep(poll_s)
+    write_outputs(summary, cfg.out_dir)
+    root = Path(cfg.out_dir)
+    shutil.copyfile(root / "sweep.json", study.out / f"{cfg.study_name}_sweep.json")
+    init = str(cfg.overrides.get("init", "init1"))
     for trial in summary.trials:
-        path = study.root / name / "trials" / f"trial_{trial['number']:04d}" / "metrics.json"
+        path = root / "trials" / f"trial_{trial['number']:04d}" / "metrics.json"
         if trial.get("status") in ("complete", "diverged") and path.exists():
             key = (trial["lr_a"], trial["ratio"], trial["seed"], init)
             study.runs[key] = json.loads(path.read_text())
@@ -509,9 +563,15 @@ def ratio_scan(
     lr_lora, lr_plus = chosen["lora"]["lr_a"], chosen["loraplus"]["lr_a"]
     lines = {r: scan_line(lr_lora, lr_plus, r) for r in ratios}
     for point in (0, 1):
+        cfgs = []
         for ratio in ratios:
             lr = lines[ratio][point]
-            sweep(study, f"ratio{ratio:g}-lr{lr:.3g}", [lr], [ratio], [0])
+            sweep(study, f"ratio{ratio:g}-lr{lr:.3g}", [lr], [ratio], [0], wait=False)
+            cfgs.append(
+                sweep_config(study, f"ratio{ratio:g}-lr{lr:.3g}", [lr], [ratio], [0], "init1")
+            )
+        for cfg in cfgs:
+            finish(study, cfg)
             report["ratios"] = scan_rows(study, report, lines)
             study.after_sweep()
 
@@ -625,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         """results.json/md as they stand; wall time = this invocation + earlier ones that ran."""
         now = {"wall_s": round(time.perf_counter() - start, 1), "runs_read": len(study.runs)}
         report["invocations"] = [*earlier, now]
-        report["wall_s"] = sum(x["wall_s"] for x in report["invocations"])
+        report["wall_s"] = time.time() - first_start(study, "grid-lora")
         write_json(args.out / "results.json", report)
         with atomic_file(args.out / "results.md") as handle:
             handle.write(markdown(report))
@@ -648,12 +708,16 @@ def main(argv: list[str] | None = None) -> int:
     refresh()
 
     if "seeds" in args.stages:  # 2. seeds
-        for method, cell in chosen.items():
-            sweep(study, f"seeds-{method}", [cell["lr_a"]], [cell["ratio"]], seeds)
+        parallel(
+            study,
+            [(f"seeds-{m}", [c["lr_a"]], [c["ratio"]], seeds, "init1") for m, c in chosen.items()],
+        )
         report["missing"].remove("seeds")
     if "init" in args.stages:  # 3. Init[2]
-        for method, cell in chosen.items():
-            sweep(study, f"init2-{method}", [cell["lr_a"]], [cell["ratio"]], [0], init="init2")
+        parallel(
+            study,
+            [(f"init2-{m}", [c["lr_a"]], [c["ratio"]], [0], "init2") for m, c in chosen.items()],
+        )
         report["init"] = init_rows(study, chosen)
         report["missing"].remove("init")
     if "ratios" in args.stages:  # 4. ratio scan
@@ -662,6 +726,27 @@ def main(argv: list[str] | None = None) -> int:
     refresh()
     print((args.out / "results.md").read_text(), flush=True)
     return 0
+
+
+def parallel(
+    study: Study, sweeps: list[tuple[str, list[float], list[float], list[int], str]]
+) -> None:
+    """Independent sweeps: start each (cells held by another process are skipped), then wait for
+    all, so two processes of the script share them."""
+    for name, lr_a, ratios, seeds, init in sweeps:
+        sweep(study, name, lr_a, ratios, seeds, init, wait=False)
+    for name, lr_a, ratios, seeds, init in sweeps:
+        finish(study, sweep_config(study, name, lr_a, ratios, seeds, init))
+
+
+def first_start(study: Study, name: str) -> float:
+    """When the study's first trial started (epoch seconds): the study's wall time runs from
+    there, across resumes and processes."""
+    import optuna
+
+    url = sweep_config(study, name, [1.0], [1.0], [0], "init1").storage_url
+    starts = [t.datetime_start for t in optuna.load_study(study_name=name, storage=url).trials]
+    return min(d.timestamp() for d in starts if d is not None)
 
 
 def init_rows(study: Study, chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:
