@@ -429,8 +429,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# LoRA+ on a decoder LM: SmolLM2-135M, 20 Newsgroups post -> topic name",
         "",
-        f"Command: `{report['command']}`. Wall time: {report['wall_s'] / 60:.1f} min on "
-        f"{report['cpus']} CPU cores (shared with other jobs).",
+        f"Command: `{report['command']}` (run as two processes sharing the sweeps). Wall time: "
+        f"{report['wall_s'] / 60:.1f} min from the first run's start to the last run's end, on "
+        f"{report['cpus']} CPU cores shared with other jobs; {report['runs']} runs, "
+        f"{fmt(report['run_s'])} s per run on average (load, {s['max_steps']} steps, "
+        f"{s['max_steps'] // s['eval_steps'] + 1} evaluations, the exact-match pass).",
         "",
         f"Model `{s['model']}` (SmolLM2-135M-Instruct, hidden 576, 30 layers; the weights are the "
         "package's Q4_1 GGUF dequantized to float32). LoRA r = "
@@ -471,6 +474,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"evals every {s['eval_steps']}): {text} "
             f"(seeds {', '.join(map(str, main['lora']['seeds']))}).",
         ]
+    lines += ["", "Eval loss at each evaluation (mean ± std over the seeds above):", ""]
+    lines += ["| step | LoRA | LoRA+ |", "|---|---|---|"]
+    for step, lora, plus in step_table(main):
+        lines.append(f"| {step} | {lora} | {plus} |")
     lines += ["", "![eval loss](curves.png)", "", "## The lr grids (seed 0, best eval loss)", ""]
     lines += ["| method | lr_A | lr_B | best eval loss | final eval loss | exact match |"]
     lines += ["|---|---|---|---|---|---|"]
@@ -507,6 +514,20 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("missing"):
         lines += ["", "## Not finished", ""] + [f"- {m}" for m in report["missing"]]
     return "\n".join(lines) + "\n"
+
+
+def step_table(main: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """(step, LoRA eval loss, LoRA+ eval loss) over the seeds, at every evaluation."""
+    by_step: dict[str, dict[int, list[float]]] = {"lora": {}, "loraplus": {}}
+    for method, table in by_step.items():
+        for points in main.get(method, {}).get("curves", {}).values():
+            for step, value in points:
+                table.setdefault(int(step), []).append(float(value))
+    steps = sorted(set(by_step["lora"]) | set(by_step["loraplus"]))
+    return [
+        (s, mean_std(by_step["lora"].get(s, [])), mean_std(by_step["loraplus"].get(s, [])))
+        for s in steps
+    ]
 
 
 def fmt(value: Any) -> str:
@@ -683,9 +704,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         """results.json/md as they stand; wall time = this invocation + earlier ones that ran."""
-        now = {"wall_s": round(time.perf_counter() - start, 1), "runs_read": len(study.runs)}
+        now = {"seconds": round(time.perf_counter() - start, 1), "runs_read": len(study.runs)}
         report["invocations"] = [*earlier, now]
-        report["wall_s"] = time.time() - first_start(study, "grid-lora")
+        report.update(span(study.root))
         write_json(args.out / "results.json", report)
         with atomic_file(args.out / "results.md") as handle:
             handle.write(markdown(report))
@@ -739,14 +760,27 @@ def parallel(
         finish(study, sweep_config(study, name, lr_a, ratios, seeds, init))
 
 
-def first_start(study: Study, name: str) -> float:
-    """When the study's first trial started (epoch seconds): the study's wall time runs from
-    there, across resumes and processes."""
+def span(root: Path) -> dict[str, Any]:
+    """The study's wall time (first trial's start to last trial's end, over every sweep under
+    `root`, whatever processes and resumes ran them) and the mean seconds of one run."""
     import optuna
 
-    url = sweep_config(study, name, [1.0], [1.0], [0], "init1").storage_url
-    starts = [t.datetime_start for t in optuna.load_study(study_name=name, storage=url).trials]
-    return min(d.timestamp() for d in starts if d is not None)
+    starts, ends, seconds = [], [], []
+    for db in sorted(root.glob("*/sweep.db")):
+        url = f"sqlite:///{db.resolve()}"
+        for name in optuna.get_all_study_names(storage=url):
+            for t in optuna.load_study(study_name=name, storage=url).trials:
+                if t.user_attrs.get("status") in ("complete", "diverged"):
+                    starts.append(t.datetime_start.timestamp())
+                    ends.append(t.datetime_complete.timestamp())
+                    seconds.append(float(t.user_attrs.get("seconds") or 0.0))
+    if not starts:
+        return {"wall_s": 0.0, "runs": 0, "run_s": None}
+    return {
+        "wall_s": max(ends) - min(starts),
+        "runs": len(seconds),
+        "run_s": statistics.mean(seconds),
+    }
 
 
 def init_rows(study: Study, chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -119,7 +119,8 @@ def test_smoke_study(tmp_path: Path) -> None:
     assert report["init"]["lora"]["init2"] != report["init"]["lora"]["init1"]
     assert [r["ratio"] for r in report["ratios"]] == [1.0, 2.0, 16.0]
     assert report["ratios"][1]["tried"] == sorted(study.scan_line(1e-3, 2.5e-4, 2.0))
-    assert report["wall_s"] > 0
+    assert report["wall_s"] > 0 and report["runs"] == 8  # 2 grid, 2 seed, 2 Init[2], 2 ratio
+    assert report["run_s"] > 0
     # exact match lands in each run's metrics.json too
     trial = runs / "grid-lora" / "trials" / "trial_0000" / "metrics.json"
     metrics = json.loads(trial.read_text())
@@ -128,6 +129,9 @@ def test_smoke_study(tmp_path: Path) -> None:
     text = (out / "results.md").read_text()
     assert "| LoRA (ratio 1) | 0.001 (0.001) | 0,1 |" in text
     assert "| LoRA+ (ratio 16) | 0.00025 (0.004) | 0,1 |" in text
+    start = f"{main['lora']['curves']['0'][0][1]:.3f} ± 0.000"
+    assert f"| 0 | {start} | {start} |" in text  # both start from the same base model
+    assert "| 4 | " in text and "8 runs" in text
     assert "## Ratio scan" in text and "## Init[1] (B = 0) vs Init[2]" in text
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "grid-lora_sweep.json").exists()
