@@ -18,8 +18,8 @@ from tiny import tiny_bert, tiny_llama
 from transformers import TrainerCallback
 
 from loraplus.train import (
-    CausalLMCollator,
     TrainConfig,
+    collator,
     make_config,
     tokenize,
     train,
@@ -275,8 +275,18 @@ def test_causal_lm_labels_mask_prompt_and_padding(tiny_files: dict[str, Path]) -
         }
     )
     encoded = tokenize(data, tokenizer, "causal-lm", max_length=32)
-    batch = CausalLMCollator(pad_token_id=0)([encoded[0], encoded[1]])
+    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, "right"  # as train() does
+    batch = collator(tokenizer, "causal-lm")([encoded[0], encoded[1]])
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    # transformers' DataCollatorForSeq2Seq gives exactly the batch the hand-written collator gave:
+    # each row right-padded to the longest, ids with the pad id, mask with 0, labels with -100
+    width = max(len(e["input_ids"]) for e in encoded)
+    for key, pad in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0)):
+        rows = [list(e[key]) + [pad] * (width - len(e[key])) for e in encoded]
+        assert torch.equal(batch[key], torch.tensor(rows, dtype=torch.long)), key
+    rows = [list(e["labels"]) + [IGNORE_INDEX] * (width - len(e["labels"])) for e in encoded]
+    assert torch.equal(labels, torch.tensor(rows, dtype=torch.long))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
     assert ids.shape == labels.shape == mask.shape
     for row, (prompt, response) in enumerate(zip(data["prompt"], data["response"], strict=True)):
         n_prompt = len(tokenizer(prompt)["input_ids"])  # with BOS
