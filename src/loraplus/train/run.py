@@ -61,21 +61,30 @@ def _progress_class() -> Any:
 
 
 def _accuracy(prediction: Any) -> dict[str, float]:
-    """Eval accuracy from argmax predictions (see _argmax)."""
+    """Eval accuracy, classes predicted, and the loss as a mean over rows (see _argmax)."""
     import numpy as np
 
-    preds = prediction.predictions
-    preds = preds[0] if isinstance(preds, tuple) else preds
-    labels = np.asarray(prediction.label_ids)
-    preds = np.asarray(preds)
-    # how many classes the model predicts at all: 1 means it collapsed (guard.collapse_warning)
-    return {"accuracy": float((preds == labels).mean()), "predicted_classes": len(np.unique(preds))}
+    preds, row_loss = prediction.predictions
+    preds, labels = np.asarray(preds), np.asarray(prediction.label_ids)
+    return {
+        "accuracy": float((preds == labels).mean()),
+        # how many classes the model predicts at all: 1 means it collapsed (collapse_warning)
+        "predicted_classes": len(np.unique(preds)),
+        "row_loss": float(np.asarray(row_loss, dtype=np.float64).mean()),
+    }
 
 
 def _argmax(logits: Any, labels: Any) -> Any:
-    """Keep only the predicted class of each eval example (not the logits)."""
+    """Keep each eval example's predicted class and loss (not the logits).
+
+    The per-row loss makes eval_loss exact under DDP, where accelerate fills the last eval batch
+    of each process with repeated rows: HF's batch-mean loss counts those, gathered rows do not.
+    """
+    import torch
+
     logits = logits[0] if isinstance(logits, tuple) else logits
-    return logits.argmax(dim=-1)
+    row_loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    return logits.argmax(dim=-1), row_loss
 
 
 def _logging_steps(cfg: TrainConfig) -> int:
@@ -212,6 +221,10 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    if classification:
+        # The classifier's loss is a batch mean that ignores num_items_in_batch; told otherwise,
+        # the Trainer would multiply it by the number of processes under DDP.
+        trainer.model_accepts_loss_kwargs = False
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if cfg.progress:

@@ -38,6 +38,15 @@ class RunTrainer(LoraPlusTrainer):
         self._staging = False
         super().__init__(*args, **kwargs)
 
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """HF's loop; a classifier's eval_loss is the mean of the gathered per-row losses."""
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        row_loss = output.metrics.pop(f"{prefix}_row_loss", None)
+        if row_loss is not None:
+            output.metrics[f"{prefix}_loss"] = row_loss
+        return output
+
     def _get_output_dir(self, trial: Any) -> str:
         base: str = super()._get_output_dir(trial)
         return os.path.join(base, ckpt.STAGING) if self._staging else base
