@@ -340,7 +340,8 @@ def test_train_tiny_bert_writes_everything_and_the_adapter_reloads(
     assert first["lr/lora_B"] == pytest.approx(8 * first["lr/lora_A"])
     assert first["lr/lora_A"] == pytest.approx(1e-3)
     assert result.final["steps"] == 6 and result.final["seconds"] > 0
-    assert result.final["best_eval_accuracy"] == max(r["eval_accuracy"] for r in result.history)
+    trained = [r["eval_accuracy"] for r in result.history if r["step"] > 0]
+    assert result.final["best_eval_accuracy"] == max(trained)  # the step-0 eval is no result
 
     metrics = json.loads((result.output_dir / "metrics.json").read_text())
     assert make_config(**metrics["config"]) == cfg
@@ -419,6 +420,10 @@ def test_nan_loss_stops_training_and_marks_diverged(
     assert result.final["steps"] < 20
     metrics = json.loads((result.output_dir / "metrics.json").read_text())
     assert metrics["diverged"] is True and metrics["diverged_at_step"] == result.final["steps"]
+    assert result.diverged_reason == metrics["diverged_reason"]
+    assert result.diverged_reason.startswith(f"diverged at step {result.final['steps']}: the ")
+    assert result.final["eval_accuracy"] is None  # no final metrics from a diverged run
+    assert not (result.output_dir / "adapter").exists()  # NaN weights are never saved
 
 
 def test_lr_multipliers_reach_the_optimizer(tiny_files: dict[str, Path], tmp_path: Path) -> None:

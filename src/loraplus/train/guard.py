@@ -29,10 +29,10 @@ class Divergence:
     def message(self) -> str:
         """One line: the step, the cause, every group's lr and the likely fix."""
         lrs = ", ".join(f"{k.removeprefix('lr/')} {v:.3g}" for k, v in self.lrs.items())
-        return (
-            f"diverged at step {self.step}: {self.reason} (lr {lrs}); "
-            "lower --lr or --ratio (or raise --divergence-factor if this is expected)"
-        )
+        fix = "lower --lr or --ratio"
+        if "first logged loss" in self.reason:
+            fix += " (or raise --divergence-factor if such a rise is expected)"
+        return f"diverged at step {self.step}: {self.reason} (lr {lrs}); {fix}"
 
 
 def loss_problem(loss: float, grad_norm: float | None, first: float, factor: float) -> str | None:

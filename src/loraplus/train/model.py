@@ -87,13 +87,11 @@ def load_model(cfg: TrainConfig, data: zoo.TaskData) -> tuple[Any, Any]:
             )
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **weights)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        if not cfg.allow_pickle:
-            raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:  # only reachable with --allow-pickle
+        first = str(err).strip().split(".")[0] or type(err).__name__
         raise ValueError(
             f"Refused to load the pickle weights of {cfg.model!r}: torch's weights_only loader "
-            f"stopped them ({first}). Use safetensors weights from a source you trust."
+            f"stopped them ({first}: they hold more than tensors). Use safetensors weights."
         ) from None
     except OSError as err:
         raise ValueError(
