@@ -19,9 +19,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_train import tiny_cls_config, tiny_files  # noqa: F401  (a fixture)
+from transformers import TrainerCallback
 
 from loraplus.train import checkpoint as ckpt
 from loraplus.train import train
+from loraplus.train.outputs import FINAL_FILES
 
 SETTINGS = {"max_steps": 6, "eval_steps": 3, "save_steps": 2, "save_total_limit": 2}
 
@@ -161,3 +163,25 @@ def test_resume_rules_and_a_changed_ratio_is_loud(
     assert again.final["steps"] == 6 and not (out / "checkpoint-9").exists()
     lrs = json.loads((out / "metrics.json").read_text())["param_groups"]
     assert {g["role"]: g["lr"] for g in lrs}["lora_B"] == pytest.approx(4e-3)
+
+
+class Crash(TrainerCallback):
+    """Fails the run after its first step, as a kill there would."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 1:
+            raise RuntimeError("crash at step 1")
+
+
+def test_a_new_run_never_leaves_the_previous_runs_outputs_beside_its_own(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    train(tiny_cls_config(tiny_files, out, max_steps=2, eval_steps=2))
+    assert all((out / name).exists() for name in ("metrics.json", "curves.png", "adapter"))
+    (out / ".adapter.k1ll3d").mkdir()  # what a kill inside an adapter write leaves
+    with pytest.raises(RuntimeError, match="crash at step 1"):
+        train(tiny_cls_config(tiny_files, out, max_steps=4, eval_steps=2), callbacks=[Crash()])
+    assert not [name for name in FINAL_FILES if (out / name).exists()]
+    assert not (out / ".adapter.k1ll3d").exists()

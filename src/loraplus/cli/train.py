@@ -87,7 +87,7 @@ def _eval_printer() -> Any:
     """A callback printing one line per evaluation (main process): --no-progress is not mute."""
     from transformers import TrainerCallback
 
-    class EvalLines(TrainerCallback):  # type: ignore[misc]
+    class EvalLines(TrainerCallback):
         def on_evaluate(
             self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any
         ) -> None:

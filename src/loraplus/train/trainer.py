@@ -42,9 +42,10 @@ class RunTrainer(LoraPlusTrainer):
         """HF's loop; a classifier's eval_loss is the mean of the gathered per-row losses."""
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-        row_loss = output.metrics.pop(f"{prefix}_row_loss", None)
+        metrics = output.metrics if output.metrics is not None else {}
+        row_loss = metrics.pop(f"{prefix}_row_loss", None)
         if row_loss is not None:
-            output.metrics[f"{prefix}_loss"] = row_loss
+            metrics[f"{prefix}_loss"] = row_loss
         return output
 
     def _get_output_dir(self, trial: Any) -> str:
@@ -57,7 +58,7 @@ class RunTrainer(LoraPlusTrainer):
         if not self._guard.check_weights(self.model, step, self.optimizer):
             self.control.should_training_stop = True
             return
-        output_dir = Path(self.args.output_dir)
+        output_dir = Path(str(self.args.output_dir))
         staged = output_dir / ckpt.STAGING / f"{ckpt.PREFIX}{step}"
         if self.args.should_save:
             shutil.rmtree(staged, ignore_errors=True)
@@ -75,5 +76,5 @@ class RunTrainer(LoraPlusTrainer):
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.args.should_save:
-            ckpt.maybe_pause(Path(self.args.output_dir), self.state.global_step)
+            ckpt.maybe_pause(Path(str(self.args.output_dir)), self.state.global_step)
         super()._save_optimizer_and_scheduler(output_dir)
