@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,16 @@ def test_loss_above_the_bound_exits_3(
     err = capsys.readouterr().err
     assert "is above 10 x the first logged loss" in err
     metrics = json.loads((out / "metrics.json").read_text())
-    first = metrics["train_loss_log"][0]["loss"]
-    last = metrics["train_loss_log"][-1]["loss"]
-    assert (
-        last > 10 * first and metrics["diverged_at_step"] == metrics["train_loss_log"][-1]["step"]
+    first = metrics["train_loss_log"][0]["loss"]  # step 1's: the untrained model's loss
+    assert metrics["train_loss_log"][0]["step"] == 1
+    step = metrics["diverged_at_step"]
+    reason = metrics["diverged_reason"]
+    assert re.match(
+        rf"diverged at step {step}: the (training|eval) loss [0-9.e+]+ is above", reason
     )
+    assert float(reason.split(" loss ")[1].split()[0]) > 10 * first
+    assert f"first logged loss {first:.4g}" in reason
+    assert not (out / "adapter").exists() and metrics["final"]["steps"] == step < 12
     # the same run with the bound turned off goes on to the end: the loss stays finite
     off_args = _args(tiny_files, tmp_path / "off", "--lr", "10", "--eval-steps", "1")
     assert cli.main([*off_args, "--max-steps", "12", "--divergence-factor", "inf"]) == 0

@@ -1,7 +1,8 @@
 """Divergence guard and collapse check: a run that blew up or learned nothing says so.
 
-A logged train loss or gradient norm that is NaN/inf, or a loss above `factor` times the first
-logged loss, stops training at once (no eval, no checkpoint of the bad weights). Trainable
+A logged train loss, eval loss or gradient norm that is NaN/inf, or a loss above `factor` times
+the first logged train loss (step 1's, the untrained model's), stops training at once (no further
+eval, no checkpoint of the bad weights). Trainable
 weights are checked for NaN/inf before every checkpoint and before the final save.
 """
 
@@ -84,12 +85,32 @@ class DivergenceGuard(TrainerCallback):
         if problem is not None:
             self.stop(state.global_step, problem, _used_lrs(logs, optimizer), control)
 
-    def check_weights(self, model: torch.nn.Module, step: int, optimizer: Any) -> bool:
+    def on_evaluate(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        metrics: dict[str, float] | None = None,
+        optimizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Check the eval loss against the same bound (a blow-up between two train logs)."""
+        loss = (metrics or {}).get("eval_loss")
+        firsts = [float(e["loss"]) for e in state.log_history if "loss" in e]
+        if loss is None or not firsts or self.diverged is not None:
+            return
+        problem = loss_problem(float(loss), None, firsts[0], self.factor)
+        if problem is not None:
+            problem = problem.replace("the training loss", "the eval loss")
+            self.stop(state.global_step, problem, _used_lrs(_last_lrs(state), optimizer), control)
+
+    def check_weights(self, model: torch.nn.Module, state: Any, optimizer: Any) -> bool:
         """True when every trainable weight is finite; otherwise record the divergence."""
         bad = nonfinite_weights(model)
         if bad and self.diverged is None:
             reason = f"{len(bad)} trainable tensors hold NaN/inf (first: {bad[0]})"
-            self.diverged = Divergence(step, reason, _used_lrs({}, optimizer))
+            lrs = _used_lrs(_last_lrs(state), optimizer)
+            self.diverged = Divergence(state.global_step, reason, lrs)
         return not bad
 
     def stop(self, step: int, reason: str, lrs: dict[str, float], control: Any) -> None:
@@ -98,6 +119,15 @@ class DivergenceGuard(TrainerCallback):
         control.should_training_stop = True
         control.should_evaluate = False
         control.should_save = False
+
+
+def _last_lrs(state: Any) -> dict[str, float]:
+    """The per-role lrs of the latest log_history entry that has them (the last used ones)."""
+    for entry in reversed(state.log_history):
+        lrs = {k: float(v) for k, v in entry.items() if k.startswith("lr/")}
+        if lrs:
+            return lrs
+    return {}
 
 
 def _used_lrs(logs: Mapping[str, Any], optimizer: Any) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """A run's history, read from the Trainer's own `state.log_history` (which a checkpoint keeps).
 
-One row per evaluation: step, eval metrics, the mean train loss logged since the previous
-evaluation, and each role's lr (lr/lora_A, ...) as LoraPlusLogCallback recorded it.
+One row per evaluation: step, eval metrics, the mean train loss of the steps since the previous
+evaluation (logged means weighted by the steps they cover), and each role's lr (lr/lora_A, ...)
+as LoraPlusLogCallback recorded it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ _SKIP = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 def eval_rows(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per evaluation step (a repeated step keeps its last evaluation)."""
     rows: list[dict[str, Any]] = []
-    since: list[float] = []
+    since: list[tuple[float, int]] = []  # (logged mean loss, steps it covers)
+    last_logged = 0
     for entry in log_history:
         if "loss" in entry and "step" in entry:
-            since.append(float(entry["loss"]))
+            since.append((float(entry["loss"]), max(1, int(entry["step"]) - last_logged)))
+            last_logged = int(entry["step"])
         if not any(k.startswith("eval_") for k in entry):
             continue
         row: dict[str, Any] = {"step": int(entry["step"])}
@@ -27,7 +30,8 @@ def eval_rows(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             {k: float(v) for k, v in entry.items() if k.startswith("eval_") and k not in _SKIP}
         )
         losses, since = since, []
-        row["train_loss"] = sum(losses) / len(losses) if losses else None
+        steps = sum(n for _, n in losses)
+        row["train_loss"] = sum(v * n for v, n in losses) / steps if losses else None
         row.update({k: float(v) for k, v in entry.items() if k.startswith("lr/")})
         if rows and rows[-1]["step"] == row["step"]:  # evaluated again (a resumed run)
             if row["train_loss"] is None:

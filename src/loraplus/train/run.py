@@ -131,6 +131,7 @@ def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> 
         eval_on_start=True,
         logging_strategy="steps",
         logging_steps=_logging_steps(cfg),
+        logging_first_step=True,  # the untrained model's loss: the divergence guard's reference
         logging_nan_inf_filter=False,  # NaN must reach the divergence guard
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
@@ -233,7 +234,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     steps = trainer.state.global_step
-    guard.check_weights(trainer.model, steps, trainer.optimizer)
+    guard.check_weights(trainer.model, trainer.state, trainer.optimizer)
     rows = eval_rows(trainer.state.log_history)
     if guard.diverged is None and (not rows or rows[-1]["step"] != steps):
         trainer.evaluate()

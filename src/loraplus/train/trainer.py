@@ -55,7 +55,7 @@ class RunTrainer(LoraPlusTrainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """Write the checkpoint into the staging folder, then publish it whole (main process)."""
         step = self.state.global_step
-        if not self._guard.check_weights(self.model, step, self.optimizer):
+        if not self._guard.check_weights(self.model, self.state, self.optimizer):
             self.control.should_training_stop = True
             return
         output_dir = Path(str(self.args.output_dir))
