@@ -100,8 +100,12 @@ def main() -> None:
     base, saving, writes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
-            plain = one_run(Path(tmp), args.steps, 0, f"plain{i}")
-            ckpt = one_run(Path(tmp), args.steps, args.save_steps, f"save{i}")
+            if i % 2 == 0:  # alternate which goes first, so warm-up hits both alike
+                plain = one_run(Path(tmp), args.steps, 0, f"plain{i}")
+                ckpt = one_run(Path(tmp), args.steps, args.save_steps, f"save{i}")
+            else:
+                ckpt = one_run(Path(tmp), args.steps, args.save_steps, f"save{i}")
+                plain = one_run(Path(tmp), args.steps, 0, f"plain{i}")
             base.append(plain.per_step(args.steps))
             saving.append(ckpt.per_step(args.steps))
             writes += ckpt.saves

@@ -189,3 +189,19 @@ def test_pickle_weights_are_refused_unless_allowed(
     assert err.startswith("error: Refused to load the pickle weights of ")
     assert "weights_only loader stopped them (Weights only load failed" in err
     assert not marker.exists()  # the payload never ran
+
+
+def test_curves_title_names_every_groups_lr(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from loraplus.train.outputs import curves_title
+
+    plain = tiny_cls_config(tiny_files, tmp_path)
+    mult = tiny_cls_config(tiny_files, tmp_path, lr_multipliers="other=16")
+    lrs = {"lora_A": 1e-3, "lora_B": 0.016, "vector": 0.016, "other": 1e-3}
+    assert curves_title(plain, lrs) == (
+        f"{plain.model} on {plain.data} (ratio 16): "
+        "lr lora_A 0.001, lora_B 0.016, vector 0.016, other 0.001"
+    )
+    assert curves_title(mult, {**lrs, "other": 0.016}) != curves_title(plain, lrs)

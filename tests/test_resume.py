@@ -135,6 +135,7 @@ def test_sigkilled_runs_resume_bit_identically(
 def test_resume_rules_and_a_changed_ratio_is_loud(
     tiny_files: dict[str, Path],  # noqa: F811
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     out = tmp_path / "run"
     settings = {**SETTINGS, "max_steps": 4, "save_adapter": False}
@@ -161,6 +162,7 @@ def test_resume_rules_and_a_changed_ratio_is_loud(
             )
         )
     assert again.final["steps"] == 6 and not (out / "checkpoint-9").exists()
+    assert "saved with other settings (max_steps 4 -> 6; ratio 16.0 -> 4.0)" in caplog.text
     lrs = json.loads((out / "metrics.json").read_text())["param_groups"]
     assert {g["role"]: g["lr"] for g in lrs}["lora_B"] == pytest.approx(4e-3)
 

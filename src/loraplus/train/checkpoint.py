@@ -68,7 +68,19 @@ def saved_config(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """Settings that differ between a checkpoint's run and this one (where it matters)."""
-    ignore = {"resume", "output_dir", "progress", "report_to", "max_steps", "epochs"}
+    ignore = {  # settings that change no number of the training itself
+        "resume",
+        "output_dir",
+        "progress",
+        "report_to",
+        "save_steps",
+        "save_total_limit",
+        "divergence_factor",
+        "allow_pickle",
+        "save_adapter",
+        "merge",
+        "probe_every",
+    }
     keys = sorted((set(saved) | set(now)) - ignore)
     return [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
