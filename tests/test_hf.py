@@ -12,7 +12,7 @@ import pytest
 import torch
 from datasets import Dataset
 from tiny import lora_bert, lora_llama
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from loraplus.hf import (
     LoraPlusConfig,
@@ -126,9 +126,41 @@ def test_scheduler_and_grad_accumulation_keep_the_ratio(tmp_path: Path) -> None:
     trainer.train()
     logged = [e for e in trainer.state.log_history if "loss" in e]
     lrs_a = [e["lr/lora_A"] for e in logged]
-    assert lrs_a[0] < lrs_a[1] and lrs_a[1] > lrs_a[-1]  # warmup, then decay
+    # the lrs the 4 steps used: warmup from 0 over 2 steps, then linear decay to 0 at step 4
+    assert lrs_a == pytest.approx([0.0, LR / 2, LR, LR / 2])
+    assert lrs_a == [e["learning_rate"] for e in logged]
     assert all(e["lr/lora_B"] == pytest.approx(16 * e["lr/lora_A"]) for e in logged)
     assert groups(trainer.optimizer)["lora_B"]["initial_lr"] == pytest.approx(16 * LR)
+
+
+class UsedLrs(TrainerCallback):
+    """The lr of every group at each optimizer step, read as the step runs (ground truth)."""
+
+    def __init__(self) -> None:
+        self.used: dict[int, dict[str, float]] = {}
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        groups = kwargs["optimizer"].param_groups
+        self.used[state.global_step + 1] = {f"lr/{g['role']}": float(g["lr"]) for g in groups}
+
+
+def test_logged_role_lrs_are_the_ones_the_logged_step_used(tmp_path: Path) -> None:
+    # linear decay from the first step: the lr changes at every step, so a log one step ahead
+    # (read after the scheduler stepped) would differ from what the step used
+    args = targs(tmp_path, max_steps=6, lr_scheduler_type="linear", logging_steps=1)
+    used = UsedLrs()
+    trainer = LoraPlusTrainer(
+        model=lora_bert(), args=args, train_dataset=cls_data(), callbacks=[used]
+    )
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["step"] for e in logged] == [1, 2, 3, 4, 5, 6]
+    assert len({e["lr/lora_A"] for e in logged}) == 6  # it does change at every step
+    for entry in logged:
+        step = entry["step"]
+        assert {k: entry[k] for k in used.used[step]} == used.used[step]  # exactly
+        assert entry["lr/lora_A"] == entry["learning_rate"]  # transformers' own agrees
+    assert logged[0]["lr/lora_A"] == LR and logged[0]["lr/lora_B"] == 16 * LR
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ from tiny import tiny_bert, tiny_llama
 from transformers import TrainerCallback
 
 from loraplus.train import (
-    CausalLMCollator,
     TrainConfig,
+    collator,
     make_config,
     tokenize,
     train,
@@ -275,8 +275,18 @@ def test_causal_lm_labels_mask_prompt_and_padding(tiny_files: dict[str, Path]) -
         }
     )
     encoded = tokenize(data, tokenizer, "causal-lm", max_length=32)
-    batch = CausalLMCollator(pad_token_id=0)([encoded[0], encoded[1]])
+    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, "right"  # as train() does
+    batch = collator(tokenizer, "causal-lm")([encoded[0], encoded[1]])
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    # transformers' DataCollatorForSeq2Seq gives exactly the batch the hand-written collator gave:
+    # each row right-padded to the longest, ids with the pad id, mask with 0, labels with -100
+    width = max(len(e["input_ids"]) for e in encoded)
+    for key, pad in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0)):
+        rows = [list(e[key]) + [pad] * (width - len(e[key])) for e in encoded]
+        assert torch.equal(batch[key], torch.tensor(rows, dtype=torch.long)), key
+    rows = [list(e["labels"]) + [IGNORE_INDEX] * (width - len(e["labels"])) for e in encoded]
+    assert torch.equal(labels, torch.tensor(rows, dtype=torch.long))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
     assert ids.shape == labels.shape == mask.shape
     for row, (prompt, response) in enumerate(zip(data["prompt"], data["response"], strict=True)):
         n_prompt = len(tokenizer(prompt)["input_ids"])  # with BOS
@@ -330,7 +340,8 @@ def test_train_tiny_bert_writes_everything_and_the_adapter_reloads(
     assert first["lr/lora_B"] == pytest.approx(8 * first["lr/lora_A"])
     assert first["lr/lora_A"] == pytest.approx(1e-3)
     assert result.final["steps"] == 6 and result.final["seconds"] > 0
-    assert result.final["best_eval_accuracy"] == max(r["eval_accuracy"] for r in result.history)
+    trained = [r["eval_accuracy"] for r in result.history if r["step"] > 0]
+    assert result.final["best_eval_accuracy"] == max(trained)  # the step-0 eval is no result
 
     metrics = json.loads((result.output_dir / "metrics.json").read_text())
     assert make_config(**metrics["config"]) == cfg
@@ -409,6 +420,10 @@ def test_nan_loss_stops_training_and_marks_diverged(
     assert result.final["steps"] < 20
     metrics = json.loads((result.output_dir / "metrics.json").read_text())
     assert metrics["diverged"] is True and metrics["diverged_at_step"] == result.final["steps"]
+    assert result.diverged_reason == metrics["diverged_reason"]
+    assert result.diverged_reason.startswith(f"diverged at step {result.final['steps']}: the ")
+    assert result.final["eval_accuracy"] is None  # no final metrics from a diverged run
+    assert not (result.output_dir / "adapter").exists()  # NaN weights are never saved
 
 
 def test_lr_multipliers_reach_the_optimizer(tiny_files: dict[str, Path], tmp_path: Path) -> None:

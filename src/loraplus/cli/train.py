@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,10 @@ def add_parser(subparsers: Subparsers) -> None:
         help="fine-tune a model with LoRA+ (one run)",
         description="Fine-tune a model with LoRA+ (lr_B = ratio * lr_A) and write metrics.json, "
         "curves.png and the adapter into --output-dir. Every flag is also a config-file key; "
-        "flags override --config. Exit status: 0 done, 2 bad input, 3 the loss diverged.",
+        "flags override --config. Exit status: 0 done, 2 bad input, 3 the loss diverged "
+        "(NaN/inf, or above --divergence-factor x the first logged loss), 1 an unexpected "
+        "error. --save-steps N writes complete checkpoints; --resume auto continues from the "
+        "latest one.",
     )
     parser.add_argument(
         "--config", metavar="FILE", help="YAML or TOML file of settings; flags override it"
@@ -59,7 +63,7 @@ def _print_run(result: TrainResult) -> None:
     print(
         f"{final.get('steps')} steps in {final.get('seconds', 0.0):.1f} s; "
         f"final {metric} {fmt(final.get(metric))}, best {fmt(best)}"
-        + ("  [DIVERGED: loss became NaN/inf]" if result.diverged else "")
+        + (f" (world size {metrics['world_size']})" if metrics.get("world_size", 1) > 1 else "")
     )
     groups = metrics.get("param_groups", [])
     if groups:
@@ -77,7 +81,11 @@ def _print_run(result: TrainResult) -> None:
             "feature-update balance log2(δ²/δ¹), B's share over A's (0 = balanced), by step: "
             + ", ".join(f"{int(r['step'])}: {_balance(r.get('balance_log2'))}" for r in probes)
         )
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     print(f"outputs in {result.output_dir}/: {', '.join(_outputs(result.output_dir))}")
+    if result.diverged:
+        print(f"error: {result.diverged_reason}; no adapter saved", file=sys.stderr)
 
 
 def _balance(value: Any) -> str:
@@ -89,7 +97,26 @@ def _balance(value: Any) -> str:
 
 def _outputs(folder: Path) -> list[str]:
     names = ("metrics.json", "curves.png", "adapter", "merged", "demo.json", "demo.png")
-    return [n for n in names if (folder / n).exists()]
+    found = [n for n in names if (folder / n).exists()]
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return found + ([f"{len(checkpoints)} checkpoints"] if checkpoints else [])
+
+
+def _eval_printer() -> Any:
+    """A callback printing one line per evaluation (main process): --no-progress is not mute."""
+    from transformers import TrainerCallback
+
+    class EvalLines(TrainerCallback):
+        def on_evaluate(
+            self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any
+        ) -> None:
+            if not state.is_world_process_zero or not metrics:
+                return
+            shown = ("eval_accuracy", "eval_loss")
+            values = ", ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics)
+            print(f"step {state.global_step}/{state.max_steps}: {values}", flush=True)
+
+    return EvalLines()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    result = train(cfg)
-    _print_run(result)
+    result = train(cfg, callbacks=[] if cfg.progress else [_eval_printer()])
+    if result.main_process:
+        _print_run(result)
     return EXIT_DIVERGED if result.diverged else 0

@@ -27,13 +27,29 @@ def role_learning_rates(optimizer: Any) -> dict[str, float]:
 
 
 class LoraPlusLogCallback(TrainerCallback):
-    """Adds each role's current lr (lr/lora_A, lr/lora_B, ...) to every training log.
+    """Adds each role's lr (lr/lora_A, lr/lora_B, ...) to every training log: the lrs that the
+    logged step used, read just before its optimizer step (the scheduler steps right after).
 
     Callbacks run in order, so reporters (TensorBoard, W&B) only see the lrs if this one comes
     first: LoraPlusMixin puts it there; with a plain Trainer use
     `trainer.callback_handler.callbacks.insert(0, LoraPlusLogCallback())`. `state.log_history`
-    gets them either way.
+    gets them either way, on evaluation entries too (the lrs of the last step before it).
     """
+
+    def __init__(self) -> None:
+        self._used: dict[str, float] | None = None  # the lrs of the latest optimizer step
+
+    def on_pre_optimizer_step(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        optimizer: Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Remember the lrs this optimizer step is about to use."""
+        if optimizer is not None:
+            self._used = role_learning_rates(optimizer)
 
     def on_log(
         self,
@@ -44,18 +60,23 @@ class LoraPlusLogCallback(TrainerCallback):
         optimizer: Optimizer | None = None,
         **kwargs: Any,
     ) -> None:
-        """Add the per-role lrs to `logs` and to the log_history entry just written."""
-        if logs is None or optimizer is None or "learning_rate" not in logs:
+        """Add the per-role lrs to a training log and to the log_history entry just written."""
+        if logs is None or optimizer is None:
             return
-        lrs = {**role_learning_rates(optimizer), **auto_ratio_logs(optimizer)}
-        logs.update(lrs)
         last = state.log_history[-1] if state.log_history else None
-        if (
-            last is not None
-            and last.get("step") == state.global_step
-            and last.get("learning_rate") == logs["learning_rate"]
-        ):
+        used = self._used if self._used is not None else role_learning_rates(optimizer)
+        lrs = {**used, **auto_ratio_logs(optimizer)}
+        if "learning_rate" in logs:
+            logs.update(lrs)
+        elif not any(k.startswith("eval_") for k in logs):
+            return
+        if last is not None and last.get("step") == state.global_step and _same(last, logs):
             last.update(lrs)
+
+
+def _same(entry: dict[str, Any], logs: dict[str, float]) -> bool:
+    """Whether a log_history entry is the one made from `logs`."""
+    return all(entry.get(k) == v for k, v in logs.items() if not k.startswith("lr/"))
 
 
 def _log_callback_first(handler: CallbackHandler) -> None:

@@ -7,14 +7,13 @@ overrides (numbers written as strings are converted); `train(cfg)` runs it and w
 
 from loraplus._config import read_settings_file as read_config_file
 from loraplus.train.config import TrainConfig, TrainResult, make_config
-from loraplus.train.data import CausalLMCollator, tokenize
-from loraplus.train.run import RunRecorder, train
+from loraplus.train.data import collator, tokenize
+from loraplus.train.run import train
 
 __all__ = [
-    "CausalLMCollator",
-    "RunRecorder",
     "TrainConfig",
     "TrainResult",
+    "collator",
     "make_config",
     "read_config_file",
     "tokenize",

@@ -123,6 +123,25 @@ class TrainConfig:
         metadata=_help("logging integrations (tensorboard, wandb, ...) or none"),
     )
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
+    # --- checkpoints, resume, divergence guard, safe loading (train/checkpoint.py, guard.py) ---
+    save_steps: int = field(
+        default=0, metadata=_help("write a complete checkpoint every N steps (0: none)")
+    )
+    save_total_limit: int | None = field(
+        default=None, metadata=_help("keep only the newest K checkpoints (default: all)")
+    )
+    resume: str | None = field(
+        default=None,
+        metadata=_help("auto (latest complete checkpoint in --output-dir, if any) or a path"),
+    )
+    divergence_factor: float = field(
+        default=10.0,
+        metadata=_help("stop (exit 3) when the train loss exceeds this x the first logged loss"),
+    )
+    allow_pickle: bool = field(
+        default=False,
+        metadata=_help("load a model folder that has only pickle weights (weights_only loading)"),
+    )
 
     def __post_init__(self) -> None:
         """Normalize the list fields and check every value (make_config types them first)."""
@@ -130,6 +149,7 @@ class TrainConfig:
         self.lr_multipliers = _multipliers(self.lr_multipliers)
         self.report_to = [r for r in self.report_to if r.lower() != "none"]
         self._check()
+        self._check_run_safety()
 
     def multipliers(self) -> dict[str, float]:
         """lr_multipliers as {role: multiplier}."""
@@ -179,6 +199,22 @@ class TrainConfig:
         _check_optimizer(self.optimizer)
         _check_columns(self)
 
+    def _check_run_safety(self) -> None:
+        """Checks of the checkpoint, resume and divergence settings."""
+        if self.save_steps < 0:
+            raise ValueError(f"save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}.")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(
+                f"save_total_limit must be >= 1 (or unset: keep all), got {self.save_total_limit}."
+            )
+        if self.resume is not None and not self.resume.strip():
+            raise ValueError("resume is empty: pass --resume auto or a checkpoint folder.")
+        if not self.divergence_factor > 1.0:
+            raise ValueError(
+                "divergence_factor must be > 1 (inf: no loss bound), "
+                f"got {self.divergence_factor!r}."
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON/YAML-able values (make_config(**d) rebuilds it)."""
         return dataclasses.asdict(self)
@@ -191,7 +227,10 @@ class TrainResult:
     history: list[dict[str, Any]]  # one row per eval: step, eval metrics, train_loss, lr/<role>
     final: dict[str, Any]  # last eval metrics, best_eval_*, steps, seconds
     output_dir: Path
-    diverged: bool  # a NaN/inf training loss stopped the run
+    diverged: bool  # the divergence guard stopped the run (NaN/inf, or loss above the bound)
+    diverged_reason: str | None = None  # one line: step, cause, every group's lr, the fix
+    warnings: list[str] = field(default_factory=list)  # e.g. collapse to one class
+    main_process: bool = True  # False on the other ranks of a distributed run (they print nothing)
 
 
 def _check_optimizer(name: str) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
@@ -62,27 +59,13 @@ def tokenize(
         return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
 
 
-@dataclass
-class CausalLMCollator:
-    """Right-pads input_ids (pad id), attention_mask (0) and labels (-100) to the longest row."""
+def collator(tokenizer: PreTrainedTokenizerBase, task: str) -> Any:
+    """transformers' collator for the task: dynamic padding; causal-LM labels padded with -100."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-    pad_token_id: int
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """One padded batch of tensors."""
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-
-        def pad(key: str, value: int) -> torch.Tensor:
-            rows = [list(f[key]) + [value] * (width - len(f[key])) for f in features]
-            return torch.tensor(rows, dtype=torch.long)
-
-        return {
-            "input_ids": pad("input_ids", self.pad_token_id),
-            "attention_mask": pad("attention_mask", 0),
-            "labels": pad("labels", IGNORE_INDEX),
-        }
+    if task == "classification":
+        return DataCollatorWithPadding(tokenizer)
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
 
 def _by_length(dataset: Dataset) -> Dataset:

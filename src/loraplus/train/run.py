@@ -6,185 +6,30 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraplus import zoo
 from loraplus._extras import require
-from loraplus._io import atomic_dir, write_json
+from loraplus.train.checks import load_checked
+from loraplus.train.config import TrainConfig, TrainResult, make_config
+from loraplus.train.data import _by_length, collator, tokenize
+from loraplus.train.history import eval_rows, final_metrics, train_losses
+from loraplus.train.outputs import curves_title, write_outputs
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
-from loraplus.train.checks import load_checked
-from loraplus.train.config import TrainConfig, TrainResult, make_config
-from loraplus.train.data import CausalLMCollator, _by_length, tokenize
 
 log = logging.getLogger(__name__)
 
 
-_LOGGING_STEPS_MAX = 10  # train loss is logged every min(10, eval_steps) steps
-
-
-def _default_targets(cfg: TrainConfig, model: Any) -> list[str] | str:
-    """The built-in model's LoRA targets, else PEFT's per-architecture default, else all-linear."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
-
-    key = cfg.model.strip().lower().replace("_", "-")
-    for spec in zoo.MODELS.values():
-        if key == spec.name or key in spec.aliases:
-            return list(spec.lora_targets)
-    model_type = getattr(model.config, "model_type", None)
-    if model_type in known:
-        return list(known[model_type])
-    log.info("No default LoRA targets for model type %r: adapting all linear layers.", model_type)
-    return "all-linear"
-
-
-def _targets(cfg: TrainConfig) -> list[str] | str | None:
-    """target_modules as PEFT takes them: a list of names, or the string "all-linear"."""
-    names = cfg.target_modules
-    return "all-linear" if names == ["all-linear"] else names
-
-
-def _alpha(alpha: float) -> Any:
-    """LoRA alpha as PEFT types it (an int) when it is whole; a float otherwise (PEFT takes it)."""
-    return int(alpha) if float(alpha).is_integer() else alpha
-
-
-def _load_model(cfg: TrainConfig, data: zoo.TaskData) -> tuple[Any, Any]:
-    """(PEFT model, tokenizer) for the config's model and task."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        set_seed,
-    )
-
-    path = zoo.resolve_model(cfg.model)
-    set_seed(cfg.seed)  # the classifier head and LoRA A are drawn from here
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if cfg.task == "classification":
-            names = data.label_names or [str(i) for i in range(max(data.num_labels, 2))]
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path,
-                num_labels=len(names),
-                id2label=dict(enumerate(names)),
-                label2id={n: i for i, n in enumerate(names)},
-                ignore_mismatched_sizes=True,
-            )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path)
-    except OSError as err:
-        raise ValueError(
-            f"Cannot load model {cfg.model!r} ({err}). Pass a built-in model "
-            f"({', '.join(zoo.MODELS)}), a local folder, or a hub id that is in the local cache."
-        ) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if tokenizer.pad_token is None:
-        raise ValueError(f"The tokenizer of {cfg.model!r} has no pad, eos or unk token.")
-    tokenizer.padding_side = "right"
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS if cfg.task == "classification" else TaskType.CAUSAL_LM,
-        r=cfg.rank,
-        lora_alpha=_alpha(cfg.alpha),
-        lora_dropout=cfg.dropout,
-        target_modules=_targets(cfg) or _default_targets(cfg, model),
-    )
-    try:
-        peft_model = get_peft_model(model, lora)
-    except ValueError as err:
-        raise ValueError(f"{err} (check --target-modules for {cfg.model!r})") from None
-    return peft_model, tokenizer
-
-
-class RunRecorder:
-    """What a run's callbacks see, kept in plain Python: eval rows, logged losses, divergence.
-
-    One row per evaluation: step, eval metrics, the mean train loss since the previous eval and
-    each role's current lr (lr/lora_A, lr/lora_B, ...). The first NaN/inf train loss stops
-    training and sets `diverged`.
-    """
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.losses: list[tuple[int, float]] = []  # (step, logged train loss)
-        self.diverged = False
-        self.diverged_at: int | None = None
-        self._since_eval: list[float] = []
-
-    def on_log(self, step: int, logs: Mapping[str, float], control: Any) -> None:
-        """Keep a logged train loss; stop training on NaN/inf."""
-        if "loss" not in logs:
-            return
-        loss = float(logs["loss"])
-        self.losses.append((step, loss))
-        self._since_eval.append(loss)
-        if not math.isfinite(loss) and not self.diverged:
-            self.diverged, self.diverged_at = True, step
-            control.should_training_stop = True
-            control.should_evaluate = False
-            log.warning("Training loss is %s at step %d: stopping.", loss, step)
-
-    def on_evaluate(self, step: int, metrics: Mapping[str, float], optimizer: Any) -> None:
-        """Add a row for this evaluation (replacing one already made at the same step)."""
-        skip = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
-        row: dict[str, Any] = {"step": step}
-        row.update({k: float(v) for k, v in metrics.items() if k.startswith("eval_")})
-        for key in skip:
-            row.pop(key, None)
-        losses, self._since_eval = self._since_eval, []
-        row["train_loss"] = sum(losses) / len(losses) if losses else None
-        if optimizer is not None:
-            from loraplus.autoratio import auto_ratio_logs
-            from loraplus.hf import role_learning_rates
-
-            row.update(role_learning_rates(optimizer))
-            row.update(auto_ratio_logs(optimizer))
-        if self.rows and self.rows[-1]["step"] == step:
-            self.rows[-1] = row
-        else:
-            self.rows.append(row)
+_LOGGING_STEPS_MAX = 10  # see _logging_steps
 
 
 @functools.cache
-def _callback_classes() -> tuple[Any, Any]:
-    """(recorder callback, progress bar callback), defined on first use: importing transformers'
-    trainer takes seconds, and `loraplus --help` should not wait for it."""
-    from transformers import TrainerCallback
+def _progress_class() -> Any:
+    """The progress bar callback, defined on first use: importing transformers' trainer takes
+    seconds, and `loraplus --help` should not wait for it."""
     from transformers.trainer_callback import ProgressCallback
-
-    class RecorderCallback(TrainerCallback):
-        """Forwards training logs and evaluations to a RunRecorder."""
-
-        def __init__(self, recorder: RunRecorder) -> None:
-            self.recorder = recorder
-
-        def on_log(
-            self,
-            args: Any,
-            state: Any,
-            control: Any,
-            logs: dict[str, float] | None = None,
-            **kwargs: Any,
-        ) -> None:
-            self.recorder.on_log(state.global_step, logs or {}, control)
-
-        def on_evaluate(
-            self,
-            args: Any,
-            state: Any,
-            control: Any,
-            metrics: dict[str, float] | None = None,
-            optimizer: Any = None,
-            **kwargs: Any,
-        ) -> None:
-            self.recorder.on_evaluate(state.global_step, metrics or {}, optimizer)
 
     class PostfixProgressCallback(ProgressCallback):
         """HF's progress bar with loss, lr and the last eval metric as postfix (no dicts)."""
@@ -212,81 +57,59 @@ def _callback_classes() -> tuple[Any, Any]:
                 self.postfix[self.metric.removeprefix("eval_")] = f"{logs[self.metric]:.4f}"
             self.training_bar.set_postfix(self.postfix, refresh=False)
 
-    return RecorderCallback, PostfixProgressCallback
+    return PostfixProgressCallback
 
 
 def _accuracy(prediction: Any) -> dict[str, float]:
-    """Eval accuracy from argmax predictions (see _argmax)."""
+    """Eval accuracy, classes predicted, and the loss as a mean over rows (see _argmax)."""
     import numpy as np
 
-    preds = prediction.predictions
-    preds = preds[0] if isinstance(preds, tuple) else preds
-    labels = np.asarray(prediction.label_ids)
-    return {"accuracy": float((np.asarray(preds) == labels).mean())}
+    preds, row_loss = prediction.predictions
+    preds, labels = np.asarray(preds), np.asarray(prediction.label_ids)
+    return {
+        "accuracy": float((preds == labels).mean()),
+        # how many classes the model predicts at all: 1 means it collapsed (collapse_warning)
+        "predicted_classes": len(np.unique(preds)),
+        "row_loss": float(np.asarray(row_loss, dtype=np.float64).mean()),
+    }
 
 
 def _argmax(logits: Any, labels: Any) -> Any:
-    """Keep only the predicted class of each eval example (not the logits)."""
+    """Keep each eval example's predicted class and loss (not the logits).
+
+    The per-row loss makes eval_loss exact under DDP, where accelerate fills the last eval batch
+    of each process with repeated rows: HF's batch-mean loss counts those, gathered rows do not.
+    """
+    import torch
+
     logits = logits[0] if isinstance(logits, tuple) else logits
-    return logits.argmax(dim=-1)
+    row_loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    return logits.argmax(dim=-1), row_loss
 
 
-def _final(
-    history: list[dict[str, Any]], metric: str, steps: int, seconds: float
-) -> dict[str, Any]:
-    """The last eval metrics, the best eval accuracy / loss, steps and seconds."""
-    final: dict[str, Any] = {}
-    if history:
-        final.update({k: v for k, v in history[-1].items() if k.startswith("eval_")})
-    for key, pick in (("eval_accuracy", max), ("eval_loss", min)):
-        values = [r[key] for r in history if isinstance(r.get(key), float)]
-        values = [v for v in values if math.isfinite(v)]
-        if values:
-            final[f"best_{key}"] = pick(values)
-    final["metric"] = metric
-    final["steps"] = steps
-    final["seconds"] = round(seconds, 3)
-    return final
+def _logging_steps(cfg: TrainConfig) -> int:
+    """Log the train loss every min(10, eval_steps) steps, and at every checkpoint step, so a
+    resumed run logs the same loss averages as an uninterrupted one."""
+    every = min(_LOGGING_STEPS_MAX, cfg.eval_steps)
+    return math.gcd(every, cfg.save_steps) if cfg.save_steps > 0 else every
 
 
-def _report_callbacks(
-    cfg: TrainConfig, output_dir: Path
-) -> tuple[list[str], list[TrainerCallback]]:
-    """HF report_to names, with TensorBoard writing to output_dir/tensorboard instead of runs/."""
-    others = [r for r in cfg.report_to if r != "tensorboard"]
-    callbacks: list[TrainerCallback] = []
-    if "tensorboard" in cfg.report_to:
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
+def _tensorboard(cfg: TrainConfig, output_dir: Path, main: bool) -> list[TrainerCallback]:
+    """TensorBoard writing to output_dir/tensorboard (main process only) instead of runs/."""
+    if "tensorboard" not in cfg.report_to or not main:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
 
-        writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
-        callbacks.append(TensorBoardCallback(writer))
-    return others, callbacks
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(output_dir / "tensorboard")))]
 
 
-def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
-    """Fine-tune `cfg.model` on `cfg.data` with LoRA+; write metrics, curves and the adapter."""
-    require("train", "loraplus.train.train")
-    from loraplus.diagnostics import FeatureUpdateCallback
-    from loraplus.hf import LoraPlusTrainer, LoraPlusTrainingArguments
-    from loraplus.plots import plot_training_curves
+def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> Any:
+    """LoraPlusTrainingArguments for the run (DDP settings from the launcher's environment)."""
+    from loraplus.hf import LoraPlusTrainingArguments
+    from loraplus.train.distributed import check_distributed, parallel_arguments
 
-    cfg = make_config(**cfg.to_dict())  # validated copy (a caller may have changed fields)
-    output_dir = Path(cfg.output_dir).expanduser()
-    data = load_checked(cfg)  # paths, output folder, data and rows, before the model loads
-    model, tokenizer = _load_model(cfg, data)
-    train_set = tokenize(data.train, tokenizer, cfg.task, cfg.max_length)
-    eval_set = _by_length(tokenize(data.eval, tokenizer, cfg.task, cfg.max_length))
     classification = cfg.task == "classification"
-    metric = "eval_accuracy" if classification else "eval_loss"
-    if classification:
-        from transformers import DataCollatorWithPadding
-
-        collator: Any = DataCollatorWithPadding(tokenizer)
-    else:
-        collator = CausalLMCollator(int(tokenizer.pad_token_id))
-
-    report_to, report_callbacks = _report_callbacks(cfg, output_dir)
     args = LoraPlusTrainingArguments(
         output_dir=str(output_dir),
         learning_rate=cfg.lr,
@@ -309,9 +132,12 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         eval_steps=cfg.eval_steps,
         eval_on_start=True,
         logging_strategy="steps",
-        logging_steps=min(_LOGGING_STEPS_MAX, cfg.eval_steps),
-        logging_nan_inf_filter=False,  # NaN must reach the divergence check
-        save_strategy="no",
+        logging_steps=_logging_steps(cfg),
+        logging_first_step=True,  # the untrained model's loss: the divergence guard's reference
+        logging_nan_inf_filter=False,  # NaN must reach the divergence guard
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        save_only_model=False,
         report_to=report_to or "none",
         disable_tqdm=not cfg.progress,
         seed=cfg.seed,
@@ -321,61 +147,123 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         prediction_loss_only=not classification,
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
+        **parallel_arguments(),
     )
-    history = RunRecorder()
-    recorder_cls, progress_cls = _callback_classes()
+    check_distributed(args)
+    return args
+
+
+def _prepare_output(cfg: TrainConfig, output_dir: Path, main: bool) -> Path | None:
+    """The checkpoint to resume from (None: fresh); on the main process, tidy the folder."""
+    from loraplus.train import checkpoint as ckpt
+    from loraplus.train.outputs import clear_previous
+
+    resume = ckpt.resolve_resume(cfg.resume, output_dir)
+    if resume is not None:
+        changes = ckpt.config_changes(ckpt.saved_config(resume), cfg.to_dict())
+        if changes:
+            log.warning(
+                "Resuming from %s, saved with other settings (%s): the run will not match an "
+                "uninterrupted one.",
+                resume,
+                "; ".join(changes),
+            )
+    if main:
+        ckpt.clean_partial(output_dir)
+        clear_previous(output_dir)
+    return resume
+
+
+def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Fine-tune `cfg.model` on `cfg.data` with LoRA+; write metrics, curves and the adapter."""
+    require("train", "loraplus.train.train")
+    from loraplus.diagnostics import FeatureUpdateCallback
+    from loraplus.train.guard import DivergenceGuard, collapse_warning
+    from loraplus.train.model import load_model
+    from loraplus.train.trainer import RunTrainer
+
+    cfg = make_config(**cfg.to_dict())  # validated copy (a caller may have changed fields)
+    output_dir = Path(cfg.output_dir).expanduser()
+    data = load_checked(cfg)  # paths, output folder, data and rows, before the model loads
+    report_to = [r for r in cfg.report_to if r != "tensorboard"]
+    args = _training_args(cfg, output_dir, report_to)
+    main = args.process_index == 0
+    resume = _prepare_output(cfg, output_dir, main)
+    args.eval_on_start = resume is None  # a checkpoint's history has the step-0 eval already
+    args.distributed_state.wait_for_everyone()
+    model, tokenizer = load_model(cfg, data)
+    train_set = tokenize(data.train, tokenizer, cfg.task, cfg.max_length)
+    eval_set = _by_length(tokenize(data.eval, tokenizer, cfg.task, cfg.max_length))
+    classification = cfg.task == "classification"
+    metric = "eval_accuracy" if classification else "eval_loss"
+
+    guard = DivergenceGuard(cfg.divergence_factor)
     probe = FeatureUpdateCallback(cfg.probe_every) if cfg.probe_every > 0 else None
-    trainer = LoraPlusTrainer(
+    global_batch = cfg.batch_size * cfg.grad_accum * args.world_size
+    trainer = RunTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        data_collator=collator,
+        data_collator=collator(tokenizer, cfg.task),
         processing_class=tokenizer,
         compute_metrics=_accuracy if classification else None,
         preprocess_logits_for_metrics=_argmax if classification else None,
         callbacks=[
-            recorder_cls(history),
-            *report_callbacks,
+            guard,
+            *_tensorboard(cfg, output_dir, main),
             *([probe] if probe is not None else []),
             *(callbacks or []),
         ],
+        run_config=cfg.to_dict(),
+        guard=guard,
+        keep=cfg.save_total_limit,
+        global_batch=global_batch,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    if classification:
+        # The classifier's loss is a batch mean that ignores num_items_in_batch; told otherwise,
+        # the Trainer would multiply it by the number of processes under DDP.
+        trainer.model_accepts_loss_kwargs = False
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if cfg.progress:
-        trainer.add_callback(progress_cls(metric))
+        trainer.add_callback(_progress_class()(metric))
 
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     steps = trainer.state.global_step
-    if not history.diverged and (not history.rows or history.rows[-1]["step"] != steps):
+    guard.check_weights(trainer.model, trainer.state, trainer.optimizer)
+    rows = eval_rows(trainer.state.log_history)
+    if guard.diverged is None and (not rows or rows[-1]["step"] != steps):
         trainer.evaluate()
+        rows = eval_rows(trainer.state.log_history)
     seconds = time.perf_counter() - start
-    final = _final(history.rows, metric, steps, seconds)
-
-    output_dir.mkdir(parents=True, exist_ok=True)
+    diverged = guard.diverged
+    final = final_metrics(rows, metric, steps, seconds, diverged is not None)
+    warnings = []
+    if classification and diverged is None:
+        collapse = collapse_warning(final, data.num_labels, len(set(data.eval["label"])))
+        warnings += [collapse] if collapse else []
+    lrs = {
+        str(g.get("role")): float(g.get("initial_lr", g["lr"]))
+        for g in trainer.optimizer.param_groups
+    }
     metrics = {
         "config": cfg.to_dict(),
-        "history": history.rows,
+        "history": rows,
         "final": final,
-        "diverged": history.diverged,
-        "diverged_at_step": history.diverged_at,
-        "train_loss_log": [{"step": s, "loss": v} for s, v in history.losses],
+        "diverged": diverged is not None,
+        "diverged_at_step": diverged.step if diverged else None,
+        "diverged_reason": diverged.message() if diverged else None,
+        "warnings": warnings,
+        "world_size": args.world_size,
+        "global_batch_size": global_batch,
+        "resumed_from": str(resume) if resume is not None else None,
+        "train_loss_log": train_losses(trainer.state.log_history),
         "feature_updates": probe.history if probe is not None else [],
-        "param_groups": [
-            {
-                "role": g.get("role"),
-                "lr": float(g.get("initial_lr", g["lr"])),
-                "weight_decay": g.get("weight_decay", 0.0),
-                "tensors": len(g["params"]),
-                "parameters": sum(p.numel() for p in g["params"]),
-                **({"fan_in": g["fan_in"]} if "fan_in" in g else {}),
-            }
-            for g in trainer.optimizer.param_groups
-        ],
+        "param_groups": _param_groups(trainer.optimizer),
         "data": {
             "source": data.source,
             "split": data.split,
@@ -384,37 +272,49 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
             "label_names": data.label_names,
         },
     }
-    write_json(output_dir / "metrics.json", metrics)
-    plot_training_curves(
-        output_dir / "curves.png",
-        {
-            "train_steps": [s for s, _ in history.losses],
-            "train_loss": [v for _, v in history.losses],
-            "eval_steps": [r["step"] for r in history.rows],
-            "eval_metric": [r.get(metric) for r in history.rows],
-            "eval_loss": [r.get("eval_loss") for r in history.rows],
-            "metric_name": metric,
-            "title": f"{cfg.model} on {cfg.data}: lr {cfg.lr:g}, ratio {cfg.ratio}",
-        },
-    )
-    if cfg.save_adapter:
-
-        def save_adapter(folder: Path) -> None:
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-
-        atomic_dir(output_dir / "adapter", save_adapter)
-    if cfg.merge:
-        merged = model.merge_and_unload()
-
-        def save_merged(folder: Path) -> None:
-            merged.save_pretrained(folder)  # safetensors
-            tokenizer.save_pretrained(folder)
-
-        atomic_dir(output_dir / "merged", save_merged)
+    if main:
+        write_outputs(
+            output_dir,
+            metrics,
+            {
+                "train_steps": [e["step"] for e in metrics["train_loss_log"]],
+                "train_loss": [e["loss"] for e in metrics["train_loss_log"]],
+                "eval_steps": [r["step"] for r in rows],
+                "eval_metric": [r.get(metric) for r in rows],
+                "eval_loss": [r.get("eval_loss") for r in rows],
+                "metric_name": metric,
+                "title": curves_title(cfg, lrs),
+            },
+            trainer.model,
+            tokenizer,
+            save_adapter=cfg.save_adapter,
+            merge=cfg.merge,
+        )
+    trainer.accelerator.wait_for_everyone()
     return TrainResult(
-        history=history.rows, final=final, output_dir=output_dir, diverged=history.diverged
+        history=rows,
+        final=final,
+        output_dir=output_dir,
+        diverged=diverged is not None,
+        diverged_reason=diverged.message() if diverged else None,
+        warnings=warnings,
+        main_process=main,
     )
+
+
+def _param_groups(optimizer: Any) -> list[dict[str, Any]]:
+    """Each param group's role, base lr, weight decay and size, for metrics.json."""
+    return [
+        {
+            "role": g.get("role"),
+            "lr": float(g.get("initial_lr", g["lr"])),
+            "weight_decay": g.get("weight_decay", 0.0),
+            "tensors": len(g["params"]),
+            "parameters": sum(p.numel() for p in g["params"]),
+            **({"fan_in": g["fan_in"]} if "fan_in" in g else {}),
+        }
+        for g in optimizer.param_groups
+    ]
 
 
 def _has_cuda() -> bool:

@@ -1,0 +1,119 @@
+"""The run's model: a safetensors-only load (pickle weights refused unless allowed) plus LoRA."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+from loraplus import zoo
+from loraplus.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_weight_format(path: str, allow_pickle: bool) -> None:
+    """Refuse a local model folder whose weights exist only as pickle files (torch.load)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return  # a hub id: from_pretrained(use_safetensors=True) refuses pickle-only repos
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    if any(name.endswith(".safetensors") for name in files):
+        return
+    pickles = sorted(n for n in files if n.endswith(_PICKLE_SUFFIXES) and n != "training_args.bin")
+    if pickles and not allow_pickle:
+        raise ValueError(
+            f"Model folder {path} has weights only as pickle ({', '.join(pickles)}), which can run "
+            "code when loaded: convert them to safetensors, or pass --allow-pickle if you trust "
+            "the files (they are then loaded with torch's weights_only loader)."
+        )
+
+
+def _default_targets(cfg: TrainConfig, model: Any) -> list[str] | str:
+    """The built-in model's LoRA targets, else PEFT's per-architecture default, else all-linear."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
+
+    key = cfg.model.strip().lower().replace("_", "-")
+    for spec in zoo.MODELS.values():
+        if key == spec.name or key in spec.aliases:
+            return list(spec.lora_targets)
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in known:
+        return list(known[model_type])
+    log.info("No default LoRA targets for model type %r: adapting all linear layers.", model_type)
+    return "all-linear"
+
+
+def _targets(cfg: TrainConfig) -> list[str] | str | None:
+    """target_modules as PEFT takes them: a list of names, or the string "all-linear"."""
+    names = cfg.target_modules
+    return "all-linear" if names == ["all-linear"] else names
+
+
+def _alpha(alpha: float) -> Any:
+    """LoRA alpha as PEFT types it (an int) when it is whole; a float otherwise (PEFT takes it)."""
+    return int(alpha) if float(alpha).is_integer() else alpha
+
+
+def load_model(cfg: TrainConfig, data: zoo.TaskData) -> tuple[Any, Any]:
+    """(PEFT model, tokenizer) for the config's model and task; weights from safetensors."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        set_seed,
+    )
+
+    path = zoo.resolve_model(cfg.model)
+    check_weight_format(path, cfg.allow_pickle)
+    # None: safetensors when present, else pickle through torch's weights_only loader
+    weights: dict[str, Any] = {"use_safetensors": None if cfg.allow_pickle else True}
+    set_seed(cfg.seed)  # the classifier head and LoRA A are drawn from here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if cfg.task == "classification":
+            names = data.label_names or [str(i) for i in range(max(data.num_labels, 2))]
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=len(names),
+                id2label=dict(enumerate(names)),
+                label2id={n: i for i, n in enumerate(names)},
+                ignore_mismatched_sizes=True,
+                **weights,
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **weights)
+    except pickle.UnpicklingError as err:  # only reachable with --allow-pickle
+        first = str(err).strip().split(".")[0] or type(err).__name__
+        raise ValueError(
+            f"Refused to load the pickle weights of {cfg.model!r}: torch's weights_only loader "
+            f"stopped them ({first}: they hold more than tensors). Use safetensors weights."
+        ) from None
+    except OSError as err:
+        raise ValueError(
+            f"Cannot load model {cfg.model!r} ({err}). Pass a built-in model "
+            f"({', '.join(zoo.MODELS)}), a local folder, or a hub id that is in the local cache."
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise ValueError(f"The tokenizer of {cfg.model!r} has no pad, eos or unk token.")
+    tokenizer.padding_side = "right"
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS if cfg.task == "classification" else TaskType.CAUSAL_LM,
+        r=cfg.rank,
+        lora_alpha=_alpha(cfg.alpha),
+        lora_dropout=cfg.dropout,
+        target_modules=_targets(cfg) or _default_targets(cfg, model),
+    )
+    try:
+        peft_model = get_peft_model(model, lora)
+    except ValueError as err:
+        raise ValueError(f"{err} (check --target-modules for {cfg.model!r})") from None
+    return peft_model, tokenizer

@@ -1,0 +1,66 @@
+"""A run's final files: adapter, merged model, curves.png, then metrics.json, each atomic.
+
+A fresh run first removes the previous run's final files from the output folder, and metrics.json
+is written last, so a kill at any moment never leaves one run's metrics beside another's adapter:
+metrics.json present means this run's files are complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from loraplus._io import atomic_dir, write_json
+
+FINAL_FILES = ("metrics.json", "curves.png", "adapter", "merged")
+
+
+def clear_previous(output_dir: Path) -> None:
+    """Remove an earlier run's final files (metrics.json first: it marks them complete)."""
+    for name in FINAL_FILES:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def curves_title(cfg: Any, lrs: Mapping[str, float]) -> str:
+    """The curves' title: model, data and every group's learning rate."""
+    groups = ", ".join(f"{role} {lr:.3g}" for role, lr in lrs.items())
+    return f"{cfg.model} on {cfg.data} (ratio {cfg.ratio}): lr {groups}"
+
+
+def write_outputs(
+    output_dir: Path,
+    metrics: dict[str, Any],
+    curves: dict[str, Any],
+    model: Any,
+    tokenizer: Any,
+    *,
+    save_adapter: bool,
+    merge: bool,
+) -> None:
+    """Write the adapter (and merged model) unless the run diverged, the curves, then metrics."""
+    from loraplus.plots import plot_training_curves
+
+    if not metrics["diverged"]:
+        if save_adapter:
+
+            def save_adapter_to(folder: Path) -> None:
+                model.save_pretrained(folder)  # safetensors
+                tokenizer.save_pretrained(folder)
+
+            atomic_dir(output_dir / "adapter", save_adapter_to)
+        if merge:
+            merged = model.merge_and_unload()
+
+            def save_merged_to(folder: Path) -> None:
+                merged.save_pretrained(folder)  # safetensors
+                tokenizer.save_pretrained(folder)
+
+            atomic_dir(output_dir / "merged", save_merged_to)
+    plot_training_curves(output_dir / "curves.png", curves)
+    write_json(output_dir / "metrics.json", metrics)

@@ -1,0 +1,189 @@
+"""Checkpoints and exact resume: real `loraplus train` processes SIGKILLed and resumed.
+
+A killed run resumed with `--resume auto` must end with an adapter bit-identical to an
+uninterrupted run; a half-written checkpoint is never visible and never picked up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import tiny_cls_config, tiny_files  # noqa: F401  (a fixture)
+from transformers import TrainerCallback
+
+from loraplus.train import checkpoint as ckpt
+from loraplus.train import train
+from loraplus.train.outputs import FINAL_FILES
+
+SETTINGS = {"max_steps": 6, "eval_steps": 3, "save_steps": 2, "save_total_limit": 2}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """One thread here and in the child processes, so every run sums in the same order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _flags(files: dict[str, Path], out: Path, **extra: Any) -> list[str]:
+    cfg = tiny_cls_config(files, out, **SETTINGS, **extra)
+    flags = ["--model", cfg.model, "--data", cfg.data, "--output-dir", str(out)]
+    for key in ("max_steps", "eval_steps", "save_steps", "save_total_limit", "batch_size"):
+        flags += [f"--{key.replace('_', '-')}", str(getattr(cfg, key))]
+    flags += ["--max-length", "32", "--lr", "1e-3", "--rank", "4", "--report-to", "none"]
+    return [*flags, "--no-progress", *(a for k, v in extra.items() for a in _flag(k, v))]
+
+
+def _flag(key: str, value: Any) -> list[str]:
+    return [f"--{key.replace('_', '-')}", str(value)]
+
+
+def _start(flags: list[str], pause_at: int | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop(ckpt.PAUSE_ENV, None)
+    if pause_at is not None:
+        env[ckpt.PAUSE_ENV] = str(pause_at)
+    cmd = [sys.executable, "-m", "loraplus.cli", "train", *flags]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path.name}: {proc.communicate()[0]}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _finish(flags: list[str]) -> str:
+    proc = _start(flags)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _assert_same_adapter(a: Path, b: Path) -> None:
+    left, right = (
+        load_file(a / "adapter_model.safetensors"),
+        load_file(b / "adapter_model.safetensors"),
+    )
+    assert left.keys() == right.keys() and len(left) > 0
+    for name in left:
+        assert torch.equal(left[name], right[name]), name
+
+
+def test_sigkilled_runs_resume_bit_identically(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    reference = train(tiny_cls_config(tiny_files, tmp_path / "ref", **SETTINGS))
+    out = tmp_path / "run"
+
+    # 1. killed inside the write of checkpoint-4: only checkpoint-2 is visible
+    proc = _start(_flags(tiny_files, out), pause_at=4)
+    _wait_for(out / ckpt.PAUSED_FILE, proc)
+    staged = out / ckpt.STAGING / "checkpoint-4"
+    assert (staged / "adapter_model.safetensors").is_file()  # the write is half done
+    assert not (staged / "optimizer.pt").exists()
+    _kill(proc)
+    assert [p.name for p in ckpt.checkpoints(out)] == ["checkpoint-2"]
+    assert not (out / "checkpoint-4").exists() and not (out / "metrics.json").exists()
+
+    # 2. resumed from checkpoint-2, killed at an arbitrary moment once checkpoint-4 is published
+    proc = _start(_flags(tiny_files, out, resume="auto"))
+    _wait_for(out / "checkpoint-4", proc)
+    _kill(proc)
+    assert not (out / ckpt.STAGING / "checkpoint-4").exists()  # the stale half was cleared
+
+    # 3. resumed again to the end
+    text = _finish(_flags(tiny_files, out, resume="auto"))
+    assert "6 steps in" in text
+    _assert_same_adapter(reference.output_dir / "adapter", out / "adapter")
+    for step in (4, 6):  # checkpoints are complete and equal to the uninterrupted run's
+        _assert_same_adapter(
+            reference.output_dir / f"checkpoint-{step}", out / f"checkpoint-{step}"
+        )
+    assert [p.name for p in ckpt.checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    ref_metrics = json.loads((reference.output_dir / "metrics.json").read_text())
+    assert metrics["history"] == ref_metrics["history"]  # history kept across the kills
+    assert metrics["train_loss_log"] == ref_metrics["train_loss_log"]
+    assert metrics["resumed_from"].endswith("checkpoint-4")
+    assert not (out / ckpt.STAGING).exists() and not list(out.glob(".adapter*"))
+
+
+def test_resume_rules_and_a_changed_ratio_is_loud(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "run"
+    settings = {**SETTINGS, "max_steps": 4, "save_adapter": False}
+    first = train(tiny_cls_config(tiny_files, out, **settings))
+    assert not first.diverged
+    # a fresh run into a folder with checkpoints is refused (it would mix two runs)
+    with pytest.raises(ValueError, match=r"already holds checkpoints .*--resume auto"):
+        train(tiny_cls_config(tiny_files, out, **settings))
+    bad = tmp_path / "nope"
+    bad.mkdir()
+    with pytest.raises(ValueError, match="not a complete loraplus checkpoint"):
+        train(tiny_cls_config(tiny_files, out, **settings, resume=str(bad)))
+    # a half-written checkpoint (no marker) at a later step is not picked up
+    (out / "checkpoint-9").mkdir()
+    assert ckpt.resolve_resume("auto", out) == out / "checkpoint-4"
+    with pytest.warns(UserWarning, match=r"ratio 16 -> ratio 4"):
+        again = train(
+            tiny_cls_config(
+                tiny_files,
+                out,
+                **{**settings, "max_steps": 6},
+                ratio=4,
+                resume=str(out / "checkpoint-2"),
+            )
+        )
+    assert again.final["steps"] == 6 and not (out / "checkpoint-9").exists()
+    assert "saved with other settings (max_steps 4 -> 6; ratio 16.0 -> 4.0)" in caplog.text
+    lrs = json.loads((out / "metrics.json").read_text())["param_groups"]
+    assert {g["role"]: g["lr"] for g in lrs}["lora_B"] == pytest.approx(4e-3)
+
+
+class Crash(TrainerCallback):
+    """Fails the run after its first step, as a kill there would."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 1:
+            raise RuntimeError("crash at step 1")
+
+
+def test_a_new_run_never_leaves_the_previous_runs_outputs_beside_its_own(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    train(tiny_cls_config(tiny_files, out, max_steps=2, eval_steps=2))
+    assert all((out / name).exists() for name in ("metrics.json", "curves.png", "adapter"))
+    (out / ".adapter.k1ll3d").mkdir()  # what a kill inside an adapter write leaves
+    with pytest.raises(RuntimeError, match="crash at step 1"):
+        train(tiny_cls_config(tiny_files, out, max_steps=4, eval_steps=2), callbacks=[Crash()])
+    assert not [name for name in FINAL_FILES if (out / name).exists()]
+    assert not (out / ".adapter.k1ll3d").exists()
