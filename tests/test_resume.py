@@ -142,7 +142,7 @@ def test_resume_rules_and_a_changed_ratio_is_loud(
     first = train(tiny_cls_config(tiny_files, out, **settings))
     assert not first.diverged
     # a fresh run into a folder with checkpoints is refused (it would mix two runs)
-    with pytest.raises(ValueError, match=r"already holds checkpoints .*--resume auto"):
+    with pytest.raises(ValueError, match=r"holds another run .*checkpoint-4.*--resume auto"):
         train(tiny_cls_config(tiny_files, out, **settings))
     bad = tmp_path / "nope"
     bad.mkdir()
@@ -184,6 +184,7 @@ def test_a_new_run_never_leaves_the_previous_runs_outputs_beside_its_own(
     assert all((out / name).exists() for name in ("metrics.json", "curves.png", "adapter"))
     (out / ".adapter.k1ll3d").mkdir()  # what a kill inside an adapter write leaves
     with pytest.raises(RuntimeError, match="crash at step 1"):
-        train(tiny_cls_config(tiny_files, out, max_steps=4, eval_steps=2), callbacks=[Crash()])
+        again = tiny_cls_config(tiny_files, out, max_steps=4, eval_steps=2, overwrite=True)
+        train(again, callbacks=[Crash()])
     assert not [name for name in FINAL_FILES if (out / name).exists()]
     assert not (out / ".adapter.k1ll3d").exists()

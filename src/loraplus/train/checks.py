@@ -64,10 +64,11 @@ def check_output_dir(cfg: TrainConfig) -> None:
                 )
             break
     previous = _previous_run(out)
-    if previous and not cfg.overwrite and not getattr(cfg, "resume", None):
+    if previous and not cfg.overwrite and not cfg.resume:
         raise ValueError(
             f"--output-dir {cfg.output_dir} holds another run ({', '.join(previous[:4])}): pass "
-            "--overwrite to replace it, --resume to continue it, or another --output-dir."
+            "--resume auto to continue it (from its latest checkpoint), --overwrite to replace "
+            "it, or another --output-dir."
         )
 
 

@@ -2,7 +2,7 @@
 
 One row per evaluation: step, eval metrics, the mean train loss of the steps since the previous
 evaluation (logged means weighted by the steps they cover), and each role's lr (lr/lora_A, ...)
-as LoraPlusLogCallback recorded it.
+as LoraPlusLogCallback recorded it (and, with ratio="auto", the ratios chosen per module kind).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def eval_rows(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         losses, since = since, []
         steps = sum(n for _, n in losses)
         row["train_loss"] = sum(v * n for v, n in losses) / steps if losses else None
-        row.update({k: float(v) for k, v in entry.items() if k.startswith("lr/")})
+        row.update({k: float(v) for k, v in entry.items() if k.startswith(("lr/", "auto_ratio/"))})
         if rows and rows[-1]["step"] == row["step"]:  # evaluated again (a resumed run)
             if row["train_loss"] is None:
                 row["train_loss"] = rows[-1]["train_loss"]

@@ -30,7 +30,8 @@ def clear_previous(output_dir: Path) -> None:
 def curves_title(cfg: Any, lrs: Mapping[str, float]) -> str:
     """The curves' title: model, data and every group's learning rate."""
     groups = ", ".join(f"{role} {lr:.3g}" for role, lr in lrs.items())
-    return f"{cfg.model} on {cfg.data} (ratio {cfg.ratio}): lr {groups}"
+    ratio = cfg.ratio if isinstance(cfg.ratio, str) else f"{cfg.ratio:g}"  # "auto" or 16
+    return f"{cfg.model} on {cfg.data} (ratio {ratio}): lr {groups}"
 
 
 def write_outputs(
