@@ -109,11 +109,15 @@ def test_sigkilled_runs_resume_bit_identically(
     assert [p.name for p in ckpt.checkpoints(out)] == ["checkpoint-2"]
     assert not (out / "checkpoint-4").exists() and not (out / "metrics.json").exists()
 
-    # 2. resumed from checkpoint-2, killed at an arbitrary moment once checkpoint-4 is published
-    proc = _start(_flags(tiny_files, out, resume="auto"))
-    _wait_for(out / "checkpoint-4", proc)
-    _kill(proc)
+    # 2. resumed from checkpoint-2 (the stale half of 4 cleared), then killed again inside the
+    # write of checkpoint-6, after checkpoint-4 was published: a waiting poll is not fast enough
+    # to stop a tiny model between two steps, so the pause makes that moment certain
+    (out / ckpt.PAUSED_FILE).unlink()
+    proc = _start(_flags(tiny_files, out, resume="auto"), pause_at=6)
+    _wait_for(out / ckpt.PAUSED_FILE, proc)
+    assert [p.name for p in ckpt.checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
     assert not (out / ckpt.STAGING / "checkpoint-4").exists()  # the stale half was cleared
+    _kill(proc)
 
     # 3. resumed again to the end
     text = _finish(_flags(tiny_files, out, resume="auto"))
