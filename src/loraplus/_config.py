@@ -38,7 +38,9 @@ class DataclassParser(HfArgumentParser):
                     )
         self._suppress = False  # flags added later keep their own defaults
 
-    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.pop("cli", True) is False:  # a field that only Python callers set
+            return None
         if "argtype" in kwargs:  # a field's metadata can name its own parser (e.g. "auto" or 16)
             kwargs["type"] = kwargs.pop("argtype")
         if self._suppress:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from loraplus import _config
 from loraplus._extras import require
@@ -13,36 +14,26 @@ from loraplus.train import TrainConfig
 
 def add_parser(subparsers: Subparsers) -> None:
     """`loraplus sweep`: an lr_A x ratio (or lr_A x lr_B) grid with Optuna, resumable."""
+    configs: list[Any] = [TrainConfig]
+    try:
+        from loraplus.sweep import SweepConfig
+
+        configs.append(SweepConfig)
+    except ImportError:  # without loraplus[sweep], `loraplus sweep` says what to install
+        pass
     parser = subparsers.add_parser(
         "sweep",
-        dataclass_types=TrainConfig,
+        dataclass_types=configs,
         suppress=True,
         help="grid of lr_A x ratio (or lr_B) on any training config, with a heatmap",
         description="Train every cell of an lr_A x ratio (or lr_A x lr_B) grid with Optuna "
         "(SQLite by default, so a sweep resumes after a crash and several --workers or machines "
         "share one study), then write sweep.json and a Figure-3-style heatmap into --out-dir "
-        "and print the best cell, the best standard-LoRA cell (ratio 1) and the gain.",
+        "and print the best cell, the best standard-LoRA cell (ratio 1) and the gain. "
+        "Training flags (--model, --max-steps, ...) apply to every cell.",
     )
-    # Sweep settings: absent unless given, so SweepConfig's defaults are the only ones.
-    quiet = {"default": argparse.SUPPRESS}
-    parser.add_argument("--config", metavar="FILE", help="YAML/TOML training settings", **quiet)
-    parser.add_argument("--lr-a", nargs="+", type=float, metavar="LR", help="lr_A values", **quiet)
-    axis = parser.add_mutually_exclusive_group()
-    axis.add_argument("--ratios", nargs="+", type=float, metavar="R", help="ratios", **quiet)
-    axis.add_argument("--lr-b", nargs="+", type=float, metavar="LR", help="lr_B values", **quiet)
-    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", **quiet)
-    parser.add_argument("--metric", help="eval_accuracy or eval_loss", **quiet)
-    parser.add_argument(
-        "--storage", metavar="URL", help="sqlite:///... or postgresql://...", **quiet
-    )
-    parser.add_argument("--study-name", **quiet)
-    parser.add_argument("--out-dir", metavar="DIR", **quiet)
-    parser.add_argument("--workers", type=int, help="worker processes on this machine", **quiet)
-    parser.add_argument("--pruner", help="none or median", **quiet)
-    parser.add_argument(
-        "--budget", action="store_true", help="ratio fixed, 1-D lr_A search vs LoRA", **quiet
-    )
-    parser.add_argument("--budget-ratio", type=float, metavar="R", **quiet)
+    if len(configs) == 1:
+        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--n-trials", type=int, metavar="N", help="trials per worker (default all)")
     parser.add_argument(
         "--summarize-only", action="store_true", help="report the stored study, train nothing"
@@ -56,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from loraplus import sweep
     from loraplus.sweep import SweepConfig
 
-    settings = {k: v for k, v in vars(args).items() if k in _config.field_names(SweepConfig)}
-    cfg = SweepConfig(**settings, overrides=_config.passed(args, TrainConfig))
+    cfg = SweepConfig(
+        **_config.passed(args, SweepConfig), overrides=_config.passed(args, TrainConfig)
+    )
     if args.summarize_only:
         summary = sweep.summarize(cfg.storage_url, cfg.study_name)
         sweep.write_outputs(summary, cfg.out_dir)

@@ -54,6 +54,10 @@ def _seeds(seeds: Any) -> list[int]:
     return sorted({int(n) for n in numbers})
 
 
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
 @dataclass
 class SweepConfig:
     """One learning-rate sweep: a TrainConfig (file + overrides), the grid, the study, the outputs.
@@ -75,23 +79,35 @@ class SweepConfig:
     `publish_timeout_s`: how long a process that did not create the study waits for its grid.
     """
 
-    lr_a: list[float] = field(default_factory=lambda: list(DEFAULT_LR_A))
-    ratios: list[float] | None = None
-    lr_b: list[float] | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
-    config: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    metric: str = "eval_accuracy"
-    storage: str | None = None
-    study_name: str = "loraplus-sweep"
-    out_dir: str = "runs/sweep"
-    pruner: str = "none"
-    budget: bool = False
-    budget_ratio: float = 16.0
-    workers: int = 1
-    heartbeat_s: int | None = 60
-    retry_failed: bool = False
-    publish_timeout_s: float = 60.0
+    lr_a: list[float] = field(
+        default_factory=lambda: list(DEFAULT_LR_A), metadata=_help("lr_A values of the grid")
+    )
+    ratios: list[float] | None = field(
+        default=None, metadata=_help(f"ratios (default {' '.join(map(str, DEFAULT_RATIOS))})")
+    )
+    lr_b: list[float] | None = field(default=None, metadata=_help("lr_B values instead of ratios"))
+    seeds: list[int] = field(default_factory=lambda: [0], metadata=_help("seeds of every cell"))
+    config: str | None = field(default=None, metadata=_help("YAML/TOML training settings"))
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+    metric: str = field(default="eval_accuracy", metadata=_help("eval_accuracy or eval_loss"))
+    storage: str | None = field(
+        default=None, metadata=_help("sqlite:///... or postgresql://... (default: SQLite file)")
+    )
+    study_name: str = field(default="loraplus-sweep", metadata=_help("study within the storage"))
+    out_dir: str = field(default="runs/sweep", metadata=_help("trials, sweep.json and heatmap"))
+    pruner: str = field(default="none", metadata=_help("none or median"))
+    budget: bool = field(
+        default=False, metadata=_help("paper recipe: ratio fixed, 1-D lr_A search vs LoRA")
+    )
+    budget_ratio: float = field(default=16.0, metadata=_help("the ratio of --budget"))
+    workers: int = field(default=1, metadata=_help("worker processes on this machine"))
+    heartbeat_s: int | None = field(
+        default=60, metadata=_help("seconds between heartbeats (stale after two)")
+    )
+    retry_failed: bool = field(default=False, metadata=_help("re-run cells that raised, once"))
+    publish_timeout_s: float = field(
+        default=60.0, metadata=_help("wait this long for another process's grid")
+    )
 
     def __post_init__(self) -> None:
         """Normalize the grid (sorted, distinct) and check every field."""
