@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_hf import cls_data, one_thread, targs  # noqa: F401  (one_thread is an autouse fixture)
+from test_hf import cls_data, targs
 from tiny import lora_bert, lora_llama
 from torch import nn
 from transformers import Trainer, TrainingArguments
@@ -27,6 +27,8 @@ from loraplus.autoratio import (
 )
 from loraplus.diagnostics import FeatureUpdateProbe
 from loraplus.experiments.lora_mlp import batches, teacher_student, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def log2_mean(ratios: dict[str, float]) -> float:

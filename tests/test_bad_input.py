@@ -18,11 +18,13 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_train import one_thread, tiny_files  # noqa: F401  (fixtures)
+from test_train import tiny_files  # noqa: F401  (a fixture)
 
 from loraplus import cli
 from loraplus.train import make_config, train
 from loraplus.zoo import load_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 Files = dict[str, Path]
 

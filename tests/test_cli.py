@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_train import one_thread, tiny_files  # noqa: F401  (fixtures)
+from test_train import tiny_files  # noqa: F401  (a fixture)
 
 from loraplus import cli
 from loraplus.cli import demo
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 

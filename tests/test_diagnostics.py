@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_hf import cls_data, one_thread, targs  # noqa: F401  (one_thread is an autouse fixture)
+from test_hf import cls_data, targs
 from tiny import lora_bert, lora_llama
 from transformers import TrainerCallback
 
@@ -22,6 +22,8 @@ from loraplus.diagnostics import (
     feature_update_terms,
 )
 from loraplus.hf import LoraPlusTrainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_terms_match_a_direct_computation_and_sum_to_the_change() -> None:

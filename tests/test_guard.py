@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import one_thread, tiny_cls_config, tiny_files  # noqa: F401  (fixtures)
+from test_train import tiny_cls_config, tiny_files  # noqa: F401  (a fixture)
 
 from loraplus import cli
 from loraplus.train import train
 from loraplus.train.guard import collapse_warning, loss_problem
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:

@@ -30,13 +30,7 @@ from loraplus.hf import (
 LR = 5e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny models run fastest on one thread (two threads stall when the CPU is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cls_data(n: int = 16, length: int = 8) -> Dataset:

@@ -18,12 +18,7 @@ from loraplus.experiments.lora_mlp import lora_config, mse, teacher_student
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_study() -> Any:

@@ -28,13 +28,7 @@ from loraplus.train.outputs import FINAL_FILES
 SETTINGS = {"max_steps": 6, "eval_steps": 3, "save_steps": 2, "save_total_limit": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """One thread here and in the child processes, so every run sums in the same order."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flags(files: dict[str, Path], out: Path, **extra: Any) -> list[str]:
