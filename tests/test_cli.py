@@ -297,3 +297,14 @@ def test_ratio_auto_trains_and_logs_the_chosen_ratios(
     assert "ratio chosen per layer (median by kind): mlp " in capsys.readouterr().out
     assert cli.main(["train", "--ratio", "0", "--print-config"]) == 2
     assert "ratio must be > 0" in capsys.readouterr().err
+
+
+def test_checkpoint_flags_reach_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--save-steps", "50", "--save-total-limit", "2", "--resume", "auto"]
+    assert cli.main([*argv, "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["save_steps"], printed["save_total_limit"], printed["resume"]) == (
+        50,
+        2,
+        "auto",
+    )
