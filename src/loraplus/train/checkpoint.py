@@ -41,15 +41,10 @@ def checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
 
 def resolve_resume(resume: str | None, output_dir: str | os.PathLike[str]) -> Path | None:
     """The checkpoint to resume from: None (fresh run), the latest one ("auto") or a given one."""
-    existing = checkpoints(output_dir)
-    if resume is None:
-        if existing:
-            raise ValueError(
-                f"{output_dir} already holds checkpoints of an earlier run ({existing[-1].name}): "
-                "pass --resume auto to continue it, or use another --output-dir."
-            )
+    if resume is None:  # a folder with another run's checkpoints was refused by train.checks
         return None
     if resume == "auto":
+        existing = checkpoints(output_dir)
         return existing[-1] if existing else None
     path = Path(resume).expanduser()
     if not (path / MARKER).is_file():

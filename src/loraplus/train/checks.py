@@ -85,7 +85,7 @@ def check_rows(cfg: TrainConfig, data: zoo.TaskData) -> None:
 def _clear_previous(cfg: TrainConfig) -> None:
     """With --overwrite, remove the old run's logs and checkpoints so they do not mix in."""
     out = Path(cfg.output_dir).expanduser()
-    if not cfg.overwrite or getattr(cfg, "resume", None) or not out.is_dir():
+    if not cfg.overwrite or cfg.resume or not out.is_dir():
         return
     for path in [out / name for name in _STALE] + sorted(out.glob("checkpoint-*")):
         if path.is_dir():
