@@ -218,6 +218,32 @@ def test_sweep_on_a_tiny_saved_model(
     assert [t["number"] for t in again["trials"]] == [t["number"] for t in data["trials"]]
 
 
+def test_sweep_methods_on_a_tiny_saved_model(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README's method comparison at a small size: each method at each lr_A, the head at
+    one shared lr, early stopping on."""
+    args = _tiny_train_args(tiny_files, tmp_path / "unused")[1:-2]
+    out = tmp_path / "methods"
+    methods = ["lora", "loraplus", "lorafa", "riemannian", "rslora", "pissa", "ratio=4"]
+    argv = ["sweep", "--method", *methods, "--lr-a", "1e-3", "4e-3", "--out-dir", str(out)]
+    extra = ["--lr-roles", "other=0.01", "--early-stopping-patience", "3"]
+    assert cli.main([*argv, *extra, *args]) == 0
+    text = capsys.readouterr().out
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["axis"] == "method" and data["y"] == methods
+    assert data["counts"] == {"complete": 14}
+    for method in methods:
+        cells = [c for c in data["cells"] if c["method"] == method]
+        best = max(cells, key=lambda c: c["mean"])
+        assert f"{method}: lr_A={best['lr_a']:.3g} method={method} " in text
+    trial = json.loads((out / "trials" / "trial_0000" / "metrics.json").read_text())
+    assert {g["role"]: g["lr"] for g in trial["param_groups"]}["other"] == 0.01
+    assert trial["config"]["early_stopping_patience"] == 3
+
+
 def test_sweep_refuses_swept_settings(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["sweep", "--lr", "1e-3"]) == 2
     assert "may not set lr" in capsys.readouterr().err

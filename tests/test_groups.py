@@ -72,6 +72,23 @@ def test_lr_multipliers_override() -> None:
         param_groups(model, lr=1e-4, lr_multipliers={"bias": 1.0})
 
 
+def test_lr_roles_are_absolute() -> None:
+    model = lora_bert(modules_to_save=["classifier"])
+    for lr, ratio in ((1e-4, 16), (3e-3, 1)):  # the head's lr whatever lr and ratio are
+        groups = by_role(param_groups(model, lr=lr, ratio=ratio, lr_roles={"other": 2e-3}))
+        assert groups["other"]["lr"] == 2e-3
+        assert groups["lora_A"]["lr"] == lr and groups["lora_B"]["lr"] == pytest.approx(ratio * lr)
+    assert role_lrs(1e-4, 16, lr_multipliers={"vector": 2}, lr_roles={"other": 0.0})[
+        Role.OTHER
+    ] == 0.0
+    with pytest.raises(ValueError, match="other is set in both lr_multipliers and lr_roles"):
+        param_groups(model, lr=1e-4, lr_multipliers={"other": 2}, lr_roles={Role.OTHER: 1e-3})
+    with pytest.raises(ValueError, match="width_aware sets lora_A's lr per layer"):
+        param_groups(model, lr=1e-4, width_aware=True, lr_roles={"lora_A": 1e-3})
+    with pytest.raises(ValueError, match=r"lr_roles\['other'\] must be >= 0"):
+        param_groups(model, lr=1e-4, lr_roles={"other": -1})
+
+
 def test_numbers_as_strings_are_coerced() -> None:
     groups = by_role(param_groups(lora_bert(), lr="2e-4", ratio="16", weight_decay="0.01"))
     assert groups["lora_B"]["lr"] == pytest.approx(3.2e-3)

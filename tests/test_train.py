@@ -433,6 +433,35 @@ def test_lr_multipliers_reach_the_optimizer(tiny_files: dict[str, Path], tmp_pat
     assert lrs["vector"] == pytest.approx(0.5 * 1e-3)
 
 
+def test_lr_roles_reach_the_optimizer(tiny_files: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tiny_cls_config(tiny_files, tmp_path / "roles", lr_roles="other=0.02", save_adapter=False)
+    assert cfg.role_lrs() == {"other": 0.02}
+    metrics = json.loads((train(cfg).output_dir / "metrics.json").read_text())
+    lrs = {g["role"]: g["lr"] for g in metrics["param_groups"]}
+    assert lrs["other"] == 0.02 and lrs["lora_A"] == pytest.approx(1e-3)
+    assert lrs["lora_B"] == pytest.approx(16e-3)
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(
+    tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """lr 1e-12 leaves accuracy where it is: with patience 1 the run ends at the 2nd eval after
+    step 0 (the first sets the best; the step-0 evaluation does not count)."""
+    cfg = tiny_cls_config(
+        tiny_files,
+        tmp_path / "stop",
+        lr=1e-12,
+        eval_steps=1,
+        early_stopping_patience=1,
+        save_adapter=False,
+    )
+    result = train(cfg)
+    assert result.final["steps"] == 2 < cfg.max_steps
+    assert [r["step"] for r in result.history] == [0, 1, 2]
+    full = train(tiny_cls_config(tiny_files, tmp_path / "full", lr=1e-12, eval_steps=1))
+    assert full.final["steps"] == cfg.max_steps  # the same run without patience goes on
+
+
 def test_width_aware_groups_in_metrics(tiny_files: dict[str, Path], tmp_path: Path) -> None:
     """--width-aware: tiny BERT's intermediate.dense (fan-in 32) vs output.dense (fan-in 64)."""
     cfg = tiny_cls_config(

@@ -294,6 +294,7 @@ def create_auto_optimizer(
     lr: float | str,
     auto_ratio: AutoRatioConfig | None = None,
     lr_multipliers: Mapping[Role | str, float] | None = None,
+    lr_roles: Mapping[Role | str, float] | None = None,
     **kwargs: Any,
 ) -> Optimizer:
     """create_optimizer(..., ratio="auto"): LoRA+ at `auto_ratio.start`, then the controller."""
@@ -301,13 +302,20 @@ def create_auto_optimizer(
     from loraplus.roles import as_role
 
     config = auto_ratio or AutoRatioConfig()
-    if any(as_role(k) == Role.LORA_B for k in (lr_multipliers or {})):
-        raise ValueError(
-            "ratio='auto' sets lora_B's learning rate itself; drop lora_B from lr_multipliers "
-            "or pass a number as ratio."
-        )
+    for name, given in (("lr_multipliers", lr_multipliers), ("lr_roles", lr_roles)):
+        if any(as_role(k) == Role.LORA_B for k in (given or {})):
+            raise ValueError(
+                f"ratio='auto' sets lora_B's learning rate itself; drop lora_B from {name} "
+                "or pass a number as ratio."
+            )
     optimizer = create_optimizer(
-        model, optimizer_cls, lr=lr, ratio=config.start, lr_multipliers=lr_multipliers, **kwargs
+        model,
+        optimizer_cls,
+        lr=lr,
+        ratio=config.start,
+        lr_multipliers=lr_multipliers,
+        lr_roles=lr_roles,
+        **kwargs,
     )
     return with_auto_ratio(optimizer, model, config)
 

@@ -80,14 +80,32 @@ def role_lrs(
     ratio: float = 16.0,
     lr_embedding: float | None = None,
     lr_multipliers: Mapping[Role | str, float] | None = None,
+    lr_roles: Mapping[Role | str, float] | None = None,
 ) -> dict[Role, float]:
-    """The learning rate of every role: POLICY, then lr_embedding, then lr_multipliers (x lr)."""
+    """The learning rate of every role: POLICY, then lr_embedding, then lr_multipliers (x lr),
+    then lr_roles (absolute: the role's lr whatever lr and ratio are, e.g. a head's own lr)."""
     lrs = {role: lr * (ratio if p.scale == "ratio" else 1.0) for role, p in POLICY.items()}
     if lr_embedding is not None:
         lrs[Role.EMBEDDING_A] = lrs[Role.EMBEDDING_B] = lr_embedding
     for key, mult in (lr_multipliers or {}).items():
         lrs[as_role(key)] = lr * as_float(mult, f"lr_multipliers[{key!r}]", allow_zero=True)
+    absolute = absolute_roles(lr_roles)
+    both = sorted(r.value for r in absolute if r in {as_role(k) for k in (lr_multipliers or {})})
+    if both:
+        raise ValueError(
+            f"{', '.join(both)} is set in both lr_multipliers and lr_roles: give each role "
+            "either a multiplier of lr or an absolute lr, not both."
+        )
+    lrs.update(absolute)
     return lrs
+
+
+def absolute_roles(lr_roles: Mapping[Role | str, float] | None) -> dict[Role, float]:
+    """lr_roles checked: {Role: absolute lr >= 0}."""
+    return {
+        as_role(k): as_float(v, f"lr_roles[{k!r}]", allow_zero=True)
+        for k, v in (lr_roles or {}).items()
+    }
 
 
 def param_groups(
@@ -100,13 +118,15 @@ def param_groups(
     patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
     width_aware: bool = False,
     n_ref: float | str | None = None,
+    lr_roles: Mapping[Role | str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """One torch param group per role present: params, param_names, role, lr, weight_decay.
 
     `weight_decay` applies to the matrix roles; biases, norms and DoRA magnitudes never decay.
-    With `width_aware`, lora_A gets one group per fan-in n at lr · n_ref / n (the theory's
-    lr_A ~ 1/n; n_ref defaults to the median lora_A fan-in), and every group has a `fan_in` key
-    (None where the lr does not depend on the width).
+    `lr_roles` gives roles an absolute lr (`{"other": 1e-3}`: a new head's own lr, the same
+    whatever lr and ratio are). With `width_aware`, lora_A gets one group per fan-in n at
+    lr · n_ref / n (the theory's lr_A ~ 1/n; n_ref defaults to the median lora_A fan-in), and
+    every group has a `fan_in` key (None where the lr does not depend on the width).
     """
     lr_ = as_float(lr, "lr")
     ratio_ = as_float(ratio, "ratio")
@@ -114,8 +134,10 @@ def param_groups(
     wd = as_float(weight_decay, "weight_decay", allow_zero=True)
     if n_ref is not None and not width_aware:
         raise ValueError("n_ref only applies with width_aware=True: pass both, or neither.")
-    lrs = role_lrs(lr_, ratio_, emb, lr_multipliers)
+    lrs = role_lrs(lr_, ratio_, emb, lr_multipliers, lr_roles)
     roles = classify(model, patterns)
+    if width_aware and Role.LORA_A in absolute_roles(lr_roles):
+        raise ValueError("width_aware sets lora_A's lr per layer: drop lora_A from lr_roles.")
     widths = lora_fan_ins(model, roles) if width_aware else {}
     if n_ref is not None:
         ref = as_float(n_ref, "n_ref")

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from loraplus.groups import POLICY, as_float, param_groups, role_lrs
-from loraplus.roles import Role, trainable_parameters
+from loraplus.groups import POLICY, absolute_roles, as_float, param_groups, role_lrs
+from loraplus.roles import Role, classify, trainable_parameters
 
 # name -> (module, attribute, pip package that provides it)
 OPTIMIZERS: dict[str, tuple[str, str, str]] = {
@@ -136,11 +136,13 @@ def create_optimizer(
     patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
     width_aware: bool = False,
     n_ref: float | str | None = None,
+    lr_roles: Mapping[Role | str, float] | None = None,
     **optimizer_kwargs: Any,
 ) -> Optimizer:
     """The LoRA+ optimizer for `model`: lr for A, ratio * lr for B, one group per role.
 
     `width_aware=True` sets each lora_A's lr from its fan-in n: lr · n_ref / n (param_groups).
+    `lr_roles={"other": 1e-3}` sets a role's lr absolutely (param_groups).
     """
     if isinstance(ratio, str) and ratio.strip().lower() == "auto":  # loraplus.autoratio
         if width_aware or n_ref is not None:
@@ -154,6 +156,7 @@ def create_optimizer(
             lr_embedding=lr_embedding,
             weight_decay=weight_decay,
             lr_multipliers=lr_multipliers,
+            lr_roles=lr_roles,
             patterns=patterns,
             **optimizer_kwargs,
         )
@@ -168,6 +171,7 @@ def create_optimizer(
         patterns=patterns,
         width_aware=width_aware,
         n_ref=n_ref,
+        lr_roles=lr_roles,
     )
     return _build(model, cls, groups, lr, optimizer_kwargs)
 
@@ -215,7 +219,7 @@ def _peft_layout(
         if len(settings) > 1:
             raise ValueError(
                 f"PEFT's optimizer layout puts {' and '.join(g['role'] for g in parts)} in one "
-                "group, but lr_multipliers gives them different learning rates. Use "
+                "group, but lr_multipliers or lr_roles give them different learning rates. Use "
                 "loraplus.create_optimizer, which keeps one group per role."
             )
         default = (lrs[slot[0]], weight_decay if POLICY[slot[0]].decay else 0.0)
@@ -271,6 +275,7 @@ def create_loraplus_optimizer(
     chosen = wd if wd is not None else (loraplus_wd if loraplus_wd is not None else 0.0)
     cls = resolve_optimizer(optimizer_cls)
     multipliers = kwargs.pop("lr_multipliers", None)
+    absolute = kwargs.pop("lr_roles", None)
     groups = param_groups(
         model,
         lr=lr,
@@ -279,12 +284,14 @@ def create_loraplus_optimizer(
         weight_decay=chosen,
         lr_multipliers=multipliers,
         patterns=kwargs.pop("patterns", None),
+        lr_roles=absolute,
     )
     lrs = role_lrs(
         as_float(lr, "lr"),
         as_float(loraplus_lr_ratio, "loraplus_lr_ratio"),
         None if lr_embedding is None else as_float(lr_embedding, "loraplus_lr_embedding"),
         multipliers,
+        absolute,
     )
     decay = as_float(chosen, "weight_decay", allow_zero=True)
     optimizer = _build(model, cls, _peft_layout(groups, model, lrs, decay), lr, kwargs)
@@ -331,3 +338,54 @@ def summary(optimizer: Optimizer) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines += getattr(optimizer, "ratio_lines", list)()  # ratio="auto": the ratios it chose
     return "\n".join(lines)
+
+
+def with_role_lrs(
+    optimizer: Optimizer,
+    model: nn.Module,
+    lr_roles: Mapping[Role | str, float],
+    patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
+) -> Optimizer:
+    """Move the params of each role in `lr_roles` into a group of its own at that absolute lr.
+
+    For optimizers built elsewhere (peft's LoRA-FA and Riemannian builders put every param in
+    one group at one lr), e.g. so that a new classifier head trains at the same lr under every
+    method. Per-param lists of a group (LoRA-FA's names, scaling_factors) are split alongside.
+    Call it before the first step: the moved params must have no optimizer state yet.
+    """
+    absolute = absolute_roles(lr_roles)
+    if not absolute:
+        return optimizer
+    if optimizer.state:
+        raise ValueError("with_role_lrs moves params between groups: call it before any step.")
+    roles = classify(model, patterns)
+    role_of = {id(p): roles[n] for n, p in trainable_parameters(model)}
+    kept_groups, moved_groups = [], []
+    for group in optimizer.param_groups:
+        params = list(group["params"])
+        lists = [k for k, v in group.items() if isinstance(v, list) and len(v) == len(params)]
+        by_role: dict[Role | None, list[int]] = {}
+        for i, p in enumerate(params):
+            role = role_of.get(id(p))
+            by_role.setdefault(role if role in absolute else None, []).append(i)
+        for role, index in by_role.items():
+            part = {
+                k: ([group[k][i] for i in index] if k in lists else v) for k, v in group.items()
+            }
+            if role is None:
+                kept_groups.append(part)
+            else:
+                part.update(lr=absolute[role], role=role.value)
+                part.pop("initial_lr", None)
+                moved_groups.append(part)
+    merged: dict[str, dict[str, Any]] = {}
+    for part in moved_groups:  # one group per role, whatever group its params came from
+        name = str(part["role"])
+        if name in merged:
+            for k, v in part.items():
+                if isinstance(v, list) and k in merged[name]:
+                    merged[name][k] = merged[name][k] + v
+        else:
+            merged[name] = part
+    optimizer.param_groups[:] = [g for g in kept_groups if g["params"]] + list(merged.values())
+    return optimizer

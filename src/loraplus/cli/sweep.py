@@ -55,15 +55,24 @@ def run(args: argparse.Namespace) -> int:
         sweep.write_outputs(summary, cfg.out_dir)
     else:
         summary = sweep.run_sweep(cfg, n_trials=args.n_trials)
+    for row in summary.methods():
+        cell = row["best"]
+        got = "no complete cell" if cell is None else _cell_text(cell, summary.metric)
+        print(f"{row['method']}: {got} ({row['runs']} runs)")
     for label, cell in (("best", summary.best), ("best LoRA (ratio 1)", summary.best_lora)):
         if cell is not None:
-            print(
-                f"{label}: lr_A={cell['lr_a']:.3g} ratio={cell['ratio']:.3g} "
-                f"{summary.metric}={cell['mean']:.4f}"
-            )
+            print(f"{label}: {_cell_text(cell, summary.metric)}")
     if summary.gain is not None:
         print(f"gain of the best cell over standard LoRA: {summary.gain:+.4f}")
     if summary.budget:
         print("budget: " + json.dumps(summary.budget, default=str))
     print(f"outputs in {cfg.out_dir}/: sweep.json, sweep_heatmap.png")
     return 0
+
+
+def _cell_text(cell: dict[str, Any], metric: str) -> str:
+    """lr_A, the ratio or method, and the metric (± std over seeds) of one cell."""
+    ratio = cell["ratio"] if isinstance(cell["ratio"], str) else f"{cell['ratio']:.3g}"
+    what = f"method={cell['method']}" if "method" in cell else f"ratio={ratio}"
+    spread = f" ± {cell['std']:.4f} over {cell['n']} seeds" if cell["n"] > 1 else ""
+    return f"lr_A={cell['lr_a']:.3g} {what} {metric}={cell['mean']:.4f}{spread}"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainingArguments
 
-from loraplus.groups import as_float, as_ratio
+from loraplus.groups import absolute_roles, as_float, as_ratio, role_lrs
 from loraplus.init import SCHEMES
 from loraplus.roles import as_role
 
@@ -27,6 +27,7 @@ class LoraPlusConfig:
     lr_multipliers: dict[str, float] | None = None
     width_aware: bool = False
     n_ref: float | None = None
+    lr_roles: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratio", as_ratio(self.ratio, "loraplus_lr_ratio"))
@@ -49,6 +50,15 @@ class LoraPlusConfig:
                 for k, v in self.lr_multipliers.items()
             }
             object.__setattr__(self, "lr_multipliers", mults)
+        if self.lr_roles is not None:
+            if not isinstance(self.lr_roles, Mapping):
+                raise ValueError(
+                    "loraplus_lr_roles must be a dict such as {'other': 1e-3}, got "
+                    f"{self.lr_roles!r}."
+                )
+            lrs = {r.value: lr for r, lr in absolute_roles(self.lr_roles).items()}
+            role_lrs(1.0, 1.0, None, self.lr_multipliers, lrs)  # a role in both is refused
+            object.__setattr__(self, "lr_roles", lrs)
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> LoraPlusConfig:
@@ -60,6 +70,7 @@ class LoraPlusConfig:
             "lr_multipliers": getattr(args, "loraplus_lr_multipliers", None),
             "width_aware": getattr(args, "loraplus_width_aware", False),
             "n_ref": getattr(args, "loraplus_n_ref", None),
+            "lr_roles": getattr(args, "loraplus_lr_roles", None),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -86,6 +97,10 @@ class LoraPlusTrainingArguments(TrainingArguments):
     loraplus_lr_multipliers: dict[str, float] | None = field(
         default=None, metadata={"help": "Per-role lr multipliers, e.g. {'vector': 1.0}."}
     )
+    loraplus_lr_roles: dict[str, float] | None = field(
+        default=None,
+        metadata={"help": "Absolute per-role lrs, e.g. {'other': 1e-3} (a new head's own lr)."},
+    )
     loraplus_width_aware: bool = field(
         default=False,
         metadata={"help": "lr_A of each layer = learning_rate · n_ref / its fan-in (lr_A ~ 1/n)."},
@@ -99,7 +114,10 @@ class LoraPlusTrainingArguments(TrainingArguments):
         super().__post_init__()
         if isinstance(self.loraplus_lr_multipliers, str):
             self.loraplus_lr_multipliers = json.loads(self.loraplus_lr_multipliers)
+        if isinstance(self.loraplus_lr_roles, str):
+            self.loraplus_lr_roles = json.loads(self.loraplus_lr_roles)
         cfg = LoraPlusConfig.from_args(self)
         self.loraplus_lr_ratio = cfg.ratio
         self.loraplus_lr_embedding = cfg.lr_embedding
         self.loraplus_lr_multipliers = cfg.lr_multipliers
+        self.loraplus_lr_roles = cfg.lr_roles

@@ -58,6 +58,7 @@ def _build(
         lr_embedding=cfg.lr_embedding,
         weight_decay=args.weight_decay,
         lr_multipliers=cfg.lr_multipliers,
+        lr_roles=cfg.lr_roles,
         width_aware=cfg.width_aware,
         n_ref=cfg.n_ref,
         **kwargs,
@@ -120,6 +121,7 @@ class LoraPlusMixin:
         loraplus_lr_embedding: float | None = None,
         lora_init: str | None = None,
         loraplus_lr_multipliers: dict[str, float] | None = None,
+        loraplus_lr_roles: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         """Take the loraplus_* kwargs, check DeepSpeed early, then build the wrapped Trainer."""
@@ -129,6 +131,7 @@ class LoraPlusMixin:
             "lr_embedding": loraplus_lr_embedding,
             "lora_init": lora_init,
             "lr_multipliers": loraplus_lr_multipliers,
+            "lr_roles": loraplus_lr_roles,
         }
         early_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         if early_args is not None:

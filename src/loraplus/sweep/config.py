@@ -54,6 +54,18 @@ def _seeds(seeds: Any) -> list[int]:
     return sorted({int(n) for n in numbers})
 
 
+def _methods(methods: Any) -> list[str]:
+    """Distinct method names, canonical, in the order given."""
+    from loraplus.train.methods import canonical
+
+    if isinstance(methods, str):
+        methods = methods.replace(",", " ").split()
+    if not methods:
+        raise ValueError("method must name at least one method.")
+    names = [canonical(str(m)) for m in methods]
+    return list(dict.fromkeys(names))
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -63,21 +75,21 @@ class SweepConfig:
     """One learning-rate sweep: a TrainConfig (file + overrides), the grid, the study, the outputs.
 
     The grid is `lr_a` x `ratios` (lr_B = ratio * lr_A; default 1, 4, 16, 64, where ratio 1 is
-    standard LoRA) or `lr_a` x `lr_b` (paper Figure 3), each cell trained once per seed in
-    `seeds`. `metric` is "eval_accuracy" (maximized) or "eval_loss" (minimized); a trial's value
-    is the BEST evaluation over its run (evaluations after step 0; the step-0 evaluation before
-    any update counts only when there is no other). `budget=True` is the paper's practical recipe:
-    the ratio is fixed to `budget_ratio` (16) and only lr_A is searched, against the same number
-    of standard-LoRA trials (ratio 1). `pruner="median"` stops runs below the median of earlier
-    runs at the same step (Optuna MedianPruner, after 5 finished trials); pruned cells are never
-    the best. `storage` is any Optuna/SQLAlchemy URL (default sqlite:///<out_dir>/sweep.db); every
-    process (`workers`) or machine that opens the same URL and `study_name` shares the grid.
-    `heartbeat_s` enables Optuna's heartbeat: a trial whose machine died is marked failed
-    2 x heartbeat_s after its last beat, and its cell is handed out again (a dead worker process
-    on this machine is noticed at once, by its lock file).
-    `retry_failed` re-runs cells whose earlier attempt raised an error (once per start).
-    `publish_timeout_s`: how long a process that did not create the study waits for its grid.
-    """
+    standard LoRA), `lr_a` x `lr_b` (paper Figure 3), or `lr_a` x `method` (loraplus.train.methods:
+    LoRA, LoRA+, auto, width-aware, peft's LoRA-FA / Riemannian / rsLoRA / PiSSA, each with its lr
+    tuned on the same lr_a grid), each cell trained once per seed in `seeds`. `metric` is
+    "eval_accuracy" (maximized) or "eval_loss" (minimized); a trial's value is the BEST evaluation
+    over its run (evaluations after step 0; the step-0 evaluation before any update counts only when
+    there is no other). `budget=True` is the paper's practical recipe: the ratio is fixed to
+    `budget_ratio` (16) and only lr_A is searched, against the same number of standard-LoRA trials
+    (ratio 1). `pruner="median"` stops runs below the median of earlier runs at the same step
+    (Optuna MedianPruner, after 5 finished trials); pruned cells are never the best. `storage` is
+    any Optuna/SQLAlchemy URL (default sqlite:///<out_dir>/sweep.db); every process (`workers`) or
+    machine that opens the same URL and `study_name` shares the grid. `heartbeat_s` enables Optuna's
+    heartbeat: a trial whose machine died is marked failed 2 x heartbeat_s after its last beat, and
+    its cell is handed out again (a dead worker process on this machine is noticed at once, by its
+    lock file). `retry_failed` re-runs cells whose earlier attempt raised an error (once per start).
+    `publish_timeout_s`: how long a process that did not create the study waits for its grid."""
 
     lr_a: list[float] = field(
         default_factory=lambda: list(DEFAULT_LR_A), metadata=_help("lr_A values of the grid")
@@ -86,6 +98,13 @@ class SweepConfig:
         default=None, metadata=_help(f"ratios (default {' '.join(map(str, DEFAULT_RATIOS))})")
     )
     lr_b: list[float] | None = field(default=None, metadata=_help("lr_B values instead of ratios"))
+    method: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "methods instead of ratios, each at every lr_a: lora loraplus auto width-aware lorafa "
+            "riemannian rslora pissa loraplus+rslora, or ratio=X"
+        ),
+    )
     seeds: list[int] = field(default_factory=lambda: [0], metadata=_help("seeds of every cell"))
     config: str | None = field(default=None, metadata=_help("YAML/TOML training settings"))
     overrides: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
@@ -122,6 +141,13 @@ class SweepConfig:
                 raise ValueError("budget_ratio must differ from 1 (ratio 1 is the LoRA baseline).")
         if self.ratios is not None and self.lr_b is not None:
             raise ValueError("Give either ratios (lr_A x ratio) or lr_b (lr_A x lr_B), not both.")
+        if self.method is not None:
+            self.method = _methods(self.method)
+            if self.ratios is not None or self.lr_b is not None or self.budget:
+                raise ValueError(
+                    "method is the grid's second axis: drop ratios / lr_b / budget "
+                    "(ratio=X is a method: plain LoRA+ at ratio X)."
+                )
         if self.ratios is not None:
             self.ratios = _floats("ratios", self.ratios)
         if self.lr_b is not None:
@@ -148,6 +174,17 @@ class SweepConfig:
         self.publish_timeout_s = as_float(self.publish_timeout_s, "publish_timeout_s")
         self.overrides = {k.replace("-", "_"): v for k, v in dict(self.overrides).items()}
         swept = sorted(set(self.overrides) & set(_SWEPT))
+        if self.method is not None:
+            from loraplus.train.methods import method_settings
+
+            set_by = {k: m for m in self.method for k in method_settings(m)}
+            clash = sorted(set(self.overrides) & set(set_by))
+            if clash:
+                raise ValueError(
+                    f"overrides set {', '.join(clash)}, which method "
+                    f"{', '.join(sorted({set_by[k] for k in clash}))} sets per cell: drop them, "
+                    "or leave that method out."
+                )
         if swept:
             raise ValueError(
                 f"overrides may not set {', '.join(swept)}: the sweep sets them per cell "
@@ -161,12 +198,16 @@ class SweepConfig:
 
     @property
     def axis(self) -> str:
-        """The grid's second axis: 'ratio' or 'lr_b'."""
+        """The grid's second axis: 'ratio', 'lr_b' or 'method'."""
+        if self.method is not None:
+            return "method"
         return "lr_b" if self.lr_b is not None else "ratio"
 
     @property
-    def y(self) -> list[float]:
-        """The values of the second axis (ratios or lr_B)."""
+    def y(self) -> list[Any]:
+        """The values of the second axis (ratios, lr_B or method names)."""
+        if self.method is not None:
+            return list(self.method)
         if self.budget:
             return [1.0, self.budget_ratio] if self.budget_ratio > 1 else [self.budget_ratio, 1.0]
         if self.lr_b is not None:

@@ -24,12 +24,12 @@ from loraplus.sweep.grid import HOLDING, SKIPPED, STUDY_ATTR, cell_of, status_of
 class SweepSummary:
     """The sweep's results: every trial, one row per cell (seed mean/std), the best cells, gain.
 
-    Cells: lr_a, ratio, lr_b, mean, std (over seeds with a value), n, values/states per seed,
-    state (complete | pruned | diverged | error | running | pending), trials. `best` is the best
-    complete cell, `best_lora` the best complete cell with ratio 1 (the diagonal lr_B = lr_A on an
-    lr_b grid), `gain` = best - best_lora in the metric's better direction (>= 0; None without a
-    LoRA cell). `budget` (budget mode): best LoRA+ (budget_ratio) and best LoRA over lr_A, gain.
-    """
+    Cells: lr_a, ratio, lr_b, mean, std (over seeds with a value), n, values/states per seed, state
+    (complete | pruned | diverged | error | running | pending), trials, and on a method grid the
+    method. `best` is the best complete cell, `best_lora` the best complete cell with ratio 1 (the
+    diagonal lr_B = lr_A on an lr_b grid; method lora on a method grid), `gain` = best - best_lora
+    in the metric's better direction (>= 0; None without a LoRA cell). `budget` (budget mode): best
+    LoRA+ (budget_ratio) and best LoRA over lr_A, gain."""
 
     study_name: str
     metric: str
@@ -56,12 +56,27 @@ class SweepSummary:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def cell(self, lr_a: float, y: float) -> dict[str, Any]:
-        """The row of one cell (y: the ratio or lr_B)."""
+    def cell(self, lr_a: float, y: float | str) -> dict[str, Any]:
+        """The row of one cell (y: the ratio, lr_B or method)."""
         for row in self.cells:
             if row["lr_a"] == lr_a and row[self.axis] == y:
                 return row
         raise KeyError(f"No cell lr_a={lr_a}, {self.axis}={y} in the sweep.")
+
+    def methods(self) -> list[dict[str, Any]]:
+        """A method grid's table: per method its best complete cell over lr_a (None if none) and
+        the runs it took (lr_a values x seeds)."""
+        if self.axis != "method":
+            return []
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        return [
+            {
+                "method": name,
+                "best": _pick([c for c in self.cells if c["method"] == name], sign),
+                "runs": len(self.lr_a) * len(self.seeds),
+            }
+            for name in self.y
+        ]
 
     def heatmap(self) -> dict[str, Any]:
         """Plain data for plots.plot_sweep_heatmap."""
@@ -71,21 +86,22 @@ class SweepSummary:
         best = None
         if self.best is not None:
             best = [self.lr_a.index(self.best["lr_a"]), self.y.index(self.best[self.axis])]
-        baseline_row = next((j for j, v in enumerate(self.y) if v == 1.0), None)
+        lora = ("lora", "ratio=1") if self.axis == "method" else (1.0,)
+        baseline_row = next((j for j, v in enumerate(self.y) if v in lora), None)
         title = f"{self.study_name}: {self.metric}"
         if self.gain is not None:
             points = "accuracy" in self.metric
             gain = f"{100 * self.gain:+.1f} points" if points else f"{self.gain:+.4g}"
-            title += f"; best vs LoRA (ratio 1): {gain}"
+            title += f"; best vs LoRA{'' if self.axis == 'method' else ' (ratio 1)'}: {gain}"
         return {
             "lr_a": self.lr_a,
             "y": self.y,
-            "y_label": "ratio" if self.axis == "ratio" else "lr_B",
+            "y_label": {"ratio": "ratio", "lr_b": "lr_B", "method": "method"}[self.axis],
             "values": values,
             "states": states,
             "best": best,
-            "baseline": "ratio" if self.axis == "ratio" else "diagonal",
-            "baseline_row": baseline_row if self.axis == "ratio" else None,
+            "baseline": "diagonal" if self.axis == "lr_b" else "ratio",
+            "baseline_row": baseline_row if self.axis != "lr_b" else None,
             "metric": self.metric,
             "direction": self.direction,
             "title": title,
@@ -129,11 +145,25 @@ def _cell(t: FrozenTrial, axis: str) -> tuple[Any, ...] | None:
     return None
 
 
+def _rates(a: float, b: Any, axis: str) -> dict[str, Any]:
+    """The ratio and lr_B of a cell (lr_a, b); a method cell also names its method (the ratio is
+    "auto" for auto, and lr_B None)."""
+    if axis == "lr_b":
+        return {"ratio": b / a, "lr_b": b}
+    if axis == "ratio":
+        return {"ratio": b, "lr_b": a * b}
+    from loraplus.train.methods import method_settings
+
+    ratio = method_settings(b)["ratio"]
+    lr_b = a * ratio if isinstance(ratio, float) else None
+    return {"method": b, "ratio": ratio, "lr_b": lr_b}
+
+
 def _trial_row(t: FrozenTrial, axis: str) -> dict[str, Any]:
     """One trial as a row of sweep.json."""
     cell, status = _cell(t, axis), status_of(t)
     a, b, seed = cell if cell is not None else (None, None, None)
-    ratio = None if a is None or b is None else (b / a if axis == "lr_b" else b)
+    rates = _rates(a, b, axis) if a is not None and b is not None else {"ratio": None, "lr_b": None}
     value = t.user_attrs.get("value")
     if value is None and t.state == TrialState.COMPLETE and t.value is not None:
         value = float(t.value)
@@ -142,8 +172,7 @@ def _trial_row(t: FrozenTrial, axis: str) -> dict[str, Any]:
         "state": t.state.name.lower(),
         "status": status,
         "lr_a": a,
-        "ratio": ratio,
-        "lr_b": None if a is None or ratio is None else (b if axis == "lr_b" else a * ratio),
+        **rates,
         "seed": seed,
         "value": value if status in ("complete", "pruned") else None,
         "best_step": t.user_attrs.get("best_step"),
@@ -163,7 +192,7 @@ def _seed_result(attempts: Sequence[dict[str, Any]]) -> tuple[str, float | None]
 
 
 def _cell_row(
-    a: float, b: float, axis: str, attempts: list[list[dict[str, Any]]]
+    a: float, b: float | str, axis: str, attempts: list[list[dict[str, Any]]]
 ) -> dict[str, Any]:
     """One cell over its seeds (`attempts`: the rows of each seed's trials)."""
     results = [_seed_result(rows) for rows in attempts]
@@ -177,8 +206,7 @@ def _cell_row(
     got = [v for _, v in results if v is not None]
     return {
         "lr_a": a,
-        "ratio": b / a if axis == "lr_b" else b,
-        "lr_b": b if axis == "lr_b" else a * b,
+        **_rates(a, b, axis),
         "mean": statistics.fmean(got) if got else None,
         "std": statistics.stdev(got) if len(got) > 1 else (0.0 if got else None),
         "n": len(got),
@@ -235,6 +263,8 @@ def summarize(
     ]
 
     def is_lora(c: dict[str, Any]) -> bool:
+        if axis == "method":
+            return bool(c["method"] in ("lora", "ratio=1"))
         return _isclose(c["ratio"], 1.0) if axis == "ratio" else _isclose(c["lr_b"], c["lr_a"])
 
     best = _pick(cells, sign)

@@ -40,22 +40,27 @@ class TrialSpec:
 
     number: int
     lr_a: float
-    ratio: float
+    ratio: float | str  # "auto" for the auto method
     seed: int
     output_dir: Path
     config: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    method: str | None = None  # a method cell (loraplus.train.methods): its settings apply
 
     @property
-    def lr_b(self) -> float:
-        """lr_B = ratio * lr_A."""
-        return self.ratio * self.lr_a
+    def lr_b(self) -> float | None:
+        """lr_B = ratio * lr_A (None when the ratio is set online)."""
+        return None if isinstance(self.ratio, str) else self.ratio * self.lr_a
 
     def train_config(self) -> TrainConfig:
         """The TrainConfig of this cell: file, then sweep defaults and overrides, then the cell."""
         from loraplus.train import make_config
 
         values = {**TRIAL_DEFAULTS, **dict(self.overrides)}
+        if self.method is not None:
+            from loraplus.train.methods import method_settings
+
+            values.update(method_settings(self.method))
         values.update(
             lr=self.lr_a, ratio=self.ratio, seed=self.seed, output_dir=str(self.output_dir)
         )
@@ -206,16 +211,25 @@ def objective(
             trial.set_user_attr("error", f"the cell is trial {holder}'s")
             return float("nan")
         lr_a = trial.suggest_float("lr_a", min(cfg.lr_a), max(cfg.lr_a), log=True)
-        second = trial.suggest_float(cfg.axis, min(cfg.y), max(cfg.y), log=True)
+        method: str | None = None
+        if cfg.axis == "method":
+            from loraplus.train.methods import method_settings
+
+            method = str(trial.suggest_categorical("method", cfg.y))
+            ratio: float | str = method_settings(method)["ratio"]
+        else:
+            second = trial.suggest_float(cfg.axis, min(cfg.y), max(cfg.y), log=True)
+            ratio = second / lr_a if cfg.axis == "lr_b" else second
         seed = trial.suggest_int("seed", min(cfg.seeds), max(cfg.seeds))
         spec = TrialSpec(
             number=trial.number,
             lr_a=lr_a,
-            ratio=second / lr_a if cfg.axis == "lr_b" else second,
+            ratio=ratio,
             seed=seed,
             output_dir=grid.trial_dir(trial.number),
             config=cfg.config,
             overrides=dict(cfg.overrides),
+            method=method,
         )
         ran.append(trial.number)
         return _train(trial, spec, train_fn, cfg)
@@ -244,10 +258,10 @@ def _train(trial: optuna.Trial, spec: TrialSpec, train_fn: TrainFn, cfg: SweepCo
         trial.set_user_attr("status", "diverged")
         trial.set_user_attr("cause", result.cause or f"no finite {cfg.metric}")
         log.warning(
-            "Trial %d diverged (lr_A %g, ratio %g): %s.",
+            "Trial %d diverged (lr_A %g, %s): %s.",
             trial.number,
             spec.lr_a,
-            spec.ratio,
+            f"method {spec.method}" if spec.method else f"ratio {spec.ratio:g}",
             result.cause,
         )
         return float("nan")  # Optuna stores NaN as FAIL

@@ -77,6 +77,10 @@ class TrainConfig:
         default=None,
         metadata=_help("per-role lr = multiplier * lr, e.g. other=16 vector=1 (README role table)"),
     )
+    lr_roles: list[str] | None = field(
+        default=None,
+        metadata=_help("per-role absolute lr, e.g. other=1e-3 (a new head's own lr, any ratio)"),
+    )
     width_aware: bool = field(
         default=False,
         metadata=_help("lr_A of each layer = lr * n_ref / its fan-in (theory: lr_A ~ 1/n)"),
@@ -91,7 +95,22 @@ class TrainConfig:
         default=None,
         metadata=_help("modules to adapt (names, or all-linear); default: per architecture"),
     )
-    init: str = field(default="init1", metadata=_help("init1 (B = 0) or init2 (A = 0)"))
+    init: str = field(
+        default="init1",
+        metadata=_help(
+            "init1 (B = 0), init2 (A = 0) or pissa (peft's PiSSA: principal singular vectors)"
+        ),
+    )
+    rslora: bool = field(
+        default=False, metadata=_help("rsLoRA: scale alpha / sqrt(r) instead of alpha / r (peft)")
+    )
+    lora_optimizer: str = field(
+        default="loraplus",
+        metadata=_help(
+            "loraplus (per-role lrs), or peft's lorafa (A frozen) or riemannian (r x r "
+            "preconditioned AdamW): these two use --lr for every LoRA param"
+        ),
+    )
     epochs: float = field(default=1.0, metadata=_help("epochs (ignored when max-steps > 0)"))
     max_steps: int = field(default=-1, metadata=_help("optimizer steps; -1 = use epochs"))
     batch_size: int = field(default=16, metadata=_help("per-device train batch size"))
@@ -134,6 +153,10 @@ class TrainConfig:
         default=None,
         metadata=_help("auto (latest complete checkpoint in --output-dir, if any) or a path"),
     )
+    early_stopping_patience: int = field(
+        default=0,
+        metadata=_help("stop after this many evaluations without a better eval metric (0: never)"),
+    )
     divergence_factor: float = field(
         default=10.0,
         metadata=_help("stop (exit 3) when the train loss exceeds this x the first logged loss"),
@@ -146,7 +169,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Normalize the list fields and check every value (make_config types them first)."""
         self.target_modules = _targets(self.target_modules)
-        self.lr_multipliers = _multipliers(self.lr_multipliers)
+        self.lr_multipliers = _pairs(self.lr_multipliers, "lr_multipliers")
+        self.lr_roles = _pairs(self.lr_roles, "lr_roles")
         self.report_to = [r for r in self.report_to if r.lower() != "none"]
         self._check()
         self._check_run_safety()
@@ -154,6 +178,10 @@ class TrainConfig:
     def multipliers(self) -> dict[str, float]:
         """lr_multipliers as {role: multiplier}."""
         return _config.as_pairs(self.lr_multipliers, "lr_multipliers")
+
+    def role_lrs(self) -> dict[str, float]:
+        """lr_roles as {role: absolute lr}."""
+        return _config.as_pairs(self.lr_roles, "lr_roles")
 
     def _check(self) -> None:
         if self.task not in zoo.TASKS:
@@ -190,14 +218,23 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
         if not self.weight_decay >= 0.0 or not math.isfinite(self.weight_decay):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
-        if self.init not in SCHEMES:
-            raise ValueError(f"init must be one of {', '.join(SCHEMES)}, got {self.init!r}.")
+        if self.init not in (*SCHEMES, "pissa"):
+            raise ValueError(f"init must be one of {', '.join(SCHEMES)}, pissa, got {self.init!r}.")
+        _check_lora_optimizer(self)
         if self.scheduler not in SCHEDULERS:
             raise ValueError(
                 f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}."
             )
         _check_optimizer(self.optimizer)
         _check_columns(self)
+        both = sorted(set(self.multipliers()) & set(self.role_lrs()))
+        if both:
+            raise ValueError(
+                f"{', '.join(both)} is set in both lr_multipliers and lr_roles: give each role "
+                "either a multiplier of lr or an absolute lr, not both."
+            )
+        if self.width_aware and "lora_A" in self.role_lrs():
+            raise ValueError("width_aware sets lora_A's lr per layer: drop lora_A from lr_roles.")
 
     def _check_run_safety(self) -> None:
         """Checks of the checkpoint, resume and divergence settings."""
@@ -206,6 +243,11 @@ class TrainConfig:
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(
                 f"save_total_limit must be >= 1 (or unset: keep all), got {self.save_total_limit}."
+            )
+        if self.early_stopping_patience < 0:
+            raise ValueError(
+                "early_stopping_patience must be >= 0 (0: off), "
+                f"got {self.early_stopping_patience}."
             )
         if self.resume is not None and not self.resume.strip():
             raise ValueError("resume is empty: pass --resume auto or a checkpoint folder.")
@@ -246,6 +288,46 @@ def _check_optimizer(name: str) -> None:
         )
 
 
+def _check_lora_optimizer(cfg: TrainConfig) -> None:
+    """lorafa / riemannian bring their own update rule: the LoRA+ lr options do not apply."""
+    from loraplus.train.methods import LORA_OPTIMIZERS
+
+    if cfg.lora_optimizer not in LORA_OPTIMIZERS:
+        raise ValueError(
+            f"lora_optimizer must be one of {', '.join(LORA_OPTIMIZERS)}, "
+            f"got {cfg.lora_optimizer!r}."
+        )
+    if cfg.lora_optimizer == "loraplus":
+        return
+    given = [
+        name
+        for name, on in (
+            ("--ratio auto", cfg.ratio == "auto"),
+            ("--width-aware", cfg.width_aware),
+            ("--lr-multipliers", bool(cfg.lr_multipliers)),
+            ("--lr-embedding", cfg.lr_embedding is not None),
+            ("--probe-every", cfg.probe_every > 0),
+        )
+        if on
+    ]
+    if given:
+        raise ValueError(
+            f"--lora-optimizer {cfg.lora_optimizer} trains every LoRA param at --lr with its own "
+            f"update rule, so {', '.join(given)} cannot apply: drop them (--lr-roles still sets "
+            "a head's lr)."
+        )
+    if cfg.lora_optimizer == "lorafa" and cfg.init == "init2":
+        raise ValueError(
+            "--lora-optimizer lorafa freezes A, and --init init2 sets A = 0: nothing would "
+            "learn. Use --init init1 (peft's init) or pissa."
+        )
+    if cfg.optimizer != "adamw_torch":
+        raise ValueError(
+            f"--lora-optimizer {cfg.lora_optimizer} is AdamW-based: leave --optimizer at "
+            f"adamw_torch (got {cfg.optimizer})."
+        )
+
+
 def _check_columns(cfg: TrainConfig) -> None:
     """Column options name a column (not blank) and fit the task."""
     for name in ("text_column", "label_column", "prompt_column", "response_column"):
@@ -273,12 +355,12 @@ def _targets(value: list[str] | str | None) -> list[str] | None:
     return names
 
 
-def _multipliers(value: list[str] | None) -> list[str] | None:
-    """lr_multipliers as canonical "role=x" items, each role and number checked."""
+def _pairs(value: list[str] | None, name: str) -> list[str] | None:
+    """lr_multipliers / lr_roles as canonical "role=x" items, each role and number checked."""
     if value is None:
         return None
-    pairs = _config.as_pairs(value, "lr_multipliers")
-    return [f"{as_role(role).value}={mult:.10g}" for role, mult in pairs.items()]
+    pairs = _config.as_pairs(value, name)
+    return [f"{as_role(role).value}={number:.10g}" for role, number in pairs.items()]
 
 
 def make_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> TrainConfig:

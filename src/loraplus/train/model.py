@@ -111,6 +111,8 @@ def load_model(cfg: TrainConfig, data: zoo.TaskData) -> tuple[Any, Any]:
         lora_alpha=_alpha(cfg.alpha),
         lora_dropout=cfg.dropout,
         target_modules=_targets(cfg) or _default_targets(cfg, model),
+        use_rslora=cfg.rslora,
+        init_lora_weights="pissa" if cfg.init == "pissa" else True,
     )
     try:
         peft_model = get_peft_model(model, lora)

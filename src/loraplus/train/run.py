@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraplus._extras import require
+from loraplus.init import SCHEMES
 from loraplus.train.checks import load_checked
 from loraplus.train.config import TrainConfig, TrainResult, make_config
 from loraplus.train.data import _by_length, collator, tokenize
@@ -116,9 +117,10 @@ def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> 
         loraplus_lr_ratio=cfg.ratio,
         loraplus_lr_embedding=cfg.lr_embedding,
         loraplus_lr_multipliers=cfg.multipliers() or None,
+        loraplus_lr_roles=cfg.role_lrs() or None,
         loraplus_width_aware=cfg.width_aware,
         loraplus_n_ref=cfg.n_ref,
-        lora_init=cfg.init,
+        lora_init=_lora_init(cfg),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -142,6 +144,8 @@ def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> 
         disable_tqdm=not cfg.progress,
         seed=cfg.seed,
         data_seed=cfg.seed,
+        metric_for_best_model=_metric(cfg) if cfg.early_stopping_patience else None,
+        greater_is_better=classification if cfg.early_stopping_patience else None,
         remove_unused_columns=False,
         label_names=["labels"],
         prediction_loss_only=not classification,
@@ -151,6 +155,45 @@ def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> 
     )
     check_distributed(args)
     return args
+
+
+def _lora_init(cfg: TrainConfig) -> str | None:
+    """The scheme the Trainer re-initializes adapters with; None where peft's own init stays:
+    PiSSA (set at load), and LoRA-FA (its frozen A keeps peft's draw, which is Init[1])."""
+    if cfg.init not in SCHEMES or cfg.lora_optimizer == "lorafa":
+        return None
+    return cfg.init
+
+
+def _peft_optimizer(cfg: TrainConfig, model: Any) -> Any:
+    """peft's LoRA-FA / Riemannian optimizer for --lora-optimizer, with --lr-roles applied;
+    None for loraplus (the Trainer builds the LoRA+ optimizer)."""
+    if cfg.lora_optimizer == "loraplus":
+        return None
+    from loraplus.optim import with_role_lrs
+    from loraplus.train.methods import peft_optimizer
+
+    lora = model.peft_config[model.active_adapter]
+    opt = peft_optimizer(
+        cfg.lora_optimizer, model, lr=cfg.lr, weight_decay=cfg.weight_decay, lora=lora
+    )
+    for group in opt.param_groups:
+        group.setdefault("role", cfg.lora_optimizer)
+    return with_role_lrs(opt, model, cfg.role_lrs())
+
+
+def _metric(cfg: TrainConfig) -> str:
+    """The run's eval metric: accuracy for a classifier, loss for a causal LM."""
+    return "eval_accuracy" if cfg.task == "classification" else "eval_loss"
+
+
+def _early_stopping(cfg: TrainConfig) -> list[TrainerCallback]:
+    """transformers' EarlyStoppingCallback on the run's metric, when a patience is set."""
+    if not cfg.early_stopping_patience:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
 
 
 def _prepare_output(cfg: TrainConfig, output_dir: Path, main: bool) -> Path | None:
@@ -195,10 +238,11 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
     train_set = tokenize(data.train, tokenizer, cfg.task, cfg.max_length)
     eval_set = _by_length(tokenize(data.eval, tokenizer, cfg.task, cfg.max_length))
     classification = cfg.task == "classification"
-    metric = "eval_accuracy" if classification else "eval_loss"
+    metric = _metric(cfg)
 
     guard = DivergenceGuard(cfg.divergence_factor)
     probe = FeatureUpdateCallback(cfg.probe_every) if cfg.probe_every > 0 else None
+    stop_early = _early_stopping(cfg)
     global_batch = cfg.batch_size * cfg.grad_accum * args.world_size
     trainer = RunTrainer(
         model=model,
@@ -213,8 +257,10 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
             guard,
             *_tensorboard(cfg, output_dir, main),
             *([probe] if probe is not None else []),
+            *stop_early,
             *(callbacks or []),
         ],
+        optimizers=(_peft_optimizer(cfg, model), None),
         run_config=cfg.to_dict(),
         guard=guard,
         keep=cfg.save_total_limit,

@@ -1,0 +1,274 @@
+"""The paper's speed claim where it can show: LoRA vs LoRA+ on MiniLM trained to convergence, with
+the classifier head at one absolute learning rate shared by both methods.
+
+The issue "Evidence that holds", part 3. The head (role "other") otherwise trains at lr_A, which
+is ~16x smaller under LoRA+ than under LoRA, so the head's lr decided earlier A/B comparisons
+(docs/study/head). Here it gets its own lr (`--lr-roles other=X`), tuned once per task and shared.
+
+Stages per task (each a resumable Optuna study under --runs; rerun the command to continue):
+  1. head   150 steps, seed 0: LoRA (ratio 1, lr 6.4e-3) and LoRA+ (ratio 16, lr_A 4e-4), the
+            paper study's chosen cells, each with the head at every lr of HEAD_LRS (and one x4
+            step past an edge that holds the best); the head lr with the best mean of the two
+            best accuracies is chosen.
+  2. lines  150 steps, seed 0, chosen head lr: each method's lr_A on a x4 line around its cell
+            (extended by one x4 step past an edge that holds the best); each method's lr_A chosen.
+  3. runs   the chosen cells, seeds 0, 1, 2, 3 epochs (750 steps) with eval every 25 steps and
+            early stopping after 4 evaluations without a better accuracy.
+Writes into --out: results.json, results.md and curves-<task>.png.
+Usage: python benchmarks/convergence_study.py [--task rotten-tomatoes|20newsgroups] [--smoke]
+(one process per task runs both tasks at once on 2 cores; then run it once more with no --task
+to write the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from paper_study import best_acc, final_acc, histories, mean_std, steps_to_reach, sweep
+
+from loraplus._io import atomic_file, write_json
+from loraplus.sweep import SweepSummary
+
+COMMAND = "python benchmarks/convergence_study.py"
+TASKS = ("rotten-tomatoes", "20newsgroups")
+HEAD_LRS = (1e-3, 4e-3, 1.6e-2)
+START = {"lora": (6.4e-3, 1.0), "loraplus": (4e-4, 16.0)}  # the paper study's chosen cells
+SEEDS = [0, 1, 2]
+BASE = {
+    "model": "minilm",
+    "max_train": 4000,
+    "max_eval": 400,
+    "batch_size": 16,
+    "max_length": 64,
+    "rank": 8,
+    "alpha": 16,
+}
+SHORT = {"max_steps": 150, "eval_steps": 25}
+LONG = {"max_steps": -1, "epochs": 3, "eval_steps": 25, "early_stopping_patience": 4}
+SMOKE = {"max_train": 64, "max_eval": 32, "batch_size": 8}
+SMOKE_SHORT = {"max_steps": 2, "eval_steps": 1}
+SMOKE_LONG = {"max_steps": -1, "epochs": 1, "eval_steps": 4, "early_stopping_patience": 1}
+
+
+def best_value(summary: SweepSummary) -> float:
+    """The best complete cell's mean of a one-cell (or one-line) sweep."""
+    cells = [c for c in summary.cells if c["state"] == "complete"]
+    if not cells:
+        raise RuntimeError(f"{summary.study_name}: no complete cell")
+    return float(max(c["mean"] for c in cells))
+
+
+def head_stage(task: str, base: dict[str, Any], runs: Path, out: Path) -> dict[str, Any]:
+    """Each method at its start cell with the head at each HEAD_LRS value; the best head lr."""
+    table: dict[str, dict[str, float]] = {}
+
+    def run(heads: list[float]) -> str:
+        for head in heads:
+            for method, (lr, ratio) in START.items():
+                overrides = {**base, "data": task, "lr_roles": [f"other={head:g}"]}
+                name = f"{task}-head{head:g}-{method}"
+                summary = sweep(name, overrides, [lr], [ratio], [0], runs, out)
+                table.setdefault(f"{head:g}", {})[method] = best_value(summary)
+        return max(table, key=lambda h: statistics.mean(table[h].values()))
+
+    chosen = run(list(HEAD_LRS))
+    if float(chosen) in (min(HEAD_LRS), max(HEAD_LRS)):  # one x4 step past the edge
+        chosen = run([float(chosen) * (4 if float(chosen) == max(HEAD_LRS) else 0.25)])
+    return {"table": table, "chosen": float(chosen)}
+
+
+def line_stage(
+    task: str, base: dict[str, Any], head: float, runs: Path, out: Path
+) -> dict[str, Any]:
+    """Each method's lr_A on a x4 line around its start cell, one x4 step past a best edge."""
+    found: dict[str, Any] = {}
+    for method, (lr, ratio) in START.items():
+        overrides = {**base, "data": task, "lr_roles": [f"other={head:g}"]}
+        lrs = [lr / 4, lr, lr * 4]
+        summary = sweep(f"{task}-line-{method}", overrides, lrs, [ratio], [0], runs, out)
+        cells = {c["lr_a"]: c["mean"] for c in summary.cells if c["state"] == "complete"}
+        best = max(cells, key=lambda k: cells[k])
+        if best in (min(lrs), max(lrs)):
+            extra = best / 4 if best == min(lrs) else best * 4
+            more = sweep(f"{task}-line-{method}-edge", overrides, [extra], [ratio], [0], runs, out)
+            cells.update({c["lr_a"]: c["mean"] for c in more.cells if c["state"] == "complete"})
+            best = max(cells, key=lambda k: cells[k])
+        found[method] = {"ratio": ratio, "line": cells, "lr_a": best}
+    return found
+
+
+def run_stage(
+    task: str, base: dict[str, Any], head: float, chosen: dict[str, Any], runs: Path, out: Path
+) -> dict[str, Any]:
+    """The chosen cells to convergence, 3 seeds; each run's eval history."""
+    result: dict[str, Any] = {}
+    for method, cell in chosen.items():
+        overrides = {**base, "data": task, "lr_roles": [f"other={head:g}"]}
+        name = f"{task}-converge-{method}"
+        summary = sweep(name, overrides, [cell["lr_a"]], [cell["ratio"]], SEEDS, runs, out)
+        rows = histories(summary, runs, name)
+        result[method] = {
+            "lr_a": cell["lr_a"],
+            "ratio": cell["ratio"],
+            "runs": {str(seed): rows[key] for key in sorted(rows) for seed in [key[2]]},
+        }
+    return result
+
+
+def compare(converge: dict[str, Any]) -> dict[str, Any]:
+    """Best/final accuracy per method; steps LoRA+ needs to reach LoRA's final accuracy."""
+    summary: dict[str, Any] = {}
+    for method, data in converge.items():
+        runs = data["runs"].values()
+        summary[method] = {
+            "best": [best_acc(r) for r in runs],
+            "final": [final_acc(r) for r in runs],
+            "steps": [r[-1]["step"] for r in runs],
+            "best_step": [
+                max((x for x in r if x["step"] > 0), key=lambda x: x["eval_accuracy"])["step"]
+                for r in runs
+            ],
+        }
+    reach = {}
+    for seed, lora_rows in converge["lora"]["runs"].items():
+        plus_rows = converge["loraplus"]["runs"].get(seed)
+        if plus_rows is not None:
+            lora_at = steps_to_reach(lora_rows, final_acc(lora_rows))
+            reach[seed] = {
+                "lora_final": final_acc(lora_rows),
+                "lora_steps": lora_at,
+                "loraplus_steps": steps_to_reach(plus_rows, final_acc(lora_rows)),
+            }
+    summary["reach"] = reach
+    return summary
+
+
+def plot(task: str, converge: dict[str, Any], path: Path) -> None:
+    """Eval accuracy over steps: each seed's curve per method."""
+    from loraplus._extras import require
+
+    require("plots", "the convergence study's curves")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = {"lora": "tab:blue", "loraplus": "tab:red"}
+    for method, data in converge.items():
+        label = f"{'LoRA' if method == 'lora' else 'LoRA+'} (lr_A {data['lr_a']:g}, "
+        label += f"ratio {data['ratio']:g})"
+        for i, rows in enumerate(data["runs"].values()):
+            points = [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
+            ax.plot(
+                *zip(*points, strict=True),
+                color=colors[method],
+                alpha=0.8,
+                label=label if i == 0 else None,
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel("eval accuracy")
+    ax.set_title(f"MiniLM on {task}: to convergence, head lr shared")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README's table and the stages behind it."""
+    lines = [
+        "# LoRA vs LoRA+ to convergence, head lr shared (MiniLM)",
+        "",
+        f"Command: `{COMMAND}` (see the module docstring). Settings: {json.dumps(BASE)}; "
+        f"stage 3: {json.dumps(LONG)}.",
+        "",
+        "| task | head lr | method | lr_A (ratio) | best acc | final acc | steps run "
+        "| step of best | LoRA+ steps to LoRA's final acc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, res in report["tasks"].items():
+        comp = res["compare"]
+        reach = ", ".join(
+            f"{v['loraplus_steps'] if v['loraplus_steps'] is not None else 'never'}"
+            f" (LoRA {v['lora_steps']})"
+            for v in comp["reach"].values()
+        )
+        for method in ("lora", "loraplus"):
+            c = res["converge"][method]
+            m = comp[method]
+            lines.append(
+                f"| {task} | {res['head']['chosen']:g} | {'LoRA' if method == 'lora' else 'LoRA+'}"
+                f" | {c['lr_a']:g} ({c['ratio']:g}) | {mean_std(m['best'])} "
+                f"| {mean_std(m['final'])} | {', '.join(map(str, m['steps']))} "
+                f"| {', '.join(map(str, m['best_step']))} "
+                f"| {reach if method == 'loraplus' else ''} |"
+            )
+    lines += ["", "## Stage 1: head lr (150 steps, seed 0, best eval accuracy)", ""]
+    lines += ["| task | head lr | LoRA (6.4e-3) | LoRA+ (4e-4, ratio 16) |", "|---|---|---|---|"]
+    for task, res in report["tasks"].items():
+        for head, row in res["head"]["table"].items():
+            mark = " **chosen**" if float(head) == res["head"]["chosen"] else ""
+            lines.append(f"| {task} | {head}{mark} | {row['lora']:.3f} | {row['loraplus']:.3f} |")
+    lines += ["", "## Stage 2: lr_A lines at the chosen head lr (150 steps, seed 0)", ""]
+    lines += ["| task | method | lr_A: best eval accuracy | chosen |", "|---|---|---|---|"]
+    for task, res in report["tasks"].items():
+        for method, line in res["lines"].items():
+            ordered = sorted(line["line"].items(), key=lambda kv: float(kv[0]))
+            cells = ", ".join(f"{float(k):g}: {v:.3f}" for k, v in ordered)
+            lines.append(f"| {task} | {method} | {cells} | {line['lr_a']:g} |")
+    for task in report["tasks"]:
+        lines += ["", f"![{task}](curves-{task}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=TASKS, action="append", help="default: both")
+    parser.add_argument("--runs", default="runs/convergence")
+    parser.add_argument("--out", default="docs/study/convergence")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test")
+    args = parser.parse_args(argv)
+    runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    short = {**BASE, **SHORT, **(SMOKE | SMOKE_SHORT if args.smoke else {})}
+    long = {**BASE, **LONG, **(SMOKE | SMOKE_LONG if args.smoke else {})}
+    start = time.perf_counter()
+    report: dict[str, Any] = {"command": COMMAND, "base": BASE, "long": LONG, "tasks": {}}
+    for task in args.task or TASKS:
+        head = head_stage(task, short, runs, out)
+        lines = line_stage(task, short, head["chosen"], runs, out)
+        converge = run_stage(task, long, head["chosen"], lines, runs, out)
+        report["tasks"][task] = {
+            "head": head,
+            "lines": {
+                m: {**v, "line": {f"{k:g}": x for k, x in v["line"].items()}}
+                for m, v in lines.items()
+            },
+            "converge": converge,
+            "compare": compare(converge),
+        }
+        plot(task, converge, out / f"curves-{task}.png")
+    if args.task:  # one task of a parallel pair: the report waits for a run with no --task
+        print(f"{', '.join(args.task)} done in {time.perf_counter() - start:.0f} s")
+        return 0
+    report["seconds_this_call"] = round(time.perf_counter() - start, 1)
+    write_json(out / "results.json", report)
+    with atomic_file(out / "results.md") as handle:
+        handle.write(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
