@@ -1,9 +1,10 @@
 """The paper's speed claim where it can show: LoRA vs LoRA+ on MiniLM trained to convergence, with
 the classifier head at one absolute learning rate shared by both methods.
 
-The issue "Evidence that holds", part 3. The head (role "other") otherwise trains at lr_A, which
-is ~16x smaller under LoRA+ than under LoRA, so the head's lr decided earlier A/B comparisons
-(docs/study/head). Here it gets its own lr (`--lr-roles other=X`), tuned once per task and shared.
+The issue "Evidence that holds", part 3. The head (role "head"; "other" when these runs started)
+trained at lr_A, which is ~16x smaller under LoRA+ than under LoRA, so the head's lr decided
+earlier A/B comparisons (docs/study/head). Here it gets its own lr (`--lr-roles head=X`), tuned
+once per task and shared.
 
 Stages per task (each a resumable Optuna study under --runs; rerun the command to continue):
   1. head   150 steps, seed 0: LoRA (ratio 1, lr 6.4e-3) and LoRA+ (ratio 16, lr_A 4e-4), the
@@ -74,7 +75,7 @@ def head_stage(task: str, base: dict[str, Any], runs: Path, out: Path) -> dict[s
     def run(heads: list[float]) -> str:
         for head in heads:
             for method, (lr, ratio) in START.items():
-                overrides = {**base, "data": task, "lr_roles": [f"other={head:g}"]}
+                overrides = {**base, "data": task, "lr_roles": [f"head={head:g}"]}
                 name = f"{task}-head{head:g}-{method}"
                 summary = sweep(name, overrides, [lr], [ratio], [0], runs, out)
                 table.setdefault(f"{head:g}", {})[method] = best_value(summary)
@@ -92,14 +93,15 @@ def line_stage(
     """Each method's lr_A on a x4 line around its start cell, one x4 step past a best edge."""
     found: dict[str, Any] = {}
     for method, (lr, ratio) in START.items():
-        overrides = {**base, "data": task, "lr_roles": [f"other={head:g}"]}
+        overrides = {**base, "data": task, "lr_roles": [f"head={head:g}"]}
         lrs = [lr / 4, lr, lr * 4]
-        summary = sweep(f"{task}-line-{method}", overrides, lrs, [ratio], [0], runs, out)
+        name = f"{task}-line-{method}-head{head:g}"
+        summary = sweep(name, overrides, lrs, [ratio], [0], runs, out)
         cells = {c["lr_a"]: c["mean"] for c in summary.cells if c["state"] == "complete"}
         best = max(cells, key=lambda k: cells[k])
         if best in (min(lrs), max(lrs)):
             extra = best / 4 if best == min(lrs) else best * 4
-            more = sweep(f"{task}-line-{method}-edge", overrides, [extra], [ratio], [0], runs, out)
+            more = sweep(f"{name}-edge", overrides, [extra], [ratio], [0], runs, out)
             cells.update({c["lr_a"]: c["mean"] for c in more.cells if c["state"] == "complete"})
             best = max(cells, key=lambda k: cells[k])
         found[method] = {"ratio": ratio, "line": cells, "lr_a": best}
@@ -112,8 +114,8 @@ def run_stage(
     """The chosen cells to convergence, 3 seeds; each run's eval history."""
     result: dict[str, Any] = {}
     for method, cell in chosen.items():
-        overrides = {**base, "data": task, "lr_roles": [f"other={head:g}"]}
-        name = f"{task}-converge-{method}"
+        overrides = {**base, "data": task, "lr_roles": [f"head={head:g}"]}
+        name = f"{task}-converge-{method}-head{head:g}"
         summary = sweep(name, overrides, [cell["lr_a"]], [cell["ratio"]], SEEDS, runs, out)
         rows = histories(summary, runs, name)
         result[method] = {

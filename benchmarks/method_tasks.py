@@ -2,7 +2,7 @@
 
 The issue "Pick the ratio without a 2-D grid", parts 4 and 5, on the encoder task: MiniLM on
 20 Newsgroups (the hard task of the paper study), 150 steps, with the classifier head at one
-absolute lr shared by every method (`--lr-roles other=H`, H chosen by convergence_study.py), so
+absolute lr shared by every method (`--lr-roles head=H`, H chosen by convergence_study.py), so
 that the head does not decide the comparison. For each method: an lr_A line x4 apart around a
 prior centre (seed 0), extended by one x4 step past an edge that holds the best, then seeds 1
 and 2 at the chosen lr_A. `best-ratio` is the best of the fixed-ratio methods (ratio 1, 4, 16,
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test")
     args = parser.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
-    base = {**SETTINGS, **(SMOKE if args.smoke else {}), "lr_roles": [f"other={args.head_lr:g}"]}
+    base = {**SETTINGS, **(SMOKE if args.smoke else {}), "lr_roles": [f"head={args.head_lr:g}"]}
     found = {m: tune(m, base, runs) for m in (list(CENTRES) if args.report else args.methods)}
     if args.report:
         out.mkdir(parents=True, exist_ok=True)

@@ -229,7 +229,7 @@ def test_sweep_methods_on_a_tiny_saved_model(
     out = tmp_path / "methods"
     methods = ["lora", "loraplus", "lorafa", "riemannian", "rslora", "pissa", "ratio=4"]
     argv = ["sweep", "--method", *methods, "--lr-a", "1e-3", "4e-3", "--out-dir", str(out)]
-    extra = ["--lr-roles", "other=0.01", "--early-stopping-patience", "3"]
+    extra = ["--lr-roles", "head=0.01", "--early-stopping-patience", "3"]
     assert cli.main([*argv, *extra, *args]) == 0
     text = capsys.readouterr().out
     data = json.loads((out / "sweep.json").read_text())
@@ -240,7 +240,7 @@ def test_sweep_methods_on_a_tiny_saved_model(
         best = max(cells, key=lambda c: c["mean"])
         assert f"{method}: lr_A={best['lr_a']:.3g} method={method} " in text
     trial = json.loads((out / "trials" / "trial_0000" / "metrics.json").read_text())
-    assert {g["role"]: g["lr"] for g in trial["param_groups"]}["other"] == 0.01
+    assert {g["role"]: g["lr"] for g in trial["param_groups"]}["head"] == 0.01
     assert trial["config"]["early_stopping_patience"] == 3
 
 

@@ -61,7 +61,7 @@ def free_port() -> int:
 
 def test_fsdp1_and_fsdp2_groups_match_the_unwrapped_model(tmp_path: Path) -> None:
     expected = build(tiny_model())
-    assert {row[0] for row in expected} == {"lora_A", "lora_B", "vector", "other"}
+    assert {row[0] for row in expected} == {"lora_A", "lora_B", "vector", "head"}
     assert {row[1] for row in expected if row[0] == "lora_A"} == {32, 64}
     mp.spawn(_rank, args=(free_port(), tmp_path), nprocs=2)
     expected = json.loads(json.dumps(expected))  # tuples as JSON lists, like the ranks' files

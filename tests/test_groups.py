@@ -47,7 +47,7 @@ def test_groups_cover_each_trainable_tensor_once() -> None:
 def test_weight_decay_applies_to_matrices_not_vectors() -> None:
     model = lora_bert(use_dora=True, modules_to_save=["classifier"])
     groups = by_role(param_groups(model, lr=1e-4, weight_decay=0.05))
-    for role in ("lora_A", "lora_B", "other"):
+    for role in ("lora_A", "lora_B", "head"):
         assert groups[role]["weight_decay"] == 0.05
     for role in ("vector", "magnitude"):
         assert groups[role]["weight_decay"] == 0.0
@@ -64,9 +64,9 @@ def test_embedding_a_and_b_share_one_rate() -> None:
 
 def test_lr_multipliers_override() -> None:
     model = lora_bert(modules_to_save=["classifier"])
-    groups = by_role(param_groups(model, lr=1e-4, lr_multipliers={"vector": 1.0, Role.OTHER: 4}))
+    groups = by_role(param_groups(model, lr=1e-4, lr_multipliers={"vector": 1.0, Role.HEAD: 4}))
     assert groups["vector"]["lr"] == pytest.approx(1e-4)
-    assert groups["other"]["lr"] == pytest.approx(4e-4)
+    assert groups["head"]["lr"] == pytest.approx(4e-4)
     assert groups["lora_B"]["lr"] == pytest.approx(16e-4)
     with pytest.raises(ValueError, match="Unknown role 'bias': use one of lora_A"):
         param_groups(model, lr=1e-4, lr_multipliers={"bias": 1.0})
@@ -75,14 +75,14 @@ def test_lr_multipliers_override() -> None:
 def test_lr_roles_are_absolute() -> None:
     model = lora_bert(modules_to_save=["classifier"])
     for lr, ratio in ((1e-4, 16), (3e-3, 1)):  # the head's lr whatever lr and ratio are
-        groups = by_role(param_groups(model, lr=lr, ratio=ratio, lr_roles={"other": 2e-3}))
-        assert groups["other"]["lr"] == 2e-3
+        groups = by_role(param_groups(model, lr=lr, ratio=ratio, lr_roles={"head": 2e-3}))
+        assert groups["head"]["lr"] == 2e-3
         assert groups["lora_A"]["lr"] == lr and groups["lora_B"]["lr"] == pytest.approx(ratio * lr)
-    assert role_lrs(1e-4, 16, lr_multipliers={"vector": 2}, lr_roles={"other": 0.0})[
-        Role.OTHER
-    ] == 0.0
-    with pytest.raises(ValueError, match="other is set in both lr_multipliers and lr_roles"):
-        param_groups(model, lr=1e-4, lr_multipliers={"other": 2}, lr_roles={Role.OTHER: 1e-3})
+    assert (
+        role_lrs(1e-4, 16, lr_multipliers={"vector": 2}, lr_roles={"other": 0.0})[Role.OTHER] == 0.0
+    )
+    with pytest.raises(ValueError, match="head is set in both lr_multipliers and lr_roles"):
+        param_groups(model, lr=1e-4, lr_multipliers={"head": 2}, lr_roles={Role.HEAD: 1e-3})
     with pytest.raises(ValueError, match="width_aware sets lora_A's lr per layer"):
         param_groups(model, lr=1e-4, width_aware=True, lr_roles={"lora_A": 1e-3})
     with pytest.raises(ValueError, match=r"lr_roles\['other'\] must be >= 0"):

@@ -200,10 +200,10 @@ def test_curves_title_names_every_groups_lr(
     from loraplus.train.outputs import curves_title
 
     plain = tiny_cls_config(tiny_files, tmp_path)
-    mult = tiny_cls_config(tiny_files, tmp_path, lr_multipliers="other=16")
-    lrs = {"lora_A": 1e-3, "lora_B": 0.016, "vector": 0.016, "other": 1e-3}
+    mult = tiny_cls_config(tiny_files, tmp_path, lr_multipliers="head=16")
+    lrs = {"lora_A": 1e-3, "lora_B": 0.016, "vector": 0.016, "head": 1e-3}
     assert curves_title(plain, lrs) == (
         f"{plain.model} on {plain.data} (ratio 16): "
-        "lr lora_A 0.001, lora_B 0.016, vector 0.016, other 0.001"
+        "lr lora_A 0.001, lora_B 0.016, vector 0.016, head 0.001"
     )
-    assert curves_title(mult, {**lrs, "other": 0.016}) != curves_title(plain, lrs)
+    assert curves_title(mult, {**lrs, "head": 0.016}) != curves_title(plain, lrs)

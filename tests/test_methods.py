@@ -51,8 +51,8 @@ def test_lorafa_head_gets_its_own_lr_and_adams_first_step() -> None:
     model = lora_bert(modules_to_save=["classifier"])
     opt = create_lorafa_optimizer(model, r=4, lora_alpha=8, lr=1e-3)
     assert len(opt.param_groups) == 1
-    with_role_lrs(opt, model, {"other": HEAD_LR})
-    head = [g for g in opt.param_groups if g.get("role") == "other"]
+    with_role_lrs(opt, model, {"head": HEAD_LR})
+    head = [g for g in opt.param_groups if g.get("role") == "head"]
     assert len(opt.param_groups) == 2 and len(head) == 1
     head_name = "base_model.model.classifier.modules_to_save.default.weight"
     assert head[0]["lr"] == HEAD_LR and head[0]["names"] == [head_name]
@@ -74,7 +74,7 @@ def test_lorafa_head_gets_its_own_lr_and_adams_first_step() -> None:
     lora_a = [n for n in before if "lora_A" in n]
     assert lora_a and all(torch.equal(before[n], after[n]) for n in lora_a)  # A is frozen
     with pytest.raises(ValueError, match="before any step"):
-        with_role_lrs(opt, model, {"other": 1e-3})
+        with_role_lrs(opt, model, {"head": 1e-3})
 
 
 def test_riemannian_lora_updates_are_unchanged_by_the_split() -> None:
@@ -87,7 +87,7 @@ def test_riemannian_lora_updates_are_unchanged_by_the_split() -> None:
     split = with_role_lrs(
         create_riemannian_optimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=0.0),
         model,
-        {"other": HEAD_LR},
+        {"head": HEAD_LR},
     )
     whole = create_riemannian_optimizer(twin, torch.optim.AdamW, lr=1e-3, weight_decay=0.0)
     for m, opt in ((model, split), (twin, whole)):
@@ -105,19 +105,19 @@ def test_no_roles_is_a_no_op_and_unknown_roles_are_refused() -> None:
     opt = create_lorafa_optimizer(model, r=4, lora_alpha=8, lr=1e-3)
     groups = list(opt.param_groups)
     assert with_role_lrs(opt, model, {}) is opt and opt.param_groups == groups
-    with pytest.raises(ValueError, match="Unknown role 'head'"):
-        with_role_lrs(opt, model, {"head": 1e-3})
+    with pytest.raises(ValueError, match="Unknown role 'classifier'"):
+        with_role_lrs(opt, model, {"classifier": 1e-3})
 
 
 @pytest.mark.slow
 def test_peft_methods_in_real_runs(tiny_files: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
     fa = train(
-        tiny_cls_config(tiny_files, tmp_path / "fa", lora_optimizer="lorafa", lr_roles="other=0.01")
+        tiny_cls_config(tiny_files, tmp_path / "fa", lora_optimizer="lorafa", lr_roles="head=0.01")
     )
     metrics = json.loads((fa.output_dir / "metrics.json").read_text())
     assert [(g["role"], g["lr"]) for g in metrics["param_groups"]] == [
         ("lorafa", 1e-3),
-        ("other", 0.01),
+        ("head", 0.01),
     ]
     from safetensors.torch import load_file
 
@@ -145,11 +145,11 @@ def test_peft_methods_in_real_runs(tiny_files: dict[str, Path], tmp_path: Path) 
         ({"lora_optimizer": "lorafa", "optimizer": "sgd"}, "leave --optimizer at adamw_torch"),
         ({"init": "olora"}, "init must be one of init1, init2, pissa"),
         (
-            {"lr_multipliers": "other=2", "lr_roles": "other=1e-3"},
-            "other is set in both lr_multipliers and lr_roles",
+            {"lr_multipliers": "head=2", "lr_roles": "head=1e-3"},
+            "head is set in both lr_multipliers and lr_roles",
         ),
         ({"width_aware": True, "lr_roles": "lora_A=1e-3"}, "drop lora_A from lr_roles"),
-        ({"lr_roles": "head=1e-3"}, "Unknown role 'head'"),
+        ({"lr_roles": "classifier=1e-3"}, "Unknown role 'classifier'"),
         ({"early_stopping_patience": -1}, "early_stopping_patience must be >= 0"),
     ],
 )

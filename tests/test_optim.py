@@ -89,11 +89,16 @@ def test_agrees_with_peft_on_plain_linear_lora() -> None:
 def test_saved_head_matches_peft_and_is_explained() -> None:
     model = lora_bert(modules_to_save=["classifier"])
     ours = lr_by_param(create_optimizer(model, "adamw", lr=1e-4))
+    compat = lr_by_param(create_loraplus_optimizer(model, "adamw", lr=1e-4, loraplus_lr_ratio=16))
     ref = lr_by_param(peft_loraplus(model, torch.optim.AdamW, lr=1e-4, loraplus_lr_ratio=16))
     head = model.base_model.model.classifier.modules_to_save["default"]
-    # Width argument: the head's weight sums over n (like A), its bias is elementwise (like B).
-    assert ours[id(head.weight)] == ref[id(head.weight)] == 1e-4
-    assert ours[id(head.bias)] == pytest.approx(ref[id(head.bias)]) == pytest.approx(1.6e-3)
+    # PEFT trains the head's weight at lr (like A), its bias at ratio * lr (like B); the
+    # PEFT-compatible entry keeps that, and create_optimizer gives the weight ratio * lr (role
+    # head: at lr a new head starves under LoRA+, README "the head's learning rate").
+    assert compat[id(head.weight)] == ref[id(head.weight)] == 1e-4
+    assert ours[id(head.weight)] == pytest.approx(1.6e-3)
+    for lrs in (ours, compat):
+        assert lrs[id(head.bias)] == pytest.approx(ref[id(head.bias)]) == pytest.approx(1.6e-3)
 
 
 def test_weight_decay_is_kept_not_dropped() -> None:
@@ -331,7 +336,7 @@ def test_compat_refuses_what_peft_groups_cannot_hold() -> None:
     model = lora_bert(modules_to_save=["classifier"])
     with pytest.raises(ValueError, match="which PEFT's four groups cannot hold"):
         create_loraplus_optimizer(model, "adamw", lr=1e-3, loraplus_lr_ratio=16, width_aware=True)
-    with pytest.raises(ValueError, match="puts lora_A and other in one group"):
+    with pytest.raises(ValueError, match="puts lora_A and head in one group"):
         create_loraplus_optimizer(
-            model, "adamw", lr=1e-3, loraplus_lr_ratio=16, lr_multipliers={"other": 4}
+            model, "adamw", lr=1e-3, loraplus_lr_ratio=16, lr_multipliers={"head": 4}
         )

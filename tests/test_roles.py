@@ -39,9 +39,12 @@ def test_embedding_dora_and_saved_head() -> None:
     assert counts[Role.MAGNITUDE] == 5  # 4 linear layers + the embedding
     head = {n: r for n, r in roles.items() if "classifier" in n}
     assert head == {
-        "base_model.model.classifier.modules_to_save.default.weight": Role.OTHER,
+        "base_model.model.classifier.modules_to_save.default.weight": Role.HEAD,
         "base_model.model.classifier.modules_to_save.default.bias": Role.VECTOR,
     }
+    # A trainable matrix outside modules_to_save stays `other` (the width rule: lr, like A).
+    model.base_model.model.bert.pooler.dense.weight.requires_grad_(True)
+    assert classify(model)["base_model.model.bert.pooler.dense.weight"] == Role.OTHER
 
 
 def test_lora_bias_is_a_vector() -> None:
@@ -198,4 +201,4 @@ def test_flat_views_keep_their_module_roles() -> None:
         if p.requires_grad:
             p.data = p.data.flatten()[:3]  # what rank 0 of a flat shard sees
     assert classify(model) == expected
-    assert set(expected.values()) == {Role.LORA_A, Role.LORA_B, Role.VECTOR, Role.OTHER}
+    assert set(expected.values()) == {Role.LORA_A, Role.LORA_B, Role.VECTOR, Role.HEAD}

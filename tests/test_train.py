@@ -227,7 +227,7 @@ def test_unknown_key_lists_valid_ones(tmp_path: Path) -> None:
         ({"warmup_ratio": 1.5}, r"warmup_ratio must be in \[0, 1\)"),
         ({"max_steps": 0}, "max_steps must be > 0"),
         ({"probe_every": -1}, "probe_every must be >= 0"),
-        ({"lr_multipliers": "head=2"}, "Unknown role 'head': use one of lora_A"),
+        ({"lr_multipliers": "classifier=2"}, "Unknown role 'classifier': use one of lora_A"),
         ({"lr_multipliers": "other:2"}, "takes ROLE=NUMBER pairs"),
         ({"lr_multipliers": {"other": -1}}, r"lr_multipliers\[other\] must be >= 0"),
         ({"target_modules": "all-linear,query"}, "all-linear cannot be combined"),
@@ -340,7 +340,7 @@ def test_train_tiny_bert_writes_everything_and_the_adapter_reloads(
     metrics = json.loads((result.output_dir / "metrics.json").read_text())
     assert make_config(**metrics["config"]) == cfg
     assert metrics["history"] == result.history and metrics["final"] == result.final
-    assert {g["role"] for g in metrics["param_groups"]} >= {"lora_A", "lora_B", "other"}
+    assert {g["role"] for g in metrics["param_groups"]} >= {"lora_A", "lora_B", "head"}
     assert (result.output_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (result.output_dir / "merged").exists()
     assert not list(result.output_dir.glob(".*"))  # no temp files left behind
@@ -422,23 +422,23 @@ def test_nan_loss_stops_training_and_marks_diverged(
 
 def test_lr_multipliers_reach_the_optimizer(tiny_files: dict[str, Path], tmp_path: Path) -> None:
     cfg = tiny_cls_config(
-        tiny_files, tmp_path / "mult", lr_multipliers="other=16 vector=0.5", save_adapter=False
+        tiny_files, tmp_path / "mult", lr_multipliers="head=16 vector=0.5", save_adapter=False
     )
-    assert cfg.lr_multipliers == ["other=16", "vector=0.5"]
-    assert cfg.multipliers() == {"other": 16.0, "vector": 0.5}
+    assert cfg.lr_multipliers == ["head=16", "vector=0.5"]
+    assert cfg.multipliers() == {"head": 16.0, "vector": 0.5}
     metrics = json.loads((train(cfg).output_dir / "metrics.json").read_text())
     lrs = {g["role"]: g["lr"] for g in metrics["param_groups"]}
-    assert lrs["other"] == pytest.approx(16 * 1e-3) and lrs["lora_A"] == pytest.approx(1e-3)
+    assert lrs["head"] == pytest.approx(16 * 1e-3) and lrs["lora_A"] == pytest.approx(1e-3)
     assert lrs["lora_B"] == pytest.approx(16 * 1e-3)  # the ratio is untouched
     assert lrs["vector"] == pytest.approx(0.5 * 1e-3)
 
 
 def test_lr_roles_reach_the_optimizer(tiny_files: dict[str, Path], tmp_path: Path) -> None:
-    cfg = tiny_cls_config(tiny_files, tmp_path / "roles", lr_roles="other=0.02", save_adapter=False)
-    assert cfg.role_lrs() == {"other": 0.02}
+    cfg = tiny_cls_config(tiny_files, tmp_path / "roles", lr_roles="head=0.02", save_adapter=False)
+    assert cfg.role_lrs() == {"head": 0.02}
     metrics = json.loads((train(cfg).output_dir / "metrics.json").read_text())
     lrs = {g["role"]: g["lr"] for g in metrics["param_groups"]}
-    assert lrs["other"] == 0.02 and lrs["lora_A"] == pytest.approx(1e-3)
+    assert lrs["head"] == 0.02 and lrs["lora_A"] == pytest.approx(1e-3)
     assert lrs["lora_B"] == pytest.approx(16e-3)
 
 

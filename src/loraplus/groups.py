@@ -45,7 +45,13 @@ POLICY: dict[Role, RolePolicy] = {
         "trainable_tokens_delta rows are a lookup (one-hot input), no sum over n: ~ 1",
     ),
     Role.VECTOR: RolePolicy("ratio", False, "biases and norm gains act elementwise: ~ 1, no decay"),
-    Role.OTHER: RolePolicy("lr", True, "a full matrix (e.g. a saved head) sums over n: ~ 1/n"),
+    Role.HEAD: RolePolicy(
+        "ratio",
+        True,
+        "a modules_to_save matrix (a new classifier head) learns from scratch beside B: at lr it "
+        "starves under LoRA+ (README: the head's learning rate)",
+    ),
+    Role.OTHER: RolePolicy("lr", True, "any other trainable matrix sums over n: ~ 1/n, like A"),
 }
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from loraplus.groups import POLICY, absolute_roles, as_float, param_groups, role_lrs
-from loraplus.roles import Role, classify, trainable_parameters
+from loraplus.roles import Role, as_role, classify, trainable_parameters
 
 # name -> (module, attribute, pip package that provides it)
 OPTIMIZERS: dict[str, tuple[str, str, str]] = {
@@ -199,7 +199,7 @@ def _build(
 # builder load into ours wherever both put a tensor in the same group (README: "saved optimizer
 # state").
 _PEFT_LAYOUT: tuple[tuple[Role, ...], ...] = (
-    (Role.LORA_A, Role.OTHER),  # groupA: lr
+    (Role.LORA_A, Role.HEAD, Role.OTHER),  # groupA: lr (PEFT's rule for every other matrix)
     (Role.EMBEDDING_A, Role.EMBEDDING_B),  # embedding: loraplus_lr_embedding
     (Role.LORA_B, Role.TOKENS),  # groupB: ratio · lr, decayed
     (Role.VECTOR, Role.MAGNITUDE, Role.SINGULAR),  # groupB_no_decay: ratio · lr
@@ -250,7 +250,8 @@ def create_loraplus_optimizer(
 ) -> Optimizer:
     """Drop-in for peft.optimizers.create_loraplus_optimizer, with its keyword names.
 
-    Kept from PEFT: `loraplus_lr_embedding` defaults to 1e-6, and the four groups in PEFT's order
+    Kept from PEFT: `loraplus_lr_embedding` defaults to 1e-6, a saved head's matrix trains at lr
+    (role head, which create_optimizer gives ratio * lr), and the four groups in PEFT's order
     (empty ones too), so PEFT's saved optimizer states load. Fixed: `weight_decay` (or PEFT's
     `loraplus_weight_decay`) applies to every decaying group, and a saved head's weight and bias
     follow the LoRA+ policy instead of being split by name.
@@ -276,6 +277,9 @@ def create_loraplus_optimizer(
     cls = resolve_optimizer(optimizer_cls)
     multipliers = kwargs.pop("lr_multipliers", None)
     absolute = kwargs.pop("lr_roles", None)
+    given = {as_role(k) for k in (*(multipliers or {}), *(absolute or {}))}
+    if Role.HEAD not in given:  # PEFT's rule: a saved head trains at lr, like lora_A
+        multipliers = {**(multipliers or {}), Role.HEAD: 1.0}
     groups = param_groups(
         model,
         lr=lr,

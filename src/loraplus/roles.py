@@ -29,6 +29,7 @@ class Role(str, Enum):
     SINGULAR = "singular"
     TOKENS = "tokens"
     VECTOR = "vector"
+    HEAD = "head"
     OTHER = "other"
 
     def __str__(self) -> str:
@@ -36,7 +37,7 @@ class Role(str, Enum):
 
 
 LORA_ROLES = (Role.LORA_A, Role.LORA_B, Role.EMBEDDING_A, Role.EMBEDDING_B)
-_MATRIX_ROLES = (*LORA_ROLES, Role.TOKENS, Role.OTHER)
+_MATRIX_ROLES = (*LORA_ROLES, Role.TOKENS, Role.HEAD, Role.OTHER)
 
 # Name fallback for LoRA that is not PEFT's: one dotted component of the parameter's name.
 DEFAULT_PATTERNS: dict[Role, tuple[str, ...]] = {
@@ -122,6 +123,20 @@ def _peft_roles(model: nn.Module) -> tuple[dict[int, Role], int]:
     return roles, layers
 
 
+def _saved(model: nn.Module) -> set[int]:
+    """id(param) of the tensors of PEFT's `modules_to_save` copies (a new classifier head)."""
+    try:
+        from peft.utils.other import ModulesToSaveWrapper
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return set()
+    return {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, ModulesToSaveWrapper)
+        for p in m.modules_to_save.parameters()
+    }
+
+
 def _assign(roles: dict[int, Role], param: nn.Parameter, role: Role) -> None:
     previous = roles.setdefault(id(param), role)
     if previous is not role:
@@ -160,9 +175,14 @@ def as_role(key: Role | str) -> Role:
 
 
 def _fallback_role(
-    model: nn.Module, raw: str, param: nn.Parameter, compiled: dict[Role, list[re.Pattern[str]]]
+    model: nn.Module,
+    raw: str,
+    param: nn.Parameter,
+    compiled: dict[Role, list[re.Pattern[str]]],
+    saved: set[int],
 ) -> Role:
-    """The role of a tensor no PEFT layer holds: its name against the patterns, then its module."""
+    """The role of a tensor no PEFT layer holds: its name against the patterns, then its module
+    (a matrix of a `modules_to_save` copy is a head)."""
     name = canonical_name(raw)
     path, _, local = raw.rpartition(".")
     owner = model.get_submodule(path)
@@ -174,7 +194,9 @@ def _fallback_role(
             "patterns={'lora_A': r'\\.down\\.'}."
         )
     if not hits:
-        return Role.OTHER if _is_matrix(owner, local, param) else Role.VECTOR
+        if not _is_matrix(owner, local, param):
+            return Role.VECTOR
+        return Role.HEAD if id(param) in saved else Role.OTHER
     if hits[0] in _MATRIX_ROLES and not _is_matrix(owner, local, param):
         return Role.VECTOR
     return hits[0]
@@ -192,12 +214,15 @@ def classify(
     inner = unwrap(model)
     by_id, layers = _peft_roles(inner)
     compiled = _compile_patterns(patterns) if (not layers or patterns) else {}
+    saved = _saved(inner)
     roles: dict[str, Role] = {}
     for raw, param in inner.named_parameters():
         if param.requires_grad:
             name = canonical_name(raw)
             role = by_id.get(id(param))
-            roles[name] = role if role is not None else _fallback_role(inner, raw, param, compiled)
+            if role is None:
+                role = _fallback_role(inner, raw, param, compiled, saved)
+            roles[name] = role
     if not any(r in LORA_ROLES for r in roles.values()):
         searched = (
             f"{layers} PEFT LoraLayer module(s), none with a trainable adapter"
