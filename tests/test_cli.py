@@ -194,6 +194,24 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert (tmp_path / method / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_train_with_peft_methods_and_a_head_lr(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README: --lora-optimizer riemannian with rsLoRA and PiSSA, the head at its own lr."""
+    extra = ["--lora-optimizer", "riemannian", "--rslora", "--init", "pissa"]
+    extra += ["--lr-roles", "head=0.02", "--early-stopping-patience", "2"]
+    assert cli.main([*_tiny_train_args(tiny_files, tmp_path / "run"), *extra]) == 0
+    assert "lr[riemannian]=0.0002  lr[head]=0.02" in capsys.readouterr().out
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["use_rslora"] is True and adapter["init_lora_weights"] == "pissa"
+    assert (
+        cli.main([*_tiny_train_args(tiny_files, tmp_path / "bad"), "--lora-optimizer", "fa"]) == 2
+    )
+    assert "lora_optimizer must be one of loraplus, lorafa, riemannian" in capsys.readouterr().err
+
+
 def test_sweep_on_a_tiny_saved_model(
     tiny_files: dict[str, Path],  # noqa: F811
     tmp_path: Path,

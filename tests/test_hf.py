@@ -219,6 +219,25 @@ def test_bad_settings_fail_where_first_seen(tmp_path: Path) -> None:
         LoraPlusTrainer(model=lora_bert(), args=args, loraplus_lr_ratio=-1)
 
 
+def test_head_lr_from_args_and_kwargs(tmp_path: Path) -> None:
+    """A new head trains at ratio * lr by default; loraplus_lr_roles sets it absolutely."""
+    model = lora_bert(modules_to_save=["classifier"])
+    trainer = LoraPlusTrainer(model=model, args=targs(tmp_path, loraplus_lr_ratio=8))
+    assert groups(trainer.create_optimizer())["head"]["lr"] == pytest.approx(8 * LR)
+    args = targs(tmp_path, loraplus_lr_roles='{"head": 0.03}')
+    assert args.loraplus_lr_roles == {"head": 0.03}
+    trainer = LoraPlusTrainer(model=lora_bert(modules_to_save=["classifier"]), args=args)
+    assert groups(trainer.create_optimizer())["head"]["lr"] == 0.03
+    trainer = LoraPlusTrainer(
+        model=lora_bert(modules_to_save=["classifier"]),
+        args=targs(tmp_path),
+        loraplus_lr_roles={"head": 0.01},
+    )
+    assert groups(trainer.create_optimizer())["head"]["lr"] == 0.01
+    with pytest.raises(ValueError, match="head is set in both lr_multipliers and lr_roles"):
+        targs(tmp_path, loraplus_lr_multipliers={"head": 2}, loraplus_lr_roles={"head": 0.1})
+
+
 def test_lora_init_applies_to_model_init_models(tmp_path: Path) -> None:
     trainer = LoraPlusTrainer(
         model_init=lambda: lora_bert(), args=targs(tmp_path, lora_init="init2")
