@@ -14,7 +14,8 @@ Stages per task (each a resumable Optuna study under --runs; rerun the command t
   2. lines  150 steps, seed 0, chosen head lr: each method's lr_A on a x4 line around its cell
             (extended by one x4 step past an edge that holds the best); each method's lr_A chosen.
   3. runs   the chosen cells, seeds 0, 1, 2, 3 epochs (750 steps) with eval every 25 steps and
-            early stopping after 4 evaluations without a better accuracy.
+            early stopping after 4 evaluations without a better accuracy; also, as a control,
+            any line cell within NEAR (1 point) of its method's chosen cell.
 Writes into --out: results.json, results.md and curves-<task>.png.
 Usage: python benchmarks/convergence_study.py [--task rotten-tomatoes|20newsgroups] [--smoke]
 (one process per task runs both tasks at once on 2 cores; then run it once more with no --task
@@ -44,6 +45,7 @@ TASKS = ("rotten-tomatoes", "20newsgroups")
 HEAD_LRS = (1e-3, 4e-3, 1.6e-2)
 START = {"lora": (6.4e-3, 1.0), "loraplus": (4e-4, 16.0)}  # the paper study's chosen cells
 SEEDS = [0, 1, 2]
+NEAR = 0.01  # a line cell this close to the chosen one also runs to convergence (a control)
 BASE = {
     "model": "minilm",
     "max_train": 4000,
@@ -126,6 +128,25 @@ def run_stage(
     return result
 
 
+def runners_up(lines: dict[str, Any]) -> dict[str, Any]:
+    """Line cells within NEAR of their method's chosen cell at 150 steps: the lr choice there
+    was close, so they run to convergence too (keys like "lora-lr0.0016")."""
+    extra = {}
+    for method, line in lines.items():
+        best = line["line"][line["lr_a"]]
+        for lr, value in line["line"].items():
+            if lr != line["lr_a"] and value >= best - NEAR:
+                extra[f"{method}-lr{lr:g}"] = {"lr_a": lr, "ratio": line["ratio"]}
+    return extra
+
+
+def label(key: str) -> str:
+    """LoRA / LoRA+ and, for a runner-up cell, its lr."""
+    method, _, lr = key.partition("-lr")
+    name = "LoRA" if method == "lora" else "LoRA+"
+    return f"{name} (runner-up lr_A {lr})" if lr else name
+
+
 def compare(converge: dict[str, Any]) -> dict[str, Any]:
     """Best/final accuracy per method; steps LoRA+ needs to reach LoRA's final accuracy."""
     summary: dict[str, Any] = {}
@@ -165,17 +186,16 @@ def plot(task: str, converge: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colors = {"lora": "tab:blue", "loraplus": "tab:red"}
-    for method, data in converge.items():
-        label = f"{'LoRA' if method == 'lora' else 'LoRA+'} (lr_A {data['lr_a']:g}, "
-        label += f"ratio {data['ratio']:g})"
+    colors = ["tab:blue", "tab:red", "tab:cyan", "tab:orange", "tab:green"]
+    for k, (method, data) in enumerate(converge.items()):
+        text = f"{label(method)}: lr_A {data['lr_a']:g}, ratio {data['ratio']:g}"
         for i, rows in enumerate(data["runs"].values()):
             points = [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
             ax.plot(
                 *zip(*points, strict=True),
-                color=colors[method],
+                color=colors[k % len(colors)],
                 alpha=0.8,
-                label=label if i == 0 else None,
+                label=text if i == 0 else None,
             )
     ax.set_xlabel("step")
     ax.set_ylabel("eval accuracy")
@@ -192,7 +212,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# LoRA vs LoRA+ to convergence, head lr shared (MiniLM)",
         "",
-        f"Command: `{COMMAND}` (see the module docstring). Settings: {json.dumps(BASE)}; "
+        f"Command: `{report['command']}` (see the module docstring). Settings: {json.dumps(BASE)}; "
         f"stage 3: {json.dumps(LONG)}.",
         "",
         "| task | head lr | method | lr_A (ratio) | best acc | final acc | steps run "
@@ -206,11 +226,11 @@ def markdown(report: dict[str, Any]) -> str:
             f" (LoRA {v['lora_steps']})"
             for v in comp["reach"].values()
         )
-        for method in ("lora", "loraplus"):
+        for method in res["converge"]:
             c = res["converge"][method]
             m = comp[method]
             lines.append(
-                f"| {task} | {res['head']['chosen']:g} | {'LoRA' if method == 'lora' else 'LoRA+'}"
+                f"| {task} | {res['head']['chosen']:g} | {label(method)}"
                 f" | {c['lr_a']:g} ({c['ratio']:g}) | {mean_std(m['best'])} "
                 f"| {mean_std(m['final'])} | {', '.join(map(str, m['steps']))} "
                 f"| {', '.join(map(str, m['best_step']))} "
@@ -237,6 +257,9 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=TASKS, action="append", help="default: both")
+    parser.add_argument(
+        "--controls", nargs="*", choices=TASKS, help="tasks that run the NEAR controls (all)"
+    )
     parser.add_argument("--runs", default="runs/convergence")
     parser.add_argument("--out", default="docs/study/convergence")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test")
@@ -246,11 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     short = {**BASE, **SHORT, **(SMOKE | SMOKE_SHORT if args.smoke else {})}
     long = {**BASE, **LONG, **(SMOKE | SMOKE_LONG if args.smoke else {})}
     start = time.perf_counter()
-    report: dict[str, Any] = {"command": COMMAND, "base": BASE, "long": LONG, "tasks": {}}
+    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+    report: dict[str, Any] = {"command": command, "base": BASE, "long": LONG, "tasks": {}}
     for task in args.task or TASKS:
         head = head_stage(task, short, runs, out)
         lines = line_stage(task, short, head["chosen"], runs, out)
         converge = run_stage(task, long, head["chosen"], lines, runs, out)
+        if task in (args.controls if args.controls is not None else TASKS):
+            extra = run_stage(task, long, head["chosen"], runners_up(lines), runs, out)
+            converge.update(extra)
         report["tasks"][task] = {
             "head": head,
             "lines": {

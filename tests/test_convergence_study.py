@@ -46,6 +46,13 @@ def test_compare_counts_steps_to_loras_final_accuracy() -> None:
     assert comp["reach"] == {"0": {"lora_final": 0.65, "lora_steps": 50, "loraplus_steps": 25}}
     converge["loraplus"]["runs"]["0"] = rows((0, 0.1), (25, 0.3))
     assert study.compare(converge)["reach"]["0"]["loraplus_steps"] is None
+    lines = {
+        "lora": {"ratio": 1.0, "lr_a": 6.4e-3, "line": {1.6e-3: 0.755, 6.4e-3: 0.76, 0.0256: 0.5}},
+        "loraplus": {"ratio": 16.0, "lr_a": 4e-4, "line": {1e-4: 0.71, 4e-4: 0.77}},
+    }
+    assert study.runners_up(lines) == {"lora-lr0.0016": {"lr_a": 1.6e-3, "ratio": 1.0}}
+    assert study.label("lora-lr0.0016") == "LoRA (runner-up lr_A 0.0016)"
+    assert study.label("loraplus") == "LoRA+"
 
 
 def test_method_report_adds_best_ratio_and_counts_its_runs(tmp_path: Path) -> None:

@@ -281,14 +281,14 @@ def make_storage(
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     if heartbeat_s:
         kwargs["heartbeat_interval"] = int(heartbeat_s)
-    for attempt in range(3):  # first use of a server database: processes race to create tables
+    for attempt in range(3):  # first use of a database: processes race to create its tables
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = optuna.storages.RDBStorage(url, **kwargs)
             break
         except Exception as err:
-            if attempt == 2 or url.startswith("sqlite"):
+            if attempt == 2:
                 raise
             log.info("Opening %s failed (%s); retrying.", url, err)
             time.sleep(0.5 * (attempt + 1))
