@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r['method']:>28}  lr_A {r['lr_a']}  {mean_std(r['values'])}  ({r['runs']} runs)"
             )
-        shutil.rmtree(out / "tmp", ignore_errors=True)
+        for study in sorted(runs.iterdir()):  # every sweep's trials, beside the table
+            if (study / "sweep.json").is_file():
+                shutil.copyfile(study / "sweep.json", out / f"{study.name}_sweep.json")
     return 0
 
 
