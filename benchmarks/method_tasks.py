@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import paper_study
+
 from loraplus._io import atomic_file, write_json
-from loraplus.sweep import SweepConfig, SweepSummary, run_sweep
+from loraplus.sweep import SweepSummary
 
 COMMAND = "python benchmarks/method_tasks.py --head-lr {head}"
 CENTRES = {  # prior lr_A centres: the paper study's cells, scaled where the method rescales
@@ -62,22 +62,17 @@ SMOKE = {"max_train": 64, "max_eval": 32, "batch_size": 8, "max_steps": 2, "eval
 
 
 def sweep(
-    name: str, method: str, lrs: list[float], seeds: list[int], base: dict[str, Any], runs: Path
+    name: str,
+    method: str,
+    lrs: list[float],
+    seeds: list[int],
+    base: dict[str, Any],
+    dirs: tuple[Path, Path],
 ) -> SweepSummary:
-    """One resumable `--method` sweep."""
-    cfg = SweepConfig(
-        lr_a=lrs,
-        method=[method],
-        seeds=seeds,
-        overrides=base,
-        study_name=name,
-        out_dir=str(runs / name),
-        metric="eval_accuracy",
-    )
-    start = time.perf_counter()
-    summary = run_sweep(cfg)
-    print(f"[{name}] {len(summary.trials)} trials, {time.perf_counter() - start:.0f} s", flush=True)
-    return summary
+    """One resumable `--method` sweep (dirs: runs, out); its sweep.json copied to out."""
+    runs, out = dirs
+    out.mkdir(parents=True, exist_ok=True)
+    return paper_study.sweep(name, base, lrs, None, seeds, runs, out, method=[method])
 
 
 def complete(summary: SweepSummary) -> dict[float, float]:
@@ -85,23 +80,23 @@ def complete(summary: SweepSummary) -> dict[float, float]:
     return {c["lr_a"]: c["mean"] for c in summary.cells if c["state"] == "complete"}
 
 
-def tune(method: str, base: dict[str, Any], runs: Path) -> dict[str, Any]:
+def tune(method: str, base: dict[str, Any], dirs: tuple[Path, Path]) -> dict[str, Any]:
     """The method's line (seed 0) with one edge extension, then seeds 1, 2 at its best lr_A."""
     centre = CENTRES[method]
     line = [centre / 4, centre, centre * 4]
     key = method.replace("=", "")
-    cells = complete(sweep(f"{key}-line", method, line, [0], base, runs))
+    cells = complete(sweep(f"{key}-line", method, line, [0], base, dirs))
     n_runs = len(line)
     if cells:
         best = max(cells, key=lambda k: cells[k])
         if best in (min(line), max(line)):
             extra = best / 4 if best == min(line) else best * 4
-            cells.update(complete(sweep(f"{key}-edge", method, [extra], [0], base, runs)))
+            cells.update(complete(sweep(f"{key}-edge", method, [extra], [0], base, dirs)))
             n_runs += 1
     if not cells:
         return {"method": method, "line": {}, "lr_a": None, "values": [], "runs": n_runs}
     best = max(cells, key=lambda k: cells[k])
-    seeds = sweep(f"{key}-seeds", method, [best], [1, 2], base, runs)
+    seeds = sweep(f"{key}-seeds", method, [best], [1, 2], base, dirs)
     values = [cells[best]] + [v for v in seeds.cells[0]["values"] if v is not None]
     return {
         "method": method,
@@ -196,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
     base = {**SETTINGS, **(SMOKE if args.smoke else {}), "lr_roles": [f"head={args.head_lr:g}"]}
-    found = {m: tune(m, base, runs) for m in (list(CENTRES) if args.report else args.methods)}
+    methods = list(CENTRES) if args.report else args.methods
+    found = {m: tune(m, base, (runs, out)) for m in methods}
     if args.report:
         out.mkdir(parents=True, exist_ok=True)
         result = report(found, args.head_lr, out)
@@ -204,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r['method']:>28}  lr_A {r['lr_a']}  {mean_std(r['values'])}  ({r['runs']} runs)"
             )
-        for study in sorted(runs.iterdir()):  # every sweep's trials, beside the table
-            if (study / "sweep.json").is_file():
-                shutil.copyfile(study / "sweep.json", out / f"{study.name}_sweep.json")
+
     return 0
 
 

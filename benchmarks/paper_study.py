@@ -42,15 +42,18 @@ def sweep(
     name: str,
     overrides: dict[str, Any],
     lr_a: list[float],
-    ratios: list[float],
+    ratios: list[float] | None,
     seeds: list[int],
     runs: Path,
     out: Path,
+    method: list[str] | None = None,
 ) -> SweepSummary:
-    """One resumable Optuna grid; its heatmap and sweep.json copied to `out`."""
+    """One resumable Optuna grid (lr_a x ratios, or lr_a x method); its heatmap and sweep.json
+    copied to `out`."""
     cfg = SweepConfig(
         lr_a=lr_a,
         ratios=ratios,
+        method=method,
         seeds=seeds,
         overrides=overrides,
         study_name=name,
@@ -60,7 +63,7 @@ def sweep(
     start = time.perf_counter()
     summary = run_sweep(cfg)
     print(f"[{name}] {len(summary.trials)} trials, {time.perf_counter() - start:.0f} s", flush=True)
-    files = ("sweep_heatmap.png", "sweep.json") if len(lr_a) * len(ratios) > 1 else ("sweep.json",)
+    files = ("sweep_heatmap.png", "sweep.json") if len(lr_a) * len(cfg.y) > 1 else ("sweep.json",)
     for file in files:
         if (runs / name / file).exists():
             shutil.copyfile(runs / name / file, out / f"{name}_{file}")

