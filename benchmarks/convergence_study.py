@@ -128,14 +128,14 @@ def run_stage(
     return result
 
 
-def runners_up(lines: dict[str, Any]) -> dict[str, Any]:
-    """Line cells within NEAR of their method's chosen cell at 150 steps: the lr choice there
+def runners_up(lines: dict[str, Any], near: float = NEAR) -> dict[str, Any]:
+    """Line cells within `near` of their method's chosen cell at 150 steps: the lr choice there
     was close, so they run to convergence too (keys like "lora-lr0.0016")."""
     extra = {}
     for method, line in lines.items():
         best = line["line"][line["lr_a"]]
         for lr, value in line["line"].items():
-            if lr != line["lr_a"] and value >= best - NEAR:
+            if lr != line["lr_a"] and value >= best - near:
                 extra[f"{method}-lr{lr:g}"] = {"lr_a": lr, "ratio": line["ratio"]}
     return extra
 
@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--controls", nargs="*", choices=TASKS, help="tasks that run the NEAR controls (all)"
     )
+    parser.add_argument(
+        "--near", type=float, default=NEAR, help="control: line cells this close to the best"
+    )
     parser.add_argument("--runs", default="runs/convergence")
     parser.add_argument("--out", default="docs/study/convergence")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test")
@@ -276,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = line_stage(task, short, head["chosen"], runs, out)
         converge = run_stage(task, long, head["chosen"], lines, runs, out)
         if task in (args.controls if args.controls is not None else TASKS):
-            extra = run_stage(task, long, head["chosen"], runners_up(lines), runs, out)
+            near = runners_up(lines, args.near)
+            extra = run_stage(task, long, head["chosen"], near, runs, out)
             converge.update(extra)
         report["tasks"][task] = {
             "head": head,

@@ -34,6 +34,8 @@ def test_compare_counts_steps_to_loras_final_accuracy() -> None:
         "loraplus": {"ratio": 16.0, "lr_a": 4e-4, "line": {1e-4: 0.71, 4e-4: 0.77}},
     }
     assert study.runners_up(lines) == {"lora-lr0.0016": {"lr_a": 1.6e-3, "ratio": 1.0}}
+    wider = study.runners_up(lines, near=0.07)  # now LoRA+'s 1e-4 (6 points below) is near too
+    assert set(wider) == {"lora-lr0.0016", "loraplus-lr0.0001"}
     assert study.label("lora-lr0.0016") == "LoRA (runner-up lr_A 0.0016)"
     assert study.label("loraplus") == "LoRA+"
 
