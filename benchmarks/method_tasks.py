@@ -27,7 +27,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import convergence_study
 import paper_study
+from paper_study import mean_std
 
 from loraplus._io import atomic_file, write_json
 from loraplus.sweep import SweepSummary
@@ -46,18 +48,8 @@ CENTRES = {  # prior lr_A centres: the paper study's cells, scaled where the met
     "loraplus+rslora": 1e-4,
 }
 FIXED = ("lora", "ratio=4", "loraplus", "ratio=64")  # best-ratio chooses among these
-SETTINGS = {
-    "model": "minilm",
-    "data": "20newsgroups",
-    "max_train": 4000,
-    "max_eval": 400,
-    "batch_size": 16,
-    "max_length": 64,
-    "rank": 8,
-    "alpha": 16,
-    "max_steps": 150,
-    "eval_steps": 25,
-}
+# The convergence study's 150-step settings (its lines and head lrs) on 20 Newsgroups.
+SETTINGS = {**convergence_study.BASE, "data": "20newsgroups", **convergence_study.SHORT}
 SMOKE = {"max_train": 64, "max_eval": 32, "batch_size": 8, "max_steps": 2, "eval_steps": 1}
 
 
@@ -105,14 +97,6 @@ def tune(method: str, base: dict[str, Any], dirs: tuple[Path, Path]) -> dict[str
         "values": values,
         "runs": n_runs + 2,
     }
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def report(found: dict[str, dict[str, Any]], head: float, out: Path) -> dict[str, Any]:

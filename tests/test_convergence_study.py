@@ -83,6 +83,8 @@ def test_smoke_pipelines(tmp_path: Path) -> None:
 
     tasks = load("method_tasks")
     argv = ["--head-lr", "0.016", "--methods", "lorafa", "--smoke", "--runs", str(runs)]
+    argv += ["--out", str(out)]  # never the repo's docs/
     assert tasks.main(argv) == 0
     seeds = json.loads((runs / "lorafa-seeds" / "sweep.json").read_text())
     assert seeds["y"] == ["lorafa"] and seeds["seeds"] == [1, 2]
+    assert (out / "lorafa-seeds_sweep.json").is_file()  # each sweep is copied to --out

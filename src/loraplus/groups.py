@@ -95,14 +95,7 @@ def role_lrs(
         lrs[Role.EMBEDDING_A] = lrs[Role.EMBEDDING_B] = lr_embedding
     for key, mult in (lr_multipliers or {}).items():
         lrs[as_role(key)] = lr * as_float(mult, f"lr_multipliers[{key!r}]", allow_zero=True)
-    absolute = absolute_roles(lr_roles)
-    both = sorted(r.value for r in absolute if r in {as_role(k) for k in (lr_multipliers or {})})
-    if both:
-        raise ValueError(
-            f"{', '.join(both)} is set in both lr_multipliers and lr_roles: give each role "
-            "either a multiplier of lr or an absolute lr, not both."
-        )
-    lrs.update(absolute)
+    lrs.update(check_lr_roles(lr_multipliers, lr_roles))
     return lrs
 
 
@@ -112,6 +105,25 @@ def absolute_roles(lr_roles: Mapping[Role | str, float] | None) -> dict[Role, fl
         as_role(k): as_float(v, f"lr_roles[{k!r}]", allow_zero=True)
         for k, v in (lr_roles or {}).items()
     }
+
+
+def check_lr_roles(
+    lr_multipliers: Mapping[Role | str, float] | None,
+    lr_roles: Mapping[Role | str, float] | None,
+    width_aware: bool = False,
+) -> dict[Role, float]:
+    """lr_roles as {Role: lr}, refused where a role also has a multiplier, or where it sets
+    lora_A's lr that width_aware sets per layer (one check for the API, Trainer and CLI)."""
+    absolute = absolute_roles(lr_roles)
+    both = sorted(r.value for r in absolute if r in {as_role(k) for k in (lr_multipliers or {})})
+    if both:
+        raise ValueError(
+            f"{', '.join(both)} is set in both lr_multipliers and lr_roles: give each role "
+            "either a multiplier of lr or an absolute lr, not both."
+        )
+    if width_aware and Role.LORA_A in absolute:
+        raise ValueError("width_aware sets lora_A's lr per layer: drop lora_A from lr_roles.")
+    return absolute
 
 
 def param_groups(
@@ -140,10 +152,9 @@ def param_groups(
     wd = as_float(weight_decay, "weight_decay", allow_zero=True)
     if n_ref is not None and not width_aware:
         raise ValueError("n_ref only applies with width_aware=True: pass both, or neither.")
+    check_lr_roles(lr_multipliers, lr_roles, width_aware)
     lrs = role_lrs(lr_, ratio_, emb, lr_multipliers, lr_roles)
     roles = classify(model, patterns)
-    if width_aware and Role.LORA_A in absolute_roles(lr_roles):
-        raise ValueError("width_aware sets lora_A's lr per layer: drop lora_A from lr_roles.")
     widths = lora_fan_ins(model, roles) if width_aware else {}
     if n_ref is not None:
         ref = as_float(n_ref, "n_ref")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainingArguments
 
-from loraplus.groups import absolute_roles, as_float, as_ratio, role_lrs
+from loraplus.groups import as_float, as_ratio, check_lr_roles
 from loraplus.init import SCHEMES
 from loraplus.roles import as_role
 
@@ -56,9 +56,8 @@ class LoraPlusConfig:
                     "loraplus_lr_roles must be a dict such as {'other': 1e-3}, got "
                     f"{self.lr_roles!r}."
                 )
-            lrs = {r.value: lr for r, lr in absolute_roles(self.lr_roles).items()}
-            role_lrs(1.0, 1.0, None, self.lr_multipliers, lrs)  # a role in both is refused
-            object.__setattr__(self, "lr_roles", lrs)
+            checked = check_lr_roles(self.lr_multipliers, self.lr_roles, self.width_aware)
+            object.__setattr__(self, "lr_roles", {r.value: lr for r, lr in checked.items()})
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> LoraPlusConfig:

@@ -14,7 +14,7 @@ from typing import Any
 from transformers import SchedulerType
 
 from loraplus import _config, zoo
-from loraplus.groups import as_ratio
+from loraplus.groups import as_ratio, check_lr_roles
 from loraplus.init import SCHEMES
 from loraplus.roles import as_role
 
@@ -227,14 +227,7 @@ class TrainConfig:
             )
         _check_optimizer(self.optimizer)
         _check_columns(self)
-        both = sorted(set(self.multipliers()) & set(self.role_lrs()))
-        if both:
-            raise ValueError(
-                f"{', '.join(both)} is set in both lr_multipliers and lr_roles: give each role "
-                "either a multiplier of lr or an absolute lr, not both."
-            )
-        if self.width_aware and "lora_A" in self.role_lrs():
-            raise ValueError("width_aware sets lora_A's lr per layer: drop lora_A from lr_roles.")
+        check_lr_roles(self.multipliers(), self.role_lrs(), self.width_aware)
 
     def _check_run_safety(self) -> None:
         """Checks of the checkpoint, resume and divergence settings."""
