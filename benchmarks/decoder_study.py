@@ -16,6 +16,7 @@ Writes into --out: results.md, results.json, curves.png (eval loss vs step, LoRA
 over seeds with a min-max band), data.json and per sweep its sweep.json.
 Two processes of the same command share every sweep (cells run exactly once), using two cores.
 Usage: python benchmarks/decoder_study.py [--smoke --model DIR --data DIR] [--steps N]
+       [--eval-steps N] [--stages seeds init ratios] [--out DIR --runs DIR]
 """
 
 from __future__ import annotations
@@ -429,7 +430,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# LoRA+ on a decoder LM: SmolLM2-135M, 20 Newsgroups post -> topic name",
         "",
-        f"Command: `{report['command']}` (run as two processes sharing the sweeps). Wall time: "
+        f"Command: `{report['command']}` (resumable; processes of it share the sweeps). Wall time: "
         f"{report['wall_s'] / 60:.1f} min from the first run's start to the last run's end, on "
         f"{report['cpus']} CPU cores shared with other jobs; {report['runs']} runs, "
         f"{fmt(report['run_s'])} s per run on average (load, {s['max_steps']} steps, "
@@ -561,8 +562,8 @@ CUTS = [
     "one SmolLM2-135M step (batch 8 x 64 tokens, LoRA on 7 targets) measured 2-7 s on an idle "
     "or 1-thread core and up to 26 s with 2 threads on the busy machine, and one evaluation of "
     "64 rows x 64 tokens 24 s, so the study (~20 runs) was cut to fit about an hour: max_length "
-    "48 (the post is cut to its last ~35 tokens), batch 8, 30 steps (240 examples seen), 32 eval "
-    "rows (1-2 per topic), eval every 10 steps, 1 torch thread.",
+    "48 (the post is cut to its last ~35 tokens), batch 8, {steps} steps ({seen} examples seen), "
+    "32 eval rows (1-2 per topic), eval every {eval_steps} steps.",
     "Grids: 3 lr_A per method, x4 apart (LoRA 2.5e-4..4e-3, LoRA+ 6.25e-5..1e-3), plus x4 edge "
     "extension (at most twice) when the best is on an edge; cells chosen on seed 0 only.",
     "Seeds: 3 (0, 1, 2) at the chosen cells only; the data rows are the same for every seed "
@@ -641,6 +642,18 @@ def scan_rows(
     return rows
 
 
+def command(args: argparse.Namespace) -> str:
+    """The study's command line: COMMAND plus the options that change its runs."""
+    parts = [COMMAND]
+    if args.steps != 30 or args.eval_steps != 10:
+        parts.append(f"--steps {args.steps} --eval-steps {args.eval_steps}")
+    if args.out != Path("docs/study/decoder"):
+        parts.append(f"--out {args.out} --runs {args.runs}")
+    if args.stages != ["seeds", "init", "ratios"]:
+        parts.append("--stages " + " ".join(args.stages))
+    return " ".join(parts + (["--smoke"] if args.smoke else []))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/study/decoder"))
@@ -648,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2", help="built-in name or a saved model folder")
     parser.add_argument("--data", type=Path, default=None, help="folder with train/test JSONL")
     parser.add_argument("--steps", type=int, default=30, help="training steps per run")
+    parser.add_argument("--eval-steps", type=int, default=10, help="evaluate every N steps")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--smoke", action="store_true", help="tiny version for CI (seconds)")
     parser.add_argument(
@@ -682,20 +696,22 @@ def main(argv: list[str] | None = None) -> int:
         }
     write_json(args.out / "data.json", data)
     overrides = {**SETTINGS, "model": args.model, "data": str(data_dir.resolve())}
-    overrides["max_steps"] = args.steps
+    overrides["max_steps"], overrides["eval_steps"] = args.steps, args.eval_steps
     if args.smoke:
         overrides.update(SMOKE)
     grid = SMOKE_GRID if args.smoke else GRID
     seeds = SEEDS[:1] if args.smoke else SEEDS
     prior = args.out / "results.json"
     earlier = json.loads(prior.read_text()).get("invocations", []) if prior.exists() else []
+    seen = args.steps * SETTINGS["batch_size"]
+    sizes = {"steps": args.steps, "seen": seen, "eval_steps": args.eval_steps}
     report: dict[str, Any] = {
-        "command": COMMAND + (" --smoke" if args.smoke else ""),
+        "command": command(args),
         "settings": {k: v for k, v in overrides.items() if k != "data"},
         "data": data,
         "cpus": os.cpu_count(),
         "torch_threads": args.threads or "default",
-        "cuts": CUTS,
+        "cuts": [c.format(**sizes) for c in CUTS],
         "grids": {},
         "compare": {},
         "missing": ["grids", *args.stages],

@@ -47,9 +47,10 @@ def sweep(
     runs: Path,
     out: Path,
     method: list[str] | None = None,
+    metric: str = "eval_accuracy",
 ) -> SweepSummary:
-    """One resumable Optuna grid (lr_a x ratios, or lr_a x method); its heatmap and sweep.json
-    copied to `out`."""
+    """One resumable Optuna grid (lr_a x ratios, or lr_a x method) on `metric`; its heatmap and
+    sweep.json copied to `out`."""
     cfg = SweepConfig(
         lr_a=lr_a,
         ratios=ratios,
@@ -58,7 +59,7 @@ def sweep(
         overrides=overrides,
         study_name=name,
         out_dir=str(runs / name),
-        metric="eval_accuracy",
+        metric=metric,
     )
     start = time.perf_counter()
     summary = run_sweep(cfg)

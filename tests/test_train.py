@@ -442,6 +442,40 @@ def test_lr_roles_reach_the_optimizer(tiny_files: dict[str, Path], tmp_path: Pat
     assert lrs["lora_B"] == pytest.approx(16e-3)
 
 
+class TrainBatches(TrainerCallback):
+    """Records the input_ids of every training forward pass, in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[list[int]]] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        def record(module: Any, args: Any, kw: dict[str, Any]) -> None:
+            if module.training:
+                self.batches.append(kw["input_ids"].tolist())
+
+        kwargs["model"].register_forward_pre_hook(record, with_kwargs=True)
+
+
+def test_data_seed_fixes_the_data_while_the_seed_varies(
+    tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from loraplus import zoo
+    from loraplus.train.checks import data_options
+
+    def run(name: str, **seeds: int) -> tuple[list[str], list[list[list[int]]]]:
+        cfg = tiny_cls_config(tiny_files, tmp_path / name, max_train=40, **seeds)
+        rows = [r["text"] for r in zoo.load_data(cfg.data, **data_options(cfg)).train]
+        batches = TrainBatches()
+        train(cfg, callbacks=[batches])
+        return rows, batches.batches
+
+    fixed_0, fixed_1 = run("a", seed=0, data_seed=5), run("b", seed=1, data_seed=5)
+    assert fixed_0 == fixed_1 and len(fixed_0[1]) == 6  # same subset, same shuffle
+    assert run("c", seed=5)[0] == fixed_0[0]  # data_seed defaults to seed
+    plain_0, plain_1 = run("d", seed=0), run("e", seed=1)
+    assert plain_0[0] != plain_1[0] and plain_0[1] != plain_1[1]
+
+
 def test_early_stopping_ends_a_run_that_stopped_improving(
     tiny_files: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ def data_options(cfg: TrainConfig) -> dict[str, Any]:
     """load_data's keyword arguments for this config."""
     return {
         "task": cfg.task,
-        "seed": cfg.seed,
+        "seed": cfg.seed_of_data(),
         "max_train": cfg.max_train,
         "max_eval": cfg.max_eval,
         "text_column": cfg.text_column,

@@ -119,7 +119,16 @@ class TrainConfig:
     eval_steps: int = field(default=50, metadata=_help("evaluate every this many steps"))
     seed: int = field(
         default=0,
-        metadata=_help("seed of the head, the shuffle, --max-train and a split of one data file"),
+        metadata=_help(
+            "seed of the head and LoRA init, dropout and, unless --data-seed, of the data"
+        ),
+    )
+    data_seed: int | None = field(
+        default=None,
+        metadata=_help(
+            "seed of the shuffle, --max-train and a split of one data file (default: --seed); "
+            "fix it to vary only the init across seeds"
+        ),
     )
     output_dir: str = field(default="runs/train", metadata=_help("where outputs are written"))
     optimizer: str = field(default="adamw_torch", metadata=_help("HF optim name"))
@@ -182,6 +191,10 @@ class TrainConfig:
     def role_lrs(self) -> dict[str, float]:
         """lr_roles as {role: absolute lr}."""
         return _config.as_pairs(self.lr_roles, "lr_roles")
+
+    def seed_of_data(self) -> int:
+        """The seed of the data (shuffle, subsets, split): data_seed, else seed."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def _check(self) -> None:
         if self.task not in zoo.TASKS:

@@ -143,7 +143,7 @@ def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> 
         report_to=report_to or "none",
         disable_tqdm=not cfg.progress,
         seed=cfg.seed,
-        data_seed=cfg.seed,
+        data_seed=cfg.seed_of_data(),
         metric_for_best_model=_metric(cfg) if cfg.early_stopping_patience else None,
         greater_is_better=classification if cfg.early_stopping_patience else None,
         remove_unused_columns=False,
