@@ -202,25 +202,9 @@ def sweep(
     process holds; with `wait`, it then waits until every cell is done (see finish)."""
     cfg = sweep_config(study, name, lr_a, ratios, seeds, init)
     start = time.perf_counter()
-    summary = run_shared(cfg)
+    summary = run_sweep(cfg, train_fn=train_with_exact_match)
     print(f"[{name}] {len(summary.trials)} trials, {time.perf_counter() - start:.0f} s", flush=True)
     return finish(study, cfg) if wait else summary
-
-
-def run_shared(cfg: SweepConfig, tries: int = 5) -> SweepSummary:
-    """run_sweep, retried when two processes create the same new SQLite storage at once (Optuna's
-    schema set-up then fails in one of them with an IntegrityError on alembic_version)."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    for attempt in range(tries):
-        try:
-            return run_sweep(cfg, train_fn=train_with_exact_match)
-        except (IntegrityError, OperationalError) as err:
-            if attempt == tries - 1:
-                raise
-            print(f"[{cfg.study_name}] storage set-up raced ({type(err).__name__}); retrying")
-            time.sleep(3.0 + attempt)
-    raise AssertionError("unreachable")
 
 
 def sweep_config(
@@ -247,7 +231,7 @@ def finish(study: Study, cfg: SweepConfig, poll_s: float = 15.0) -> SweepSummary
         summary = summarize(cfg.storage_url, cfg.study_name)
         states = {c["state"] for c in summary.cells}
         if "pending" in states or ("running" in states and time.monotonic() - last_run > 120):
-            summary = run_shared(cfg)  # also reaps dead trials
+            summary = run_sweep(cfg, train_fn=train_with_exact_match)  # also reaps dead trials
             last_run = time.monotonic()
             continue
         if "running" not in states:

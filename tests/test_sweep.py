@@ -203,6 +203,29 @@ def test_two_spawned_workers_on_one_sqlite_study_run_every_cell_once(tmp_path: P
     assert summary.best is not None and summary.best["lr_a"] == LR_A[2]
 
 
+def start_together(cfg: SweepConfig, barrier: Any) -> None:
+    """`loraplus sweep` started at the same moment as others, on a storage none has created."""
+    barrier.wait()
+    run_sweep(cfg, train_fn=fake_train)
+
+
+def test_sweeps_started_at_once_on_a_new_sqlite_file_all_succeed(tmp_path: Path) -> None:
+    """They race to create the tables (Optuna's schema set-up, then the grid): make_storage
+    retries the loser, and open_study lets one process publish the grid."""
+    cfg = config(tmp_path, lr_a=LR_A[:2], ratios=[1, 16], heartbeat_s=60)
+    assert not Path(cfg.storage_url.split(":///")[1]).exists()
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    procs = [context.Process(target=start_together, args=(cfg, barrier)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    cells = [c[:3] for c in calls(tmp_path / "calls.log")]
+    assert len(cells) == 4 and len(set(cells)) == 4  # every cell exactly once
+
+
 def test_a_cell_queued_twice_runs_once_and_errors_stay_taken_unless_retried(
     tmp_path: Path,
 ) -> None:
