@@ -230,20 +230,32 @@ def report(found: dict[str, Row], task: Task, out: Path, command: str, best: Row
         "",
         f"Command: `{command}`. Settings: {task.settings}.",
         "",
-        f"| method | lr_A | best eval {what} (mean ± std) | seeds | runs | lr_A line (seed 0) |",
-        "|---|---|---|---|---|---|",
+        f"| method | lr_A | best eval {what} (mean ± std) | seeds | runs | minus best-ratio, "
+        "paired by seed | lr_A line (seed 0) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         line = ", ".join(f"{k}: {v:.3f}" for k, v in r["line"].items())
         lr = "n/a" if r["lr_a"] is None else f"{r['lr_a']:g}"
         lines.append(
             f"| {r['method']} | {lr} | {mean_std(r['values'])} | {len(r['values'])} "
-            f"| {r['runs']} | {line} |"
+            f"| {r['runs']} | {paired(r, best)} | {line} |"
         )
     with atomic_file(out / "results.md") as handle:
         handle.write("\n".join(lines) + "\n\n![methods](methods.png)\n")
     plot(rows, task, out / "methods.png")
     return result
+
+
+def paired(row: Row, best: Row | None) -> str:
+    """The row's value minus best-ratio's at the same seed: mean (per seed), '' if unpaired.
+    Seed-paired, because a seed fixes the init and the batch order for every method."""
+    if best is None or best["method"] in (row["method"], f"best-ratio ({row['method']})"):
+        return ""
+    if not 1 < len(row["values"]) == len(best["values"]):
+        return ""
+    diffs = [a - b for a, b in zip(row["values"], best["values"], strict=True)]
+    return f"{statistics.mean(diffs):+.3f} ({', '.join(f'{d:+.3f}' for d in diffs)})"
 
 
 def plot(rows: list[Row], task: Task, path: Path) -> None:
@@ -305,7 +317,18 @@ def main(argv: list[str] | None = None) -> int:
             base["model"] = args.model
         base["data"] = str((args.data or decoder_study_data(runs, decoder_study.DATA)).resolve())
         prior = decoder_prior(args.prior) if args.prior.is_dir() else {}
-    task = Task(task.title, base, task.metric, task.centres, task.fixed, task.smoke)
+    shown = dict(base)  # what the report says: no machine's absolute path
+    if args.task == "decoder":
+        data = decoder_study.DATA
+        shown["data"] = (
+            str(args.data)
+            if args.data
+            else (
+                f"{data['name']} as decoder_study.py prepares it ({data['max_train']} train, "
+                f"{data['max_eval']} eval rows)"
+            )
+        )
+    task = Task(task.title, shown, task.metric, task.centres, task.fixed, task.smoke)
     new = [m for m in task.centres if m not in prior and task.centres[m] > 0]
     methods = args.methods or new
     unknown = sorted(set(methods) - set(new))

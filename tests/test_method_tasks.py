@@ -28,16 +28,20 @@ def test_report_adds_best_ratio_and_counts_its_runs(tmp_path: Path) -> None:
         "ratio=4": row("ratio=4", 1.6e-3, [0.72, 0.70, 0.71]),
         "loraplus": row("loraplus", 4e-4, [0.69, 0.69, 0.70]),
         "auto": row("auto", 4e-4, [0.66, 0.67, 0.65]),
+        "pissa": row("pissa", 1e-3, [0.6]),  # one seed: nothing to pair
     }
     task = dataclasses.replace(tasks.ENCODER, settings={"lr_roles": ["head=0.016"]})
     best = tasks.best_ratio(found, task, None)
     result = tasks.report(found, task, tmp_path, "cmd", best)
     names = [r["method"] for r in result["rows"]]
-    assert names == ["lora", "ratio=4", "loraplus", "best-ratio (ratio=4)", "auto"]
+    assert names == ["lora", "ratio=4", "loraplus", "best-ratio (ratio=4)", "auto", "pissa"]
     best = result["rows"][3]
     assert best["values"] == [0.72, 0.70, 0.71] and best["runs"] == 3 * 3 + 2
     text = (tmp_path / "results.md").read_text()
-    assert "| best-ratio (ratio=4) | 0.0016 | 0.710 ± 0.010 | 3 | 11 |" in text
+    assert "| best-ratio (ratio=4) | 0.0016 | 0.710 ± 0.010 | 3 | 11 |  |" in text
+    assert "| ratio=4 | 0.0016 | 0.710 ± 0.010 | 3 | 5 |  |" in text  # the one chosen
+    assert "| auto | 0.0004 | 0.660 ± 0.010 | 3 | 5 | -0.050 (-0.060, -0.030, -0.060) |" in text
+    assert "| pissa | 0.001 | 0.600 | 1 | 5 |  |" in text
     assert "best eval accuracy" in text
     assert json.loads((tmp_path / "results.json").read_text())["head_lr"] == 0.016
     assert (tmp_path / "methods.png").read_bytes()[:4] == b"\x89PNG"
