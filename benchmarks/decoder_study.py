@@ -12,11 +12,12 @@ Stages (each a resumable Optuna study under --runs; rerun the script to continue
   3. init    Init[2] (A = 0, B random) at both chosen cells (seed 0), against Init[1] (B = 0).
   4. ratios  ratios 2, 4, 8, 32 (seed 0), each on a 2-point lr_A line (x2 apart) bracketing the
              log-interpolation between LoRA's and LoRA+'s chosen lr_A (ratio 1 and 16: stage 1).
+  5. auto    ratio="auto" at LoRA+'s chosen lr_A (no re-tuning), seeds 0, 1, 2 (not by default).
 Writes into --out: results.md, results.json, curves.png (eval loss vs step, LoRA vs LoRA+, mean
 over seeds with a min-max band), data.json and per sweep its sweep.json.
 Two processes of the same command share every sweep (cells run exactly once), using two cores.
 Usage: python benchmarks/decoder_study.py [--smoke --model DIR --data DIR] [--steps N]
-       [--eval-steps N] [--stages seeds init ratios] [--out DIR --runs DIR]
+       [--eval-steps N] [--stages seeds init ratios auto] [--out DIR --runs DIR]
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def sweep(
     study: Study,
     name: str,
     lr_a: list[float],
-    ratios: list[float],
+    ratios: list[Any],
     seeds: list[int],
     init: str = "init1",
     wait: bool = True,
@@ -208,12 +209,13 @@ def sweep(
 
 
 def sweep_config(
-    study: Study, name: str, lr_a: list[float], ratios: list[float], seeds: list[int], init: str
+    study: Study, name: str, lr_a: list[float], ratios: list[Any], seeds: list[int], init: str
 ) -> SweepConfig:
-    """The SweepConfig of one named sweep of the study."""
+    """The SweepConfig of one named sweep of the study (ratios ["auto"]: the auto method)."""
+    axis: dict[str, Any] = {"method": ["auto"]} if ratios == ["auto"] else {"ratios": ratios}
     return SweepConfig(
         lr_a=lr_a,
-        ratios=ratios,
+        **axis,
         seeds=seeds,
         overrides={**study.overrides, "init": init},
         study_name=name,
@@ -364,9 +366,11 @@ def compare(cells: dict[str, dict[str, Any]], runs: Runs, steps: int) -> dict[st
 # --- outputs -----------------------------------------------------------------------------------
 
 
-def plot_curves(path: Path, result: dict[str, Any], init2: dict[str, Any]) -> None:
+def plot_curves(
+    path: Path, result: dict[str, Any], init2: dict[str, Any], auto: dict[str, Any] | None = None
+) -> None:
     """Eval loss vs step: LoRA and LoRA+ at their chosen cells, mean over seeds, min-max band;
-    Init[2] (seed 0) dashed."""
+    Init[2] (seed 0) dashed; ratio="auto" at LoRA+'s lr_A, each seed dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -397,6 +401,11 @@ def plot_curves(path: Path, result: dict[str, Any], init2: dict[str, Any]) -> No
         if other:
             s2, v2 = zip(*other["curve"], strict=True)
             ax.plot(s2, v2, color=colors[method], ls="--", label="  same cell, Init[2], seed 0")
+    if auto:
+        for i, row in enumerate(auto["seeds"].values()):
+            s3, v3 = zip(*row["curve"], strict=True)
+            label = f'ratio="auto" at lr_A {auto["lr_a"]:.3g}, each seed' if i == 0 else None
+            ax.plot(s3, v3, color="tab:green", ls=":", label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("eval loss (response tokens)")
     ax.set_yscale("log")
@@ -495,6 +504,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r['ratio']:g} | {', '.join(f'{x:.3g}' for x in r['tried'])} | "
                 f"{r['lr_a']:.3g} | {fmt(r['best'])} | {fmt(r['exact_match'])} | {r['note']} |"
             )
+    if report.get("auto"):
+        auto = report["auto"]
+        lines += ["", f'## ratio="auto" at LoRA+\'s lr_A ({auto["lr_a"]:.3g}), no re-tuning', ""]
+        lines += ["| seed | best eval loss | LoRA+ (ratio 16), same seed | ratio at the end |"]
+        lines += ["|---|---|---|---|"]
+        for seed, r in auto["seeds"].items():
+            ends = ", ".join(f"{k} {v:.3g}" for k, v in r["ratios"].items())
+            lines.append(f"| {seed} | {fmt(r['best_eval_loss'])} | {fmt(r['loraplus'])} | {ends} |")
+        values = [r["best_eval_loss"] for r in auto["seeds"].values()]
+        lines += ["", f"Mean ± std: {mean_std(values)}."]
     lines += ["", "## Cuts and why", ""] + [f"- {c}" for c in report["cuts"]]
     if report.get("missing"):
         lines += ["", "## Not finished", ""] + [f"- {m}" for m in report["missing"]]
@@ -652,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stages",
         nargs="+",
         default=["seeds", "init", "ratios"],
-        choices=["seeds", "init", "ratios"],
+        choices=["seeds", "init", "ratios", "auto"],
         help="stages after the grids (which always run)",
     )
     args = parser.parse_args(argv)
@@ -721,7 +740,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def refresh() -> None:
         report["compare"] = compare(chosen, study.runs, int(overrides["max_steps"]))
-        plot_curves(args.out / "curves.png", report["compare"], report.get("init", {}))
+        plot_curves(
+            args.out / "curves.png", report["compare"], report.get("init", {}), report.get("auto")
+        )
         save()
 
     study.after_sweep = refresh
@@ -744,6 +765,11 @@ def main(argv: list[str] | None = None) -> int:
     if "ratios" in args.stages:  # 4. ratio scan
         ratio_scan(study, chosen, report, SCAN_RATIOS[:1] if args.smoke else SCAN_RATIOS)
         report["missing"].remove("ratios")
+    if "auto" in args.stages:  # 5. ratio="auto" at LoRA+'s lr_A, seeds 0, 1, 2
+        lr = chosen["loraplus"]["lr_a"]
+        sweep(study, "auto", [lr], ["auto"], [0, *seeds])
+        report["auto"] = auto_rows(study, lr)
+        report["missing"].remove("auto")
     refresh()
     print((args.out / "results.md").read_text(), flush=True)
     return 0
@@ -781,6 +807,25 @@ def span(root: Path) -> dict[str, Any]:
         "runs": len(seconds),
         "run_s": statistics.mean(seconds),
     }
+
+
+def auto_rows(study: Study, lr_a: float) -> dict[str, Any]:
+    """ratio="auto" at LoRA+'s lr_A, per seed: best eval loss, LoRA+'s at the same seed, the
+    ratio each module kind ended at, and the curve."""
+    rows: dict[str, Any] = {"lr_a": lr_a, "seeds": {}}
+    for key, metrics in sorted(study.runs.items(), key=lambda kv: kv[0][2]):
+        if key[1] != "auto" or key[0] != lr_a:
+            continue
+        plus = study.runs.get((lr_a, 16.0, key[2], "init1"))
+        ratios = [r for r in metrics["history"] if any(k.startswith("auto_ratio/") for k in r)]
+        last = ratios[-1] if ratios else {}
+        rows["seeds"][str(key[2])] = {
+            "best_eval_loss": best_loss(metrics),
+            "loraplus": best_loss(plus) if plus else None,
+            "ratios": {k.split("/", 1)[1]: v for k, v in last.items() if "auto_ratio/" in k},
+            "curve": curve(metrics),
+        }
+    return rows
 
 
 def init_rows(study: Study, chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -130,3 +130,13 @@ def test_smoke_study(tmp_path: Path) -> None:
     again = json.loads((out / "results.json").read_text())
     assert again["compare"] == report["compare"]
     assert len(again["invocations"]) == 2
+    # the auto stage: ratio="auto" at LoRA+'s chosen lr_A, seeds 0 and 1, beside LoRA+'s runs
+    assert study.main([*argv, "--runs", str(runs), "--stages", "seeds", "auto"]) == 0
+    auto = json.loads((out / "results.json").read_text())["auto"]
+    assert auto["lr_a"] == 2.5e-4 and set(auto["seeds"]) == {"0", "1"}
+    for seed, row in auto["seeds"].items():
+        assert row["loraplus"] == main["loraplus"]["best_eval_loss"][int(seed)]
+        assert row["best_eval_loss"] == min(v for s, v in row["curve"] if s > 0)
+        assert set(row["ratios"]) and all(1.0 <= r <= 2.0**10 for r in row["ratios"].values())
+    text = (out / "results.md").read_text()
+    assert '## ratio="auto" at LoRA+\'s lr_A (0.00025), no re-tuning' in text
