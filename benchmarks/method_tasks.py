@@ -166,7 +166,7 @@ def decoder_prior(folder: Path) -> dict[str, Row]:
     """LoRA, LoRA+ and the ratio scan from decoder_study's sweeps in `folder`: each ratio's lr_A
     line (seed 0) and, where that study ran them, seeds 1 and 2 at its chosen lr_A."""
     lines: dict[float, dict[float, float]] = {}
-    seeds: dict[float, list[float]] = {}
+    seeds: dict[tuple[float, float], list[float]] = {}  # (ratio, lr_A) -> seeds 1, 2
     for path in sorted(folder.glob("*_sweep.json")):
         if path.name.startswith("init2"):
             continue  # Init[2] is another method
@@ -178,12 +178,12 @@ def decoder_prior(folder: Path) -> dict[str, Row]:
             if data["seeds"] == [0]:
                 lines.setdefault(ratio, {})[cell["lr_a"]] = cell["mean"]
             else:
-                seeds[ratio] = [v for v in cell["values"] if v is not None]
+                seeds[ratio, cell["lr_a"]] = [v for v in cell["values"] if v is not None]
     found: dict[str, Row] = {}
     for ratio, line in sorted(lines.items()):
         method = {1.0: "lora", 16.0: "loraplus"}.get(ratio, f"ratio={ratio:g}")
         best = min(line, key=lambda k: line[k])
-        values = [line[best], *seeds.get(ratio, [])]
+        values = [line[best], *seeds.get((ratio, best), [])]  # seeds at the chosen lr only
         found[method] = {
             "method": method,
             "line": {f"{k:g}": v for k, v in sorted(line.items())},

@@ -66,6 +66,7 @@ def decoder_study_folder(folder: Path) -> Path:
     write_sweep(folder, "seeds-loraplus", 16.0, [1, 2], {2.5e-4: [0.50, 0.55]})
     write_sweep(folder, "ratio2-lr0.002", 2.0, [0], {2e-3: [0.51]})
     write_sweep(folder, "ratio2-lr0.004", 2.0, [0], {4e-3: [0.49]})
+    write_sweep(folder, "seeds-ratio2", 2.0, [1, 2], {2e-3: [0.6, 0.6]})  # not at its best lr
     write_sweep(folder, "init2-lora", 1.0, [0], {4e-3: [0.40]})  # another method: ignored
     return folder
 
