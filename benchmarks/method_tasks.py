@@ -153,13 +153,31 @@ def tune(method: str, job: dict[str, Any]) -> Row:
     if not cells:
         return {"method": method, "line": {}, "lr_a": None, "values": [], "runs": n_runs}
     best = task.best(cells)
-    return {
+    row = {
         "method": method,
         "line": {f"{k:g}": v for k, v in sorted(cells.items())},
         "lr_a": best,
         "values": [cells[best], *seeds_at(method, best, job)],
         "runs": n_runs + 2,
     }
+    if method == "auto":
+        row["ratios_at_end"] = ratios_at_end(job["runs"], method, best)
+    return row
+
+
+def ratios_at_end(runs: Path, method: str, lr: float) -> dict[str, dict[str, float]]:
+    """seed -> {module kind: lr_B / lr_A} that auto's controller ended at, in each run of the
+    method at lr_A (read from the runs' metrics.json)."""
+    found = {}
+    for path in sorted(runs.glob(f"{key(method)}-*/trials/*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        if metrics["config"]["lr"] != lr:
+            continue
+        rows = [r for r in metrics["history"] if any(k.startswith("auto_ratio/") for k in r)]
+        if rows:
+            ends = {k.split("/", 1)[1]: v for k, v in rows[-1].items() if "auto_ratio/" in k}
+            found[str(metrics["config"]["seed"])] = ends
+    return dict(sorted(found.items()))
 
 
 def decoder_prior(folder: Path) -> dict[str, Row]:
@@ -241,6 +259,12 @@ def report(found: dict[str, Row], task: Task, out: Path, command: str, best: Row
             f"| {r['method']} | {lr} | {mean_std(r['values'])} | {len(r['values'])} "
             f"| {r['runs']} | {paired(r, best)} | {line} |"
         )
+    for r in rows:
+        if r.get("ratios_at_end"):
+            lines += ["", f"lr_B / lr_A where {r['method']} ended (at lr_A {r['lr_a']:g}):", ""]
+        for seed, ends in r.get("ratios_at_end", {}).items():
+            kinds = ", ".join(f"{k} {v:.3g}" for k, v in ends.items())
+            lines.append(f"- seed {seed}: {kinds}")
     with atomic_file(out / "results.md") as handle:
         handle.write("\n".join(lines) + "\n\n![methods](methods.png)\n")
     plot(rows, task, out / "methods.png")

@@ -88,6 +88,26 @@ def test_decoder_prior_reads_each_ratio_line_and_its_seeds(tmp_path: Path) -> No
     assert best["runs"] == 3 + 2 + 2 and best["values"] == [0.49]
 
 
+def test_ratios_at_end_reads_autos_last_ratios_at_the_chosen_lr(tmp_path: Path) -> None:
+    tasks = load("method_tasks")
+    for study, number, lr, seed, ends in (
+        ("auto-line", 0, 1e-3, 0, 8.0),
+        ("auto-line", 1, 4e-3, 0, 2.0),  # another lr: not this row's
+        ("auto-seeds", 0, 1e-3, 1, 5.66),
+    ):
+        trial = tmp_path / study / "trials" / f"trial_{number:04d}"
+        trial.mkdir(parents=True)
+        history = [
+            {"step": 10, "auto_ratio/q": 16.0, "auto_ratio/mlp": 16.0},
+            {"step": 20, "auto_ratio/q": ends, "auto_ratio/mlp": ends / 2},
+            {"step": 20, "eval_loss": 0.5},
+        ]
+        metrics = {"config": {"lr": lr, "seed": seed}, "history": history}
+        (trial / "metrics.json").write_text(json.dumps(metrics))
+    found = tasks.ratios_at_end(tmp_path, "auto", 1e-3)
+    assert found == {"0": {"q": 8.0, "mlp": 4.0}, "1": {"q": 5.66, "mlp": 2.83}}
+
+
 def test_decoder_cells_are_decoder_study_cells(tmp_path: Path) -> None:
     """The reused rows are comparable: a `lora` method cell trains exactly like decoder_study's
     ratio-1 cell, and LoRA+'s like its ratio-16 cell."""
