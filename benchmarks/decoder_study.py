@@ -817,15 +817,20 @@ def auto_rows(study: Study, lr_a: float) -> dict[str, Any]:
         if key[1] != "auto" or key[0] != lr_a:
             continue
         plus = study.runs.get((lr_a, 16.0, key[2], "init1"))
-        ratios = [r for r in metrics["history"] if any(k.startswith("auto_ratio/") for k in r)]
-        last = ratios[-1] if ratios else {}
         rows["seeds"][str(key[2])] = {
             "best_eval_loss": best_loss(metrics),
             "loraplus": best_loss(plus) if plus else None,
-            "ratios": {k.split("/", 1)[1]: v for k, v in last.items() if "auto_ratio/" in k},
+            "ratios": final_ratios(metrics),
             "curve": curve(metrics),
         }
     return rows
+
+
+def final_ratios(metrics: dict[str, Any]) -> dict[str, float]:
+    """{module kind: lr_B / lr_A} where auto's controller ended a run ({} for a fixed ratio)."""
+    rows = [r for r in metrics["history"] if any(k.startswith("auto_ratio/") for k in r)]
+    last = rows[-1] if rows else {}
+    return {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("auto_ratio/")}
 
 
 def init_rows(study: Study, chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:

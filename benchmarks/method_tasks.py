@@ -173,9 +173,8 @@ def ratios_at_end(runs: Path, method: str, lr: float) -> dict[str, dict[str, flo
         metrics = json.loads(path.read_text())
         if metrics["config"]["lr"] != lr:
             continue
-        rows = [r for r in metrics["history"] if any(k.startswith("auto_ratio/") for k in r)]
-        if rows:
-            ends = {k.split("/", 1)[1]: v for k, v in rows[-1].items() if "auto_ratio/" in k}
+        ends = decoder_study.final_ratios(metrics)
+        if ends:
             found[str(metrics["config"]["seed"])] = ends
     return dict(sorted(found.items()))
 
