@@ -372,10 +372,12 @@ def test_overwrite_replaces_the_old_run(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = _run_folder(tmp_path / "out")
+    (out / "checkpoint-7").mkdir()  # the old run's checkpoint: never resumed into the new one
     argv = [*_args(tiny_files, out, "--max-steps", "2", "--no-progress"), "--report-to"]
     assert cli.main(["train", *argv, "tensorboard", "--overwrite"]) == 0
     events = [p.name for p in (out / "tensorboard").iterdir()]
     assert events and "events.out.tfevents.1" not in events  # the old log is gone
+    assert not (out / "checkpoint-7").exists()
     assert json.loads((out / "metrics.json").read_text())["config"]["overwrite"] is True
 
 

@@ -7,15 +7,14 @@ before these checks pass.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from loraplus import zoo
 from loraplus.train.config import TrainConfig
+from loraplus.train.outputs import FINAL_FILES, LOGS, clear_previous
 
-RUN_FILES = ("metrics.json", "curves.png", "adapter", "merged", "tensorboard")  # what a run writes
-_STALE = ("tensorboard",)  # logs a new run would append to instead of replacing
+RUN_FILES = (*FINAL_FILES, *LOGS)  # what a run writes
 
 
 def data_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -85,11 +84,8 @@ def check_rows(cfg: TrainConfig, data: zoo.TaskData) -> None:
 def _clear_previous(cfg: TrainConfig) -> None:
     """With --overwrite, remove the old run's logs and checkpoints so they do not mix in."""
     out = Path(cfg.output_dir).expanduser()
-    if not cfg.overwrite or cfg.resume or not out.is_dir():
-        return
-    for path in [out / name for name in _STALE] + sorted(out.glob("checkpoint-*")):
-        if path.is_dir():
-            shutil.rmtree(path)
+    if cfg.overwrite and not cfg.resume and out.is_dir():
+        clear_previous(out, overwrite=True)
 
 
 def load_checked(cfg: TrainConfig) -> zoo.TaskData:

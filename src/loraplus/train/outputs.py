@@ -15,12 +15,16 @@ from typing import Any
 from loraplus._io import atomic_dir, write_json
 
 FINAL_FILES = ("metrics.json", "curves.png", "adapter", "merged")
+LOGS = ("tensorboard",)  # a new run would append to these instead of replacing them
 
 
-def clear_previous(output_dir: Path) -> None:
-    """Remove an earlier run's final files (metrics.json first: it marks them complete)."""
-    for name in FINAL_FILES:
-        path = output_dir / name
+def clear_previous(output_dir: Path, *, overwrite: bool = False) -> None:
+    """Remove an earlier run's final files (metrics.json first: it marks them complete); with
+    `overwrite` also its logs and checkpoints, so that none of them mixes into the new run."""
+    paths = [output_dir / name for name in FINAL_FILES]
+    if overwrite:
+        paths += [output_dir / name for name in LOGS] + sorted(output_dir.glob("checkpoint-*"))
+    for path in paths:
         if path.is_dir():
             shutil.rmtree(path)
         else:
