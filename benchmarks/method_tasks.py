@@ -28,7 +28,7 @@ import json
 import os
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{data['max_eval']} eval rows)"
             )
         )
-    task = Task(task.title, shown, task.metric, task.centres, task.fixed, task.smoke)
+    task = replace(task, settings=shown)
     new = [m for m in task.centres if m not in prior and task.centres[m] > 0]
     methods = args.methods or new
     unknown = sorted(set(methods) - set(new))

@@ -82,7 +82,7 @@ def check_rows(cfg: TrainConfig, data: zoo.TaskData) -> None:
 
 
 def _clear_previous(cfg: TrainConfig) -> None:
-    """With --overwrite, remove the old run's logs and checkpoints so they do not mix in."""
+    """With --overwrite, remove the old run's files, logs and checkpoints so none mixes in."""
     out = Path(cfg.output_dir).expanduser()
     if cfg.overwrite and not cfg.resume and out.is_dir():
         clear_previous(out, overwrite=True)
