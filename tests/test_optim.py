@@ -164,6 +164,48 @@ def test_single_lr_optimizers_are_refused() -> None:
         create_optimizer(lora_bert(), prodigy.Prodigy, lr=1.0)
 
 
+def adafactor_first_step(grad: torch.Tensor) -> torch.Tensor:
+    """Adafactor's first update direction by hand (Shazeer & Stern 2018, Alg. 4 and 5, β̂₂ = 0):
+    g / sqrt(V̂), V̂ = g² for a vector and R·Cᵀ / mean(R) from the row and column means of g²
+    for a matrix; then clipped to RMS <= 1."""
+    g2 = grad.double() ** 2 + 1e-30
+    if grad.ndim >= 2:
+        rows, cols = g2.mean(dim=-1), g2.mean(dim=-2)
+        g2 = torch.outer(rows, cols) / rows.mean()
+    update = grad.double() / g2.sqrt()
+    return update / max(1.0, update.pow(2).mean().sqrt().item())
+
+
+def test_adafactor_steps_each_group_at_its_own_lr() -> None:
+    lr, ratio = 1e-3, 16.0
+    model = lora_llama()
+    randomize_b(model)
+    out = one_step(model, create_optimizer(model, "adafactor", lr=lr, ratio=ratio))
+    moved, grads = out["moved"], out["grads"]  # type: ignore[index]
+    per_unit: dict[str, list[float]] = {"A": [], "B": []}
+    for name, delta in moved.items():
+        direction = adafactor_first_step(grads[name])
+        expected = lr * (ratio if ".lora_B." in name else 1.0)
+        # atol: the fp32 rounding of p - step
+        torch.testing.assert_close(delta.double(), -expected * direction, rtol=1e-4, atol=5e-8)
+        step = (delta.double().norm() / direction.norm()).item()  # distance per unit direction
+        per_unit["B" if ".lora_B." in name else "A"].append(step)
+    assert min(per_unit["B"]) / max(per_unit["A"]) == pytest.approx(ratio, rel=1e-4)
+    assert max(per_unit["B"]) / min(per_unit["A"]) == pytest.approx(ratio, rel=1e-4)
+
+
+def test_adafactor_settings_that_ignore_group_lrs_are_refused() -> None:
+    model = lora_bert()
+    with pytest.raises(ValueError, match=r"scale_parameter=True .* Drop scale_parameter"):
+        create_optimizer(model, "adafactor", lr=1e-3, scale_parameter=True)
+    with pytest.raises(ValueError, match=r"relative_step=True, warmup_init=True ignores"):
+        create_optimizer(model, "adafactor", lr=1e-3, relative_step=True, warmup_init=True)
+    with pytest.raises(ValueError, match=r"torch.optim.Adafactor scales every step.*\"adafactor\""):
+        create_optimizer(model, torch.optim.Adafactor, lr=1e-3)
+    defaults = create_optimizer(model, "adafactor", lr=1e-3, scale_parameter=False).defaults
+    assert (defaults["relative_step"], defaults["scale_parameter"]) == (False, False)
+
+
 def test_strings_in_optimizer_kwargs_are_coerced() -> None:
     opt = create_optimizer(lora_bert(), "adamw", lr="2e-4", eps="1e-6", betas=["0.9", "0.95"])
     assert opt.defaults["eps"] == 1e-6 and opt.defaults["betas"] == (0.9, 0.95)

@@ -37,6 +37,13 @@ OPTIMIZERS: dict[str, tuple[str, str, str]] = {
 # Default hyperparameters that break per-group learning rates, by optimizer family.
 _SINGLE_LR_MARKERS = ({"d0", "d_coef"}, {"d", "growth_rate"})
 
+# transformers' Adafactor (and any optimizer taking these flags) steps at its own lr only with
+# all three off: relative_step derives the step from the step count instead of the group's lr,
+# and scale_parameter multiplies it by max(1e-3, RMS(p)), so a lora_B that starts at 0 moves at
+# about 1e-3 · lr_B, slower than A: LoRA+ inverted. (The Trainer's optim="adafactor" sets the
+# first two off too.)
+_PER_GROUP_LR_FLAGS = {"relative_step": False, "scale_parameter": False, "warmup_init": False}
+
 
 def resolve_optimizer(optimizer: str | type[Optimizer]) -> type[Optimizer]:
     """An optimizer class from a class or a name such as "adamw" or "adamw_8bit"."""
@@ -80,6 +87,27 @@ def _coerce_kwargs(cls: type[Optimizer], kwargs: Mapping[str, Any]) -> dict[str,
     return out
 
 
+def _per_group_lr_flags(cls: type[Optimizer], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """kwargs with Adafactor's relative step and parameter scaling off (refused if turned on),
+    so each param group steps at its own lr."""
+    try:
+        accepted = set(inspect.signature(cls.__init__).parameters)
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    if not set(_PER_GROUP_LR_FLAGS) <= accepted:
+        return dict(kwargs)
+    on = [k for k in _PER_GROUP_LR_FLAGS if kwargs.get(k)]
+    if on:
+        raise ValueError(
+            f"{cls.__name__} with {', '.join(f'{k}=True' for k in on)} ignores each param "
+            "group's lr (relative_step derives the step from the step count; scale_parameter "
+            "scales it by the tensor's RMS, so a lora_B that starts at 0 barely moves), which "
+            f"undoes LoRA+. Drop {', '.join(on)}: loraplus runs {cls.__name__} with "
+            "relative_step=False, scale_parameter=False, warmup_init=False and your lr."
+        )
+    return {**kwargs, **_PER_GROUP_LR_FLAGS}
+
+
 def _refuse_single_lr(optimizer: Optimizer) -> None:
     keys = set(optimizer.defaults)
     if any(marker <= keys for marker in _SINGLE_LR_MARKERS):
@@ -89,6 +117,14 @@ def _refuse_single_lr(optimizer: Optimizer) -> None:
             "the largest lr), so LoRA+'s per-role learning rates would be ignored or rejected "
             "mid-training. Use an optimizer with per-group lr (adamw, adam, sgd, adamw_8bit), "
             "or train plain LoRA with ratio=1."
+        )
+    torch_adafactor = getattr(torch.optim, "Adafactor", None)  # torch >= 2.5
+    if torch_adafactor is not None and isinstance(optimizer, torch_adafactor):
+        raise ValueError(
+            "torch.optim.Adafactor scales every step by the tensor's RMS (max(1e-3, RMS(p)) · "
+            "lr), so a lora_B that starts at 0 moves about 1000x slower than lr_B and LoRA+ is "
+            'inverted. Use "adafactor" (transformers\' Adafactor, which loraplus runs with '
+            'relative_step=False and scale_parameter=False) or "adamw".'
         )
 
 
@@ -184,7 +220,7 @@ def _build(
     optimizer_kwargs: Mapping[str, Any],
 ) -> Optimizer:
     """`cls` over `groups`; refused if it ignores per-group lrs; embeddings keep 32-bit state."""
-    kwargs = _coerce_kwargs(cls, optimizer_kwargs)
+    kwargs = _per_group_lr_flags(cls, _coerce_kwargs(cls, optimizer_kwargs))
     kwargs.pop("lr", None)
     kwargs.pop("weight_decay", None)
     build: Any = cls
