@@ -77,13 +77,16 @@ def test_agrees_with_peft_on_plain_linear_lora() -> None:
     assert lr_by_param(ours) == pytest.approx(lr_by_param(ref))
     compat = create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-4, loraplus_lr_ratio=16)
     assert lr_by_param(compat) == pytest.approx(lr_by_param(ref))
-    # PEFT's four groups, empty ones included, in its order.
-    assert [g["role"] for g in compat.param_groups] == ["lora_A", "embedding_A", "lora_B", "vector"]
-    assert [g["lr"] for g in compat.param_groups] == pytest.approx(
-        [g["lr"] for g in ref.param_groups]
-    )
-    for ours_group, ref_group in zip(compat.param_groups, ref.param_groups, strict=True):
+    # PEFT's groups in its order; its empty ones only in state_dict(), never in param_groups.
+    assert [g["role"] for g in compat.param_groups] == ["lora_A", "lora_B"]
+    filled = [g for g in ref.param_groups if g["params"]]
+    for ours_group, ref_group in zip(compat.param_groups, filled, strict=True):
         assert [id(p) for p in ours_group["params"]] == [id(p) for p in ref_group["params"]]
+        assert ours_group["lr"] == pytest.approx(ref_group["lr"])
+    saved, peft_saved = compat.state_dict()["param_groups"], ref.state_dict()["param_groups"]
+    assert [g["role"] for g in saved] == ["lora_A", "embedding_A", "lora_B", "vector"]
+    assert [g["params"] for g in saved] == [g["params"] for g in peft_saved]
+    assert [g["lr"] for g in saved] == pytest.approx([g["lr"] for g in peft_saved])
 
 
 def test_saved_head_matches_peft_and_is_explained() -> None:
@@ -116,7 +119,7 @@ def test_weight_decay_is_kept_not_dropped() -> None:
         ),
     ):
         wd = {g["role"]: g["weight_decay"] for g in opt.param_groups}
-        assert wd == {"lora_A": 0.1, "embedding_A": 0.1, "lora_B": 0.1, "magnitude": 0.0}
+        assert wd == {"lora_A": 0.1, "lora_B": 0.1, "magnitude": 0.0}
     with pytest.raises(ValueError, match="disagree; pass only one"):
         create_loraplus_optimizer(
             model,
@@ -361,6 +364,17 @@ def test_optimizer_state_saved_with_peft_loads(lora: dict[str, object], tmp_path
         assert set(ours.state[p]) == set(state)
         for key, value in state.items():
             assert torch.equal(ours.state[p][key], value), key
+    assert all(g["params"] for g in ours.param_groups)  # no empty group reaches a scheduler
+
+    # ... and back: ours, one step on, loads into PEFT's builder (its empty groups included).
+    ours.step()
+    torch.save(ours.state_dict(), tmp_path / "ours.pt")
+    back = peft_loraplus(model, torch.optim.AdamW, loraplus_weight_decay=0.01, **kw)
+    back.load_state_dict(torch.load(tmp_path / "ours.pt", weights_only=True))
+    assert [g["lr"] for g in back.param_groups] == [g["lr"] for g in ref.param_groups]
+    for p, state in ours.state.items():
+        for key, value in state.items():
+            assert torch.equal(back.state[p][key], value), key
 
 
 def test_peft_state_of_a_dora_model_does_not_load() -> None:
@@ -369,7 +383,7 @@ def test_peft_state_of_a_dora_model_does_not_load() -> None:
     ref = peft_loraplus(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16)
     ours = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16)
     assert [len(g["params"]) for g in ref.param_groups] == [13, 0, 26, 0]
-    assert [len(g["params"]) for g in ours.param_groups] == [13, 0, 13, 13]
+    assert [len(g["params"]) for g in ours.param_groups] == [13, 13, 13]
     with pytest.raises(ValueError, match="doesn't match the size of optimizer's group"):
         ours.load_state_dict(ref.state_dict())
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from loraplus.groups import POLICY, absolute_roles, as_float, param_groups, role_lrs
-from loraplus.roles import Role, as_role, classify, trainable_parameters
+from loraplus.roles import Role, as_role, classify, full_numel, trainable_parameters
 
 # name -> (module, attribute, pip package that provides it)
 OPTIMIZERS: dict[str, tuple[str, str, str]] = {
@@ -231,9 +231,9 @@ def _build(
 
 
 # peft.optimizers.create_loraplus_optimizer's four groups, in its order, and the roles each holds.
-# Keeping that count and order (empty groups included) lets an optimizer state saved with PEFT's
-# builder load into ours wherever both put a tensor in the same group (README: "saved optimizer
-# state").
+# Keeping that count and order in state_dict() (empty groups included, _drop_empty_groups) lets
+# an optimizer state saved with PEFT's builder load into ours, and back, wherever both put a
+# tensor in the same group (README: "saved optimizer state").
 _PEFT_LAYOUT: tuple[tuple[Role, ...], ...] = (
     (Role.LORA_A, Role.HEAD, Role.OTHER),  # groupA: lr (PEFT's rule for every other matrix)
     (Role.EMBEDDING_A, Role.EMBEDDING_B),  # embedding: loraplus_lr_embedding
@@ -276,6 +276,45 @@ def _peft_layout(
     return merged
 
 
+def _tensor_ids(optimizer: Optimizer) -> list[tuple[int, ...]]:
+    return [tuple(id(p) for p in g["params"]) for g in optimizer.param_groups]
+
+
+def _drop_empty_groups(optimizer: Optimizer) -> None:
+    """Remove PEFT's layout's empty groups, which DeepSpeed drops behind an LR scheduler's back
+    (torch's schedulers then fail on the group count), yet keep them in state_dict(): states
+    saved by PEFT's builder load here and this optimizer's load into PEFT's. Once DeepSpeed has
+    swapped in its own partitions, state dicts pass unchanged (DeepSpeed saves its own)."""
+    groups = optimizer.param_groups
+    empty = {i: {k: v for k, v in g.items() if k != "params"} for i, g in enumerate(groups)}
+    empty = {i: g for i, g in empty.items() if not groups[i]["params"]}
+    if not empty:
+        return
+    total = len(groups)
+    groups[:] = [g for g in groups if g["params"]]
+    built = _tensor_ids(optimizer)
+
+    def with_empty(opt: Optimizer, state: dict[str, Any]) -> dict[str, Any] | None:
+        if _tensor_ids(opt) != built:
+            return None
+        kept = iter(state["param_groups"])
+        slots = (({**empty[i], "params": []} if i in empty else next(kept)) for i in range(total))
+        return {**state, "param_groups": list(slots)}
+
+    def without_empty(opt: Optimizer, state: dict[str, Any]) -> dict[str, Any] | None:
+        saved = state["param_groups"]
+        if (
+            _tensor_ids(opt) != built
+            or len(saved) != total
+            or any(saved[i]["params"] for i in empty)
+        ):
+            return None  # not this layout: torch's own checks report the mismatch
+        return {**state, "param_groups": [g for i, g in enumerate(saved) if i not in empty]}
+
+    optimizer.register_state_dict_post_hook(with_empty)
+    optimizer.register_load_state_dict_pre_hook(without_empty)
+
+
 def create_loraplus_optimizer(
     model: nn.Module,
     optimizer_cls: str | type[Optimizer],
@@ -287,8 +326,9 @@ def create_loraplus_optimizer(
     """Drop-in for peft.optimizers.create_loraplus_optimizer, with its keyword names.
 
     Kept from PEFT: `loraplus_lr_embedding` defaults to 1e-6, a saved head's matrix trains at lr
-    (role head, which create_optimizer gives ratio * lr), and the four groups in PEFT's order
-    (empty ones too), so PEFT's saved optimizer states load. Fixed: `weight_decay` (or PEFT's
+    (role head, which create_optimizer gives ratio * lr), and the four groups in PEFT's order in
+    state_dict(), so saved optimizer states load either way; the empty ones are left out of
+    param_groups (DeepSpeed drops them under a scheduler's feet). Fixed: `weight_decay` (or PEFT's
     `loraplus_weight_decay`) applies to every decaying group, and a saved head's weight and bias
     follow the LoRA+ policy instead of being split by name.
     """
@@ -335,6 +375,7 @@ def create_loraplus_optimizer(
     )
     decay = as_float(chosen, "weight_decay", allow_zero=True)
     optimizer = _build(model, cls, _peft_layout(groups, model, lrs, decay), lr, kwargs)
+    _drop_empty_groups(optimizer)
     embedding_roles = (Role.EMBEDDING_A.value, Role.EMBEDDING_B.value)
     if not explicit_embedding and any(g["role"] in embedding_roles for g in groups):
         warnings.warn(
@@ -346,21 +387,41 @@ def create_loraplus_optimizer(
     return optimizer
 
 
-def summary(optimizer: Optimizer) -> str:
-    """A text table of the optimizer's groups: role, (fan-in,) tensors, parameters, lr, decay."""
+def group_sizes(optimizer: Optimizer, model: nn.Module | None = None) -> list[tuple[int, int]]:
+    """(tensors, parameters) of each param group, at full size wherever DeepSpeed runs it.
+
+    ZeRO-3's partitioned tensors count by `ds_numel`. DeepSpeed replaces a group's tensors by
+    its flat fp32 partition (ZeRO-1/2) or empties the list between steps (ZeRO-3), so with
+    `model` a group's `param_names` are counted on the model's own tensors instead.
+    """
+    named = dict(trainable_parameters(model)) if model is not None else {}
+    sizes = []
+    for group in optimizer.param_groups:
+        names = group.get("param_names") or []
+        found = bool(named) and bool(names) and all(n in named for n in names)
+        tensors = [named[n] for n in names] if found else list(group["params"])
+        sizes.append((len(tensors), sum(full_numel(p) for p in tensors)))
+    return sizes
+
+
+def summary(optimizer: Optimizer, model: nn.Module | None = None) -> str:
+    """A text table of the optimizer's groups: role, (fan-in,) tensors, parameters, lr, decay.
+
+    Pass `model` under DeepSpeed, whose groups hold partitions (group_sizes)."""
     width_aware = any("fan_in" in g for g in optimizer.param_groups)
     rows: list[tuple[str, ...]] = [
         ("role", "fan-in", "tensors", "parameters", "lr", "weight decay")
     ]
+    sizes = group_sizes(optimizer, model)
     for i, group in enumerate(optimizer.param_groups):
-        params = group["params"]
         fan_in = group.get("fan_in")
+        tensors, parameters = sizes[i]
         rows.append(
             (
                 str(group.get("role", f"group {i}")),
                 "-" if fan_in is None else str(fan_in),
-                str(len(params)),
-                f"{sum(p.numel() for p in params):,}",
+                str(tensors),
+                f"{parameters:,}",
                 f"{group['lr']:.3g}",
                 f"{group.get('weight_decay', 0.0):.3g}",
             )

@@ -3,8 +3,8 @@
 PEFT models are read structurally (every `LoraLayer`, AdaLoRA's and trainable tokens' layers, and
 the adapter dicts they own); models with LoRA that is not PEFT's fall back to name patterns.
 Matrix or vector is read from a tensor's module, not its current shape, and wrappers
-(torch.compile, DDP, FSDP1's flat shards, FSDP2) are seen through, so a model classifies the same
-way however it is wrapped.
+(torch.compile, DDP, FSDP1's flat shards, FSDP2, DeepSpeed ZeRO-3's partitions) are seen through,
+so a model classifies the same way however it is wrapped.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from enum import Enum
 
+import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
@@ -91,13 +92,26 @@ def trainable_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]
             yield canonical_name(name), param
 
 
+def full_shape(param: torch.Tensor) -> tuple[int, ...]:
+    """A tensor's whole shape: DeepSpeed ZeRO-3 leaves each rank a (0,) tensor and the real
+    shape in `ds_shape`."""
+    return tuple(getattr(param, "ds_shape", None) or param.shape)
+
+
+def full_numel(param: torch.Tensor) -> int:
+    """A tensor's whole size: ZeRO-3's `ds_numel` where present, else its numel."""
+    numel = getattr(param, "ds_numel", None)
+    return int(numel) if numel is not None else param.numel()
+
+
 def _is_matrix(owner: nn.Module, local: str, param: nn.Parameter) -> bool:
-    """Whether a tensor is a matrix, by its module where that says (FSDP1 shards are 1-D views)."""
+    """Whether a tensor is a matrix, by its module where that says (FSDP1 shards are 1-D views),
+    else by its whole shape (ZeRO-3's partitions are (0,))."""
     if local == "bias":
         return False
     if local == "weight" and isinstance(owner, (nn.Linear, nn.Embedding, _ConvNd)):
         return True
-    return param.ndim >= 2
+    return len(full_shape(param)) >= 2
 
 
 def _peft_roles(model: nn.Module) -> tuple[dict[int, Role], int]:
@@ -249,7 +263,8 @@ def _input_width(owner: nn.Module, parent: nn.Module, param: nn.Parameter) -> in
         width = getattr(module, "in_features", None)
         if isinstance(width, int):
             return width
-    return param[0].numel() if param.ndim >= 2 else None
+    shape = full_shape(param)
+    return math.prod(shape[1:]) if len(shape) >= 2 else None
 
 
 def lora_fan_ins(model: nn.Module, roles: Mapping[str, Role]) -> dict[str, int]:
@@ -270,7 +285,7 @@ def lora_fan_ins(model: nn.Module, roles: Mapping[str, Role]) -> dict[str, int]:
         if width is None:
             raise ValueError(
                 f"Cannot tell the input width of the lora_A tensor {name!r}: its module "
-                f"{type(owner).__name__} has no in_features and its shape {tuple(param.shape)} "
+                f"{type(owner).__name__} has no in_features and its shape {full_shape(param)} "
                 "is not a matrix. Give the module an int attribute in_features, or pass "
                 "width_aware=False."
             )

@@ -309,7 +309,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         "resumed_from": str(resume) if resume is not None else None,
         "train_loss_log": train_losses(trainer.state.log_history),
         "feature_updates": probe.history if probe is not None else [],
-        "param_groups": _param_groups(trainer.optimizer),
+        "param_groups": _param_groups(trainer.optimizer, trainer.model),
         "data": {
             "source": data.source,
             "split": data.split,
@@ -348,18 +348,23 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
     )
 
 
-def _param_groups(optimizer: Any) -> list[dict[str, Any]]:
-    """Each param group's role, base lr, weight decay and size, for metrics.json."""
+def _param_groups(optimizer: Any, model: Any) -> list[dict[str, Any]]:
+    """Each param group's role, base lr, weight decay and full size (also under DeepSpeed),
+    for metrics.json."""
+    from loraplus.optim import group_sizes
+
     return [
         {
             "role": g.get("role"),
             "lr": float(g.get("initial_lr", g["lr"])),
             "weight_decay": g.get("weight_decay", 0.0),
-            "tensors": len(g["params"]),
-            "parameters": sum(p.numel() for p in g["params"]),
+            "tensors": tensors,
+            "parameters": parameters,
             **({"fan_in": g["fan_in"]} if "fan_in" in g else {}),
         }
-        for g in optimizer.param_groups
+        for g, (tensors, parameters) in zip(
+            optimizer.param_groups, group_sizes(optimizer, model), strict=True
+        )
     ]
 
 
