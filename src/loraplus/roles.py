@@ -95,7 +95,8 @@ def trainable_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]
 def full_shape(param: torch.Tensor) -> tuple[int, ...]:
     """A tensor's whole shape: DeepSpeed ZeRO-3 leaves each rank a (0,) tensor and the real
     shape in `ds_shape`."""
-    return tuple(getattr(param, "ds_shape", None) or param.shape)
+    shape = getattr(param, "ds_shape", None)
+    return tuple(shape if shape is not None else param.shape)
 
 
 def full_numel(param: torch.Tensor) -> int:
