@@ -372,9 +372,12 @@ def test_optimizer_state_saved_with_peft_loads(lora: dict[str, object], tmp_path
     back = peft_loraplus(model, torch.optim.AdamW, loraplus_weight_decay=0.01, **kw)
     back.load_state_dict(torch.load(tmp_path / "ours.pt", weights_only=True))
     assert [g["lr"] for g in back.param_groups] == [g["lr"] for g in ref.param_groups]
+    again = create_loraplus_optimizer(model, torch.optim.AdamW, weight_decay=0.01, **kw)
+    again.load_state_dict(torch.load(tmp_path / "ours.pt", weights_only=True))  # and ours again
     for p, state in ours.state.items():
         for key, value in state.items():
             assert torch.equal(back.state[p][key], value), key
+            assert torch.equal(again.state[p][key], value), key
 
 
 def test_peft_state_of_a_dora_model_does_not_load() -> None:
