@@ -286,8 +286,11 @@ def _drop_empty_groups(optimizer: Optimizer) -> None:
     saved by PEFT's builder load here and this optimizer's load into PEFT's. Once DeepSpeed has
     swapped in its own partitions, state dicts pass unchanged (DeepSpeed saves its own)."""
     groups = optimizer.param_groups
-    empty = {i: {k: v for k, v in g.items() if k != "params"} for i, g in enumerate(groups)}
-    empty = {i: g for i, g in empty.items() if not groups[i]["params"]}
+    empty = {
+        i: {k: v for k, v in g.items() if k != "params"}
+        for i, g in enumerate(groups)
+        if not g["params"]
+    }
     if not empty:
         return
     total = len(groups)
