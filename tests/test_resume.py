@@ -145,20 +145,16 @@ def test_resume_rules_and_a_changed_ratio_is_loud(
     bad = tmp_path / "nope"
     bad.mkdir()
     with pytest.raises(ValueError, match="not a complete loraplus checkpoint"):
-        train(tiny_cls_config(tiny_files, out, **settings, resume=str(bad)))
+        train(tiny_cls_config(tiny_files, out, **settings, resume=str(bad), overwrite=True))
     # a half-written checkpoint (no marker) at a later step is not picked up
     (out / "checkpoint-9").mkdir()
     assert ckpt.resolve_resume("auto", out) == out / "checkpoint-4"
+    changed = {**settings, "max_steps": 6, "ratio": 4, "resume": str(out / "checkpoint-2")}
+    # resuming would replace the finished run: refused, unless --overwrite
+    with pytest.raises(ValueError, match=r"finished run with other settings \(max_steps 4 -> 6"):
+        train(tiny_cls_config(tiny_files, out, **changed))
     with pytest.warns(UserWarning, match=r"ratio 16 -> ratio 4"):
-        again = train(
-            tiny_cls_config(
-                tiny_files,
-                out,
-                **{**settings, "max_steps": 6},
-                ratio=4,
-                resume=str(out / "checkpoint-2"),
-            )
-        )
+        again = train(tiny_cls_config(tiny_files, out, **changed, overwrite=True))
     assert again.final["steps"] == 6 and not (out / "checkpoint-9").exists()
     assert "saved with other settings (max_steps 4 -> 6; ratio 16.0 -> 4.0)" in caplog.text
     lrs = json.loads((out / "metrics.json").read_text())["param_groups"]

@@ -6,12 +6,14 @@ before these checks pass.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from loraplus import zoo
 from loraplus.train.config import TrainConfig
+from loraplus.train.lock import holder, in_use
 from loraplus.train.outputs import FINAL_FILES, LOGS, clear_previous
 
 RUN_FILES = (*FINAL_FILES, *LOGS)  # what a run writes
@@ -62,6 +64,9 @@ def check_output_dir(cfg: TrainConfig) -> None:
                     "can write to."
                 )
             break
+    busy = holder(out)
+    if busy is not None:
+        raise in_use(out, busy)
     previous = _previous_run(out)
     if previous and not cfg.overwrite and not cfg.resume:
         raise ValueError(
@@ -69,6 +74,36 @@ def check_output_dir(cfg: TrainConfig) -> None:
             "--resume auto to continue it (from its latest checkpoint), --overwrite to replace "
             "it, or another --output-dir."
         )
+    finished_run(cfg)
+
+
+def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
+    """With --resume, the metrics of the finished run in --output-dir when it had these very
+    settings (nothing to resume); None when there is none, or with --overwrite. A finished run
+    with other settings is refused: resuming would replace it."""
+    from loraplus.train.checkpoint import config_changes
+
+    path = Path(cfg.output_dir).expanduser() / "metrics.json"
+    if cfg.resume is None or cfg.overwrite or not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        saved = metrics["config"]
+        if not isinstance(saved, dict):
+            raise TypeError("its config is not an object")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"--output-dir {cfg.output_dir} holds a finished run whose {path.name} cannot be read "
+            f"({err}): pass --overwrite to replace that run, or another --output-dir."
+        ) from None
+    changes = config_changes(saved, cfg.to_dict())
+    if changes:
+        raise ValueError(
+            f"--output-dir {cfg.output_dir} holds a finished run with other settings "
+            f"({'; '.join(changes)}): --resume would replace it. Pass --overwrite to replace "
+            "it (continuing from its latest checkpoint), or another --output-dir."
+        )
+    return dict(metrics)
 
 
 def check_rows(cfg: TrainConfig, data: zoo.TaskData) -> None:

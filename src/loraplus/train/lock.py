@@ -1,0 +1,105 @@
+"""One run per output folder: an exclusive lock, taken before the run writes anything.
+
+The lock is `fcntl.flock` on `<output_dir>/.loraplus.lock`, which holds the holder's pid, host and
+start time. The kernel drops the lock when its process dies, however it dies, so a second run
+into a folder in use stops at once (naming the holder), while a folder whose run was killed is
+taken over (saying whose lock it was). Only the main process of a distributed run takes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one run per folder is then up to the user
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = ".loraplus.lock"
+_HELD: set[Path] = set()  # the lock files this process holds
+_RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK")  # set by torchrun / accelerate / MPI
+
+
+def is_main_launch() -> bool:
+    """True unless the launcher made this process a rank other than 0."""
+    return all(os.environ.get(k, "0") in ("0", "") for k in _RANK_VARS)
+
+
+def _holder(fd: int) -> str:
+    """What the lock file says about its holder ("" when empty)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 4096).decode("utf-8", "replace").strip()
+
+
+def holder(output_dir: Path) -> str | None:
+    """Who holds `output_dir`'s lock now (None: nobody), without taking it."""
+    path = output_dir / LOCK_FILE
+    if fcntl is None or not path.is_file() or path.resolve() in _HELD:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd) or "a process that has not written its name yet"
+    else:
+        return None
+    finally:
+        os.close(fd)
+
+
+def in_use(output_dir: Path, holder: str) -> ValueError:
+    """The error for a folder another run holds."""
+    return ValueError(
+        f"--output-dir {output_dir} is in use by another run ({holder}): wait for it to end, or "
+        "pass another --output-dir."
+    )
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: Path, *, take: bool = True) -> Iterator[None]:
+    """Hold `output_dir`'s lock for the block; ValueError naming the holder when another live
+    process has it. `take=False` (a non-main process of a distributed run) holds nothing."""
+    if not take or fcntl is None:
+        yield
+        return
+    path = output_dir / LOCK_FILE
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ValueError(
+            f"--output-dir {output_dir}: cannot write its lock file ({err.strerror}); pass a "
+            "folder you can write to."
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise in_use(
+                output_dir, _holder(fd) or "a process that has not written its name yet"
+            ) from None
+        stale = _holder(fd)
+        if stale:
+            log.warning("Took over %s: its holder (%s) is gone.", path, stale)
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
+        _HELD.add(path.resolve())
+        try:
+            yield
+        finally:
+            _HELD.discard(path.resolve())
+            os.ftruncate(fd, 0)  # released cleanly: the next run has nothing to take over
+    finally:
+        os.close(fd)  # closing drops the flock
