@@ -68,18 +68,20 @@ def _refused_then_taken_over(
         result = train(tiny_cls_config(files, out, max_steps=2, eval_steps=2, overwrite=True))
     assert f"Took over {out / LOCK_FILE}: its holder ({stale}) is gone." in caplog.text
     assert result.final["steps"] == 2
-    assert (out / LOCK_FILE).read_text() == ""  # released cleanly: nothing to take over
+    assert not (out / LOCK_FILE).exists()  # released cleanly: nothing to take over
 
 
 def test_the_lock_is_exclusive_within_one_process_too(tmp_path: Path) -> None:
-    with run_lock(tmp_path / "a"):
-        assert holder(tmp_path / "a") is None  # its own holder is not "another run"
-        assert "pid" in (tmp_path / "a" / LOCK_FILE).read_text()
-    with run_lock(tmp_path / "a", take=False):
-        assert not (tmp_path / "a" / LOCK_FILE).read_text()
+    with run_lock(tmp_path / "a" / "b"):
+        assert holder(tmp_path / "a" / "b") is None  # its own holder is not "another run"
+        assert "pid" in (tmp_path / "a" / "b" / LOCK_FILE).read_text()
+    assert not (tmp_path / "a").exists()  # the folders it made, empty, are removed again
+    with pytest.raises(RuntimeError, match="bad input"), run_lock(tmp_path / "a" / "b"):
+        (tmp_path / "a" / "kept").write_text("x")
+        raise RuntimeError("bad input")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["kept"]
+    with run_lock(tmp_path / "c", take=False):
+        assert not (tmp_path / "c").exists()
     (tmp_path / "file").write_text("x")
-    with (
-        pytest.raises(ValueError, match="cannot write its lock file"),
-        run_lock(tmp_path / "file" / "run"),
-    ):
+    with pytest.raises(ValueError, match="cannot create it"), run_lock(tmp_path / "file" / "r"):
         pass

@@ -66,40 +66,85 @@ def in_use(output_dir: Path, holder: str) -> ValueError:
     )
 
 
+def _open_locked(output_dir: Path, path: Path) -> int:
+    """An fd of `path` holding its flock. The lock file is unlinked on release, so a lock taken
+    on a file that was unlinked meanwhile is dropped and taken again on the new file."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ValueError(
+                f"--output-dir {output_dir}: cannot write its lock file ({err.strerror}); pass a "
+                "folder you can write to."
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            name = _holder(fd) or "a process that has not written its name yet"
+            os.close(fd)
+            raise in_use(output_dir, name) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)
+
+
+def _created(output_dir: Path) -> list[Path]:
+    """The folders that making `output_dir` would create, deepest first."""
+    missing = []
+    for folder in (output_dir, *output_dir.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
 @contextlib.contextmanager
 def run_lock(output_dir: Path, *, take: bool = True) -> Iterator[None]:
     """Hold `output_dir`'s lock for the block; ValueError naming the holder when another live
-    process has it. `take=False` (a non-main process of a distributed run) holds nothing."""
+    process has it. `take=False` (a non-main process of a distributed run) holds nothing.
+    Released cleanly, the lock file is removed, and so are the folders it made if still empty:
+    a run refused for bad input leaves nothing behind."""
     if not take or fcntl is None:
         yield
         return
     path = output_dir / LOCK_FILE
+    created = _created(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise ValueError(
-            f"--output-dir {output_dir}: cannot write its lock file ({err.strerror}); pass a "
-            "folder you can write to."
+            f"--output-dir {output_dir}: cannot create it ({err.strerror}); pass a folder you "
+            "can write to."
         ) from None
     try:
+        fd = _open_locked(output_dir, path)
+    except ValueError:
+        _remove_empty(created)
+        raise
+    try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise in_use(
-                output_dir, _holder(fd) or "a process that has not written its name yet"
-            ) from None
-        stale = _holder(fd)
-        if stale:
-            log.warning("Took over %s: its holder (%s) is gone.", path, stale)
-        os.ftruncate(fd, 0)
-        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
-        _HELD.add(path.resolve())
-        try:
+            stale = _holder(fd)
+            if stale:
+                log.warning("Took over %s: its holder (%s) is gone.", path, stale)
+            os.ftruncate(fd, 0)
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            me = f"pid {os.getpid()} on {socket.gethostname()} since {started}\n"
+            os.pwrite(fd, me.encode(), 0)
+            _HELD.add(path.resolve())
             yield
         finally:
             _HELD.discard(path.resolve())
-            os.ftruncate(fd, 0)  # released cleanly: the next run has nothing to take over
+            path.unlink(missing_ok=True)  # released cleanly: nothing for the next run to take
+            os.close(fd)  # closing drops the flock
     finally:
-        os.close(fd)  # closing drops the flock
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, where they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
