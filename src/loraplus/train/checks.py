@@ -167,7 +167,7 @@ def _position_limit(config: Any, path: str) -> tuple[int, str] | None:
             most = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("model_max_length")
             if isinstance(most, int) and 0 < most < 10**8:
                 limits.append((most, "its tokenizer's model_max_length"))
-    return min(limits) if limits else None
+    return min(limits, key=lambda limit: limit[0]) if limits else None  # the config on a tie
 
 
 def check_model_limits(cfg: TrainConfig) -> None:
