@@ -323,6 +323,10 @@ def test_resume_refuses_what_cannot_resume_and_never_replaces_a_finished_run(
         with pytest.raises(ValueError, match=re.escape(message)):
             train(cfg)
         assert not (out / "metrics.json").exists(), name
+    # the same model named another way (a trailing slash, a relative path) is the same model
+    now = tiny_cls_config(tiny_files, out, **settings).to_dict()
+    for name in (f"{tiny_files['bert']}/", os.path.relpath(tiny_files["bert"])):
+        ckpt.check_compatible(out / "checkpoint-4", {**now, "model": name}, ["neg", "pos"], 4)
     capsys.readouterr()
     assert main(["train", *_flags(tiny_files, out, **settings, resume="auto"), "--rank", "2"]) == 2
     assert "cannot resume with another rank" in capsys.readouterr().err

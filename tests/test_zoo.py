@@ -266,6 +266,12 @@ def test_label_oddities_are_names_dropped_or_refused(
     (tmp_path / "l.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": [1, 2]}\n')
     with pytest.raises(ValueError, match=r"l.jsonl: row 2 has the label \[1, 2\], a list; multi"):
         load_data(tmp_path / "l.jsonl", task="classification")
+    # a space after the comma is no part of the label: " pos" and "pos" are one class
+    (tmp_path / "s.csv").write_text("text,label\na,pos\nb, pos\nc,neg \nd,neg\n")
+    assert load_data(tmp_path / "s.csv", task="cls", eval_fraction=0.5).label_names == [
+        "neg",
+        "pos",
+    ]
     (tmp_path / "i.csv").write_text("text,label\na,1\nb,inf\nc,2\n")
     with pytest.raises(ValueError, match="labels such as inf are not class ids"):
         load_data(tmp_path / "i.csv", task="classification")

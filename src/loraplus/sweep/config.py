@@ -341,7 +341,7 @@ def storage_error(url: str, err: BaseException) -> ValueError:
             "its database driver is missing or the URL's kind is unknown: use sqlite:///path, "
             "or postgresql://user:password@host:5432/db with pip install 'loraplus[postgres]'"
         )
-    elif "refused" in cause or "could not connect" in cause.lower() or "timeout" in cause.lower():
+    elif any(w in cause.lower() for w in ("refused", "connect", "timeout", "server running")):
         fix = "no database server answers there: start it, or fix the host and port in --storage"
     else:
         fix = "check the user, password, host, port and database name in --storage"

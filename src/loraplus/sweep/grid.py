@@ -32,8 +32,9 @@ from typing import Any
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
-from loraplus.sweep.config import SweepConfig, make_storage
+from loraplus.sweep.config import SweepConfig, make_storage, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,16 @@ def open_study(
         "pruner": _pruner(cfg),
         "study_name": cfg.study_name,
     }
+    try:
+        return _create_or_load(cfg, grid, settings, retry_errors_before)
+    except SQLAlchemyError as err:  # opened, but the database refuses the study's tables or rows
+        raise storage_error(cfg.storage_url, err) from None
+
+
+def _create_or_load(
+    cfg: SweepConfig, grid: Grid, settings: dict[str, Any], retry_errors_before: int | None
+) -> tuple[optuna.Study, Grid]:
+    """open_study's work once the storage is open."""
     try:
         direction = (
             StudyDirection.MAXIMIZE if cfg.direction == "maximize" else StudyDirection.MINIMIZE

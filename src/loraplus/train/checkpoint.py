@@ -152,6 +152,18 @@ INCOMPATIBLE = (
 )
 
 
+def _model_key(name: Any) -> str:
+    """What identifies a model: a built-in's name (any alias), a folder's real path, a hub id."""
+    from loraplus.zoo.models import MODELS, _lookup
+
+    text = str(name)
+    spec = _lookup(text, MODELS)
+    if spec is not None:
+        return f"builtin:{spec.name}"
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.exists() else text
+
+
 def check_compatible(
     checkpoint: Path, now: dict[str, Any], label_names: list[str], max_steps: int
 ) -> None:
@@ -160,7 +172,8 @@ def check_compatible(
     already past max_steps."""
     data = _marker(checkpoint)
     saved = dict(data.get("config", {}))
-    pairs = [(k, saved.get(k), now.get(k)) for k in INCOMPATIBLE if k in saved]
+    same = {"model": _model_key(saved.get("model")) == _model_key(now.get("model"))}
+    pairs = [(k, saved.get(k), now.get(k)) for k in INCOMPATIBLE if k in saved and not same.get(k)]
     auto = [saved.get("ratio") == "auto", now.get("ratio") == "auto"]
     if auto[0] != auto[1]:
         pairs.append(("ratio", saved.get("ratio"), now.get("ratio")))

@@ -162,7 +162,10 @@ def encode_labels(parts: Sequence[dict[str, list[Any]]], source: str) -> list[Da
         names, ids = _number_names(labels, source)
         merged = to_dataset({"text": [t for p in parts for t in p["text"]], "label": ids}, names)
     else:
-        strings = [{"text": p["text"], "label": [str(v) for v in p["label"]]} for p in parts]
+        # " pos" and "pos" are one class: a CSV's spaces after commas are no part of a label
+        strings = [
+            {"text": p["text"], "label": [str(v).strip() for v in p["label"]]} for p in parts
+        ]
         with quiet_datasets():
             merged = concatenate_datasets([to_plain(p) for p in strings])
             merged = merged.class_encode_column("label")
