@@ -14,7 +14,7 @@ from typing import Any
 
 from loraplus import zoo
 from loraplus.train.config import TrainConfig
-from loraplus.train.lock import holder, in_use
+from loraplus.train.lock import holder, in_use, is_main_launch
 from loraplus.train.outputs import FINAL_FILES, LOGS, clear_previous
 
 RUN_FILES = (*FINAL_FILES, *LOGS)  # what a run writes
@@ -65,7 +65,7 @@ def check_output_dir(cfg: TrainConfig) -> None:
                     "can write to."
                 )
             break
-    busy = holder(out)
+    busy = holder(out) if is_main_launch() else None  # other ranks run beside their main one
     if busy is not None:
         raise in_use(out, busy)
     previous = _previous_run(out)
