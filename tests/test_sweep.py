@@ -299,7 +299,7 @@ def test_sweep_input_and_storage_errors_are_one_line_and_failed_input_is_retried
     train_flags = ["--model", str(tiny_files["bert"]), "--data", str(data), "--max-steps", "2"]
     train_flags += ["--eval-steps", "2", "--batch-size", "8", "--max-length", "32", "--rank", "4"]
     train_flags += ["--report-to", "none", "--no-progress"]
-    argv = ["sweep", "--lr-a", "1e-3", "--ratios", "1", "16", "--out-dir", str(out), *train_flags]
+    argv = ["sweep", "--lr-a", "1e-3", "--ratios", "16", "--out-dir", str(out), *train_flags]
 
     def refused(*extra: str) -> str:
         capsys.readouterr()
@@ -318,8 +318,8 @@ def test_sweep_input_and_storage_errors_are_one_line_and_failed_input_is_retried
     )
     assert cli.main(argv) == 0
     summary = json.loads((out / "sweep.json").read_text())
-    assert summary["counts"] == {"error": 2, "complete": 2}
-    assert [c["state"] for c in summary["cells"]] == ["complete", "complete"]
+    assert summary["counts"] == {"error": 1, "complete": 1}
+    assert [c["state"] for c in summary["cells"]] == ["complete"]
 
     # storage errors: the URL (no password), the cause and the fix in one line
     line = refused("--storage", "postgresql://me:secret@127.0.0.1:9/db")
