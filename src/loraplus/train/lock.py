@@ -66,6 +66,19 @@ def in_use(output_dir: Path, holder: str) -> ValueError:
     )
 
 
+def _flock(fd: int, tries: int = 5) -> bool:
+    """Take the exclusive lock on `fd` without waiting for a holder; a few quick tries, since
+    `holder()` in another process may hold a shared lock for an instant while it looks."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < tries - 1:
+                time.sleep(0.05)
+    return False
+
+
 def _open_locked(output_dir: Path, path: Path) -> int:
     """An fd of `path` holding its flock. The lock file is unlinked on release, so a lock taken
     on a file that was unlinked meanwhile is dropped and taken again on the new file."""
@@ -77,12 +90,10 @@ def _open_locked(output_dir: Path, path: Path) -> int:
                 f"--output-dir {output_dir}: cannot write its lock file ({err.strerror}); pass a "
                 "folder you can write to."
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock(fd):
             name = _holder(fd) or "a process that has not written its name yet"
             os.close(fd)
-            raise in_use(output_dir, name) from None
+            raise in_use(output_dir, name)
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
