@@ -323,6 +323,10 @@ def test_resume_refuses_what_cannot_resume_and_never_replaces_a_finished_run(
         with pytest.raises(ValueError, match=re.escape(message)):
             train(cfg)
         assert not (out / "metrics.json").exists(), name
+    # fewer epochs than the checkpoint trained (the total known only to the Trainer): refused
+    fewer = {**settings, "max_steps": -1, "epochs": 0.1, "resume": "auto"}
+    with pytest.raises(ValueError, match=r"checkpoint is at step 4, past this run's 2 steps"):
+        train(tiny_cls_config(tiny_files, out, **fewer))
     # the same model named another way (a trailing slash, a relative path) is the same model
     now = tiny_cls_config(tiny_files, out, **settings).to_dict()
     for name in (f"{tiny_files['bert']}/", os.path.relpath(tiny_files["bert"])):

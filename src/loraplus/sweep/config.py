@@ -249,6 +249,8 @@ class SweepConfig:
 def as_url(storage: str | os.PathLike[str]) -> str:
     """A storage URL; a plain path (…/sweep.db) becomes an absolute sqlite:/// URL."""
     text = os.fspath(storage)
+    if text.startswith("sqlite:///~"):  # a home-relative SQLite path, as a shell would expand it
+        return f"sqlite:///{Path(text[len('sqlite:///') :]).expanduser()}"
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"

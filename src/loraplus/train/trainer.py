@@ -82,7 +82,13 @@ class RunTrainer(LoraPlusTrainer):
     def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
         """HF's epoch, skipped once max_steps is reached: a run resumed from its last
         checkpoint would otherwise take one more step (and one more on every resume)."""
-        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+        step, total = self.state.global_step, self.state.max_steps
+        if total > 0 and step > total:  # fewer --epochs than the checkpoint has trained
+            raise ValueError(
+                f"--resume: the checkpoint is at step {step}, past this run's {total} steps: "
+                "raise --epochs (or --max-steps), or --resume an earlier checkpoint."
+            )
+        if total > 0 and step >= total:
             self.control.should_training_stop = True
             return None
         return super()._run_epoch(*args, **kwargs)
