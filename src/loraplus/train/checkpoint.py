@@ -211,8 +211,24 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
         "probe_every",
         "overwrite",
     }
+    saved = {**_defaults(), **saved}  # a setting added since that run had its default there
     keys = sorted((set(saved) | set(now)) - ignore)
     return [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+def _defaults() -> dict[str, Any]:
+    """TrainConfig's defaults, as to_dict() writes them."""
+    import dataclasses
+
+    from loraplus.train.config import TrainConfig
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def clean_partial(output_dir: str | os.PathLike[str]) -> None:
