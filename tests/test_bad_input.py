@@ -255,6 +255,21 @@ CASES: list[tuple[str, Setup, str]] = [
     ("yaml unknown key", _config("learning_rate: 1\n"), "Unknown setting(s) in"),
     ("toml syntax", _config("lr = \n", "run.toml"), "Cannot parse"),
     ("config missing", _flags("--config", "nope.yaml"), "does not exist"),
+    ("max length above positions", _flags("--max-length", "65"), "above the 64 positions of"),
+    ("report to a missing package", _flags("--report-to", "wandb"), "needs the wandb package"),
+    ("report to no integration", _flags("--report-to", "wandbb"), "not a logging integration"),
+    ("hub id offline", _flags("--model", "someone/model"), "not in the local cache and the hub"),
+    (
+        "list labels",
+        _data(lambda t: _write(t / "l.jsonl", '{"text": "a", "label": [0, 1]}\n' * 30)),
+        "row 1 has the label [0, 1], a list; multi-label classification is not supported",
+    ),
+    (
+        "infinite labels",
+        _data(lambda t: _csv(t / "i.csv", [(f"t{i}", ["1", "inf"][i % 2]) for i in range(40)])),
+        "labels such as inf are not class ids",
+    ),
+    ("resume a damaged checkpoint", _flags("--resume", "nope"), "cannot resume from it: it has no"),
 ]
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loraplus import cli
 from loraplus._io import write_json
 from loraplus.diagnose import (
     BALANCED_LOG2,
@@ -145,3 +147,43 @@ def test_probe_figure_draws_each_layers_balance(tmp_path: Path) -> None:
     assert math.isnan(first[0]) and first[1:] == [1.0, 1.0, 1.0]
     assert drawn["mlp"]["balance"][PREFIX + "mlp.up_proj"][1:] == [4.0, 5.0, 6.0]
     assert q["delta_a"] == [0.0, 1.5, 1.5, 1.5] and q["delta_b"] == [1.5, 2.0, 2.5, 3.0]
+
+
+def test_a_damaged_metrics_json_is_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = json.dumps({"probe": rows()}, indent=2)
+    layer = rows()[1]["layers"][0]
+    damaged = {
+        "cut short": (good[: len(good) // 2], "is not valid JSON (Expecting"),
+        "empty": ("", "is not valid JSON (Expecting value at line 1, column 1)"),
+        "a list": ("[1, 2]", "holds a JSON list, not the object `loraplus train` writes"),
+        "a number": ("3", "holds a JSON int, not the object"),
+        "probe not a list": ('{"probe": 5}', "its probe records are not a list of objects"),
+        "step not a number": (
+            json.dumps({"probe": [{"step": "x", "layers": [layer]}]}),
+            "a probe record has step 'x', not a number",
+        ),
+        "delta edited": (
+            json.dumps({"probe": [{"step": 1, "layers": [{**layer, "delta_b": "big"}]}]}),
+            "lacks a layer name or a numeric delta_b",
+        ),
+        "layer not an object": (
+            json.dumps({"probe": [{"step": 1, "layers": [3]}]}),
+            "lacks a layer name or a numeric delta_a / delta_b",
+        ),
+    }
+    for name, (text, fragment) in damaged.items():
+        run = tmp_path / name.replace(" ", "_")
+        run.mkdir()
+        (run / "metrics.json").write_text(text)
+        assert cli.main(["diagnose", str(run)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: {run / 'metrics.json'}"), err
+        assert fragment in err, (name, err)
+    (tmp_path / "bytes.json").write_bytes(b"\xff\xfe\x00garbage")
+    assert cli.main(["diagnose", str(tmp_path / "bytes.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: Cannot read {tmp_path / 'bytes.json'}")
+    write_json(tmp_path / "ok" / "metrics.json", {"probe": rows()})
+    assert cli.main(["diagnose", str(tmp_path / "ok"), "--out", str(tmp_path)]) == 2
+    assert "is a folder: pass a .png file path" in capsys.readouterr().err

@@ -399,3 +399,19 @@ def test_compat_refuses_what_peft_groups_cannot_hold() -> None:
         create_loraplus_optimizer(
             model, "adamw", lr=1e-3, loraplus_lr_ratio=16, lr_multipliers={"head": 4}
         )
+
+
+def test_learning_rates_that_overflow_after_multiplication_are_refused() -> None:
+    model = lora_llama()
+    with pytest.raises(ValueError, match=r"lora_B .* inf \(lr 1e\+300 x ratio 1e\+10"):
+        create_optimizer(model, lr=1e300, ratio=1e10)
+    with pytest.raises(ValueError, match=r"vector learning rate is inf .*multiplier 1e\+300"):
+        create_optimizer(model, lr=1e10, ratio=1, lr_multipliers={"vector": 1e300})
+    with pytest.raises(ValueError, match="lora_B learning rate is inf"):
+        create_loraplus_optimizer(model, "adamw", lr=1e300, loraplus_lr_ratio=1e10)
+    with pytest.raises(ValueError, match="lora_B learning rate is inf"):
+        create_optimizer(model, lr=1e308, ratio="auto")  # x its starting ratio 16
+    with pytest.raises(ValueError, match=r"lora_A learning rate of fan-in 32 is inf"):
+        create_optimizer(model, lr=1e300, ratio=1, width_aware=True, n_ref=1e10)
+    opt = create_optimizer(model, lr=1e300, ratio=1)  # large but finite: the user's call
+    assert {g["lr"] for g in opt.param_groups} == {1e300}

@@ -7,7 +7,10 @@ uninterrupted run; a half-written checkpoint is never visible and never picked u
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from safetensors.torch import load_file
 from test_train import tiny_cls_config, tiny_files  # noqa: F401  (a fixture)
 from transformers import TrainerCallback
 
+from loraplus.cli import main
 from loraplus.train import checkpoint as ckpt
 from loraplus.train import train
 from loraplus.train.outputs import FINAL_FILES
@@ -32,12 +36,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flags(files: dict[str, Path], out: Path, **extra: Any) -> list[str]:
-    cfg = tiny_cls_config(files, out, **SETTINGS, **extra)
+    cfg = tiny_cls_config(files, out, **{**SETTINGS, **extra})
     flags = ["--model", cfg.model, "--data", cfg.data, "--output-dir", str(out)]
     for key in ("max_steps", "eval_steps", "save_steps", "save_total_limit", "batch_size"):
-        flags += [f"--{key.replace('_', '-')}", str(getattr(cfg, key))]
+        if getattr(cfg, key) is not None:
+            flags += [f"--{key.replace('_', '-')}", str(getattr(cfg, key))]
     flags += ["--max-length", "32", "--lr", "1e-3", "--rank", "4", "--report-to", "none"]
-    return [*flags, "--no-progress", *(a for k, v in extra.items() for a in _flag(k, v))]
+    given = {k: v for k, v in extra.items() if k not in SETTINGS and k != "save_total_limit"}
+    return [*flags, "--no-progress", *(a for k, v in given.items() for a in _flag(k, v))]
 
 
 def _flag(key: str, value: Any) -> list[str]:
@@ -145,20 +151,16 @@ def test_resume_rules_and_a_changed_ratio_is_loud(
     bad = tmp_path / "nope"
     bad.mkdir()
     with pytest.raises(ValueError, match="not a complete loraplus checkpoint"):
-        train(tiny_cls_config(tiny_files, out, **settings, resume=str(bad)))
+        train(tiny_cls_config(tiny_files, out, **settings, resume=str(bad), overwrite=True))
     # a half-written checkpoint (no marker) at a later step is not picked up
     (out / "checkpoint-9").mkdir()
     assert ckpt.resolve_resume("auto", out) == out / "checkpoint-4"
+    changed = {**settings, "max_steps": 6, "ratio": 4, "resume": str(out / "checkpoint-2")}
+    # resuming would replace the finished run: refused, unless --overwrite
+    with pytest.raises(ValueError, match=r"finished run with other settings \(max_steps 4 -> 6"):
+        train(tiny_cls_config(tiny_files, out, **changed))
     with pytest.warns(UserWarning, match=r"ratio 16 -> ratio 4"):
-        again = train(
-            tiny_cls_config(
-                tiny_files,
-                out,
-                **{**settings, "max_steps": 6},
-                ratio=4,
-                resume=str(out / "checkpoint-2"),
-            )
-        )
+        again = train(tiny_cls_config(tiny_files, out, **changed, overwrite=True))
     assert again.final["steps"] == 6 and not (out / "checkpoint-9").exists()
     assert "saved with other settings (max_steps 4 -> 6; ratio 16.0 -> 4.0)" in caplog.text
     lrs = json.loads((out / "metrics.json").read_text())["param_groups"]
@@ -186,3 +188,151 @@ def test_a_new_run_never_leaves_the_previous_runs_outputs_beside_its_own(
         train(again, callbacks=[Crash()])
     assert not [name for name in FINAL_FILES if (out / name).exists()]
     assert not (out / ".adapter.k1ll3d").exists()
+
+
+def _damage(path: Path, how: str) -> None:
+    """Damage a checkpoint file for real: truncate it, flip one byte, empty it or delete it."""
+    if how == "truncate":
+        os.truncate(path, path.stat().st_size // 2)
+    elif how == "flip":
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+
+
+def test_damaged_checkpoints_are_skipped_and_never_used(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "run"
+    settings = {**SETTINGS, "save_total_limit": None}
+    first = train(tiny_cls_config(tiny_files, out, **settings))
+    reference = tmp_path / "adapter"
+    (out / "adapter").rename(reference)
+    (out / "metrics.json").unlink()  # as if killed after the last checkpoint
+    assert [p.name for p in ckpt.checkpoints(out)] == [f"checkpoint-{s}" for s in (2, 4, 6)]
+    assert all(ckpt.problem(p) is None for p in ckpt.checkpoints(out))
+
+    # every kind of damage to any file of a checkpoint is found (a copy is damaged each time)
+    source = out / "checkpoint-6"
+    names = sorted(p.name for p in source.iterdir() if p.is_file() and p.name != ckpt.MARKER)
+    assert {"adapter_model.safetensors", "optimizer.pt", "rng_state.pth"} <= set(names)
+    expected = {
+        "truncate": "bytes, its marker says",
+        "flip": "does not match its sha256",
+        "empty": "bytes, its marker says",
+        "delete": "is missing",
+    }
+    for name in [*names, ckpt.MARKER]:
+        for how, why in expected.items():
+            copy = tmp_path / "copies" / f"{name}-{how}" / "checkpoint-6"
+            shutil.copytree(source, copy)
+            _damage(copy / name, how)
+            found = ckpt.problem(copy)
+            assert found is not None, (name, how)
+            if name == ckpt.MARKER:
+                assert ckpt.MARKER in found
+            else:
+                assert found.startswith(name) and why in found, found
+            with pytest.raises(ValueError, match="cannot resume from it"):
+                ckpt.resolve_resume(str(copy), out)
+
+    # resume auto: the newest checkpoint that verifies, the skipped ones said with the reason
+    _damage(out / "checkpoint-6" / "optimizer.pt", "truncate")
+    _damage(out / "checkpoint-4" / "trainer_state.json", "empty")
+    with caplog.at_level(logging.WARNING, logger="loraplus"):
+        resumed = train(tiny_cls_config(tiny_files, out, **settings, resume="auto"))
+    assert "Skipped checkpoint-6: optimizer.pt has" in caplog.text
+    assert "Skipped checkpoint-4: trainer_state.json has 0 bytes" in caplog.text
+    assert resumed.final["steps"] == 6 == first.final["steps"]
+    _assert_same_adapter(reference, out / "adapter")  # from checkpoint-2, as if never stopped
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("checkpoint-2")
+    assert ckpt.problem(out / "checkpoint-6") is None  # rewritten whole by the resumed run
+
+    # nothing verifies: refused (exit 2), never a fresh run that mixes into the folder
+    (out / "metrics.json").unlink()
+    for step in (2, 4, 6):
+        _damage(out / f"checkpoint-{step}" / "adapter_model.safetensors", "flip")
+    args = _flags(tiny_files, out, resume="auto")
+    assert main(["train", *args]) == 2
+    assert ckpt.resolve_resume(None, out) is None
+    with pytest.raises(ValueError, match=r"no checkpoint in .* verifies \(checkpoint-6: adapter"):
+        ckpt.resolve_resume("auto", out)
+
+
+def test_resume_refuses_what_cannot_resume_and_never_replaces_a_finished_run(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "run"
+    settings = {**SETTINGS, "max_steps": 4, "save_total_limit": None}
+    train(tiny_cls_config(tiny_files, out, **settings))
+    files = {p.name: p.read_bytes() for p in (out / "metrics.json", out / "curves.png")}
+    adapter = (out / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    def unchanged() -> bool:
+        now = {name: (out / name).read_bytes() for name in files}
+        return now == files and (out / "adapter/adapter_model.safetensors").read_bytes() == adapter
+
+    # the same settings: a no-op that says so (exit 0), whatever flags change no number
+    flags = _flags(tiny_files, out, **settings, resume="auto")
+    with caplog.at_level(logging.WARNING, logger="loraplus"):
+        assert main(["train", *flags]) == 0
+    assert "finished at step 4: nothing to resume" in caplog.text
+    assert unchanged() and not (out / "checkpoint-5").exists()
+    # other settings: refused (exit 2), the finished run kept
+    for key, value, shown in (("lr", "0.002", "lr 0.001 -> 0.002"), ("seed", "3", "seed 0 -> 3")):
+        capsys.readouterr()
+        assert main(["train", *flags, f"--{key}", value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --output-dir") and err.count("\n") == 0, err
+        assert f"finished run with other settings ({shown})" in err and "--overwrite" in err
+        assert unchanged()
+
+    # killed after its last checkpoint: resume writes the outputs, never trains past max_steps
+    for name in ("metrics.json", "adapter"):
+        shutil.rmtree(out / name) if name == "adapter" else (out / name).unlink()
+    for _ in range(2):
+        again = train(tiny_cls_config(tiny_files, out, **settings, resume="auto"))
+        assert again.final["steps"] == 4
+        assert [p.name for p in ckpt.checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+        assert (out / "adapter/adapter_model.safetensors").read_bytes() == adapter
+        (out / "metrics.json").unlink()
+
+    # what a checkpoint cannot resume with: refused before any model loads, naming both values
+    relabelled = tmp_path / "relabelled.csv"
+    relabelled.write_text(tiny_files["cls"].read_text().replace(",pos", ",good"))
+    refused = {
+        "rank": ({"rank": 2}, "trained with rank 4, this run has 2"),
+        "targets": ({"target_modules": ["query"]}, "target_modules None, this run has ['query']"),
+        "model": ({"model": str(tiny_files["llama"])}, "trained with model '"),
+        "labels": ({"data": str(relabelled)}, "label set ['neg', 'pos'], this run has ['good',"),
+        "auto": ({"ratio": "auto"}, "trained with ratio 16.0, this run has 'auto'"),
+        "steps": ({"max_steps": 2}, "checkpoint-4 is at step 4, past --max-steps 2"),
+    }
+    for name, (change, message) in refused.items():
+        cfg = tiny_cls_config(tiny_files, out, **{**settings, **change, "resume": "auto"})
+        with pytest.raises(ValueError, match=re.escape(message)):
+            train(cfg)
+        assert not (out / "metrics.json").exists(), name
+    # fewer epochs than the checkpoint trained (the total known only to the Trainer): refused
+    fewer = {**settings, "max_steps": -1, "epochs": 0.1, "resume": "auto"}
+    with pytest.raises(ValueError, match=r"checkpoint is at step 4, past this run's 2 steps"):
+        train(tiny_cls_config(tiny_files, out, **fewer))
+    # the same model named another way (a trailing slash, a relative path) is the same model
+    now = tiny_cls_config(tiny_files, out, **settings).to_dict()
+    for name in (f"{tiny_files['bert']}/", os.path.relpath(tiny_files["bert"])):
+        ckpt.check_compatible(out / "checkpoint-4", {**now, "model": name}, ["neg", "pos"], 4)
+    # a setting added since a run was saved counts at its default: no change to warn about
+    assert ckpt.config_changes({k: v for k, v in now.items() if k != "rslora"}, now) == []
+    capsys.readouterr()
+    assert main(["train", *_flags(tiny_files, out, **settings, resume="auto"), "--rank", "2"]) == 2
+    assert "cannot resume with another rank" in capsys.readouterr().err

@@ -8,6 +8,7 @@ test_sweep_postgres.py use it too.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import multiprocessing
 import os
@@ -20,7 +21,9 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import FrozenTrial
+from test_train import tiny_files  # noqa: F401  (a fixture)
 
+from loraplus import cli
 from loraplus.sweep import (
     Reporter,
     SweepConfig,
@@ -283,3 +286,55 @@ def test_config_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="another sweep"):
         open_study(config(tmp_path, ratios=[1, 8]))
     assert SweepConfig(out_dir=str(tmp_path)).storage_url == f"sqlite:///{tmp_path}/sweep.db"
+
+
+def test_sweep_input_and_storage_errors_are_one_line_and_failed_input_is_retried(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "".join(f"review {i},pos\n" for i in range(40)))
+    out = tmp_path / "sweep"
+    train_flags = ["--model", str(tiny_files["bert"]), "--data", str(data), "--max-steps", "2"]
+    train_flags += ["--eval-steps", "2", "--batch-size", "8", "--max-length", "32", "--rank", "4"]
+    train_flags += ["--report-to", "none", "--no-progress"]
+    argv = ["sweep", "--lr-a", "1e-3", "--ratios", "16", "--out-dir", str(out), *train_flags]
+
+    def refused(*extra: str) -> str:
+        capsys.readouterr()
+        assert cli.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err.strip().splitlines()[-1]
+
+    # every trial failed on its input (one class): exit 2 with the first cause
+    line = refused()
+    assert line.startswith("error: Every trial of the sweep failed on its input; the first: ")
+    assert "every one of the 40 rows has the label 'pos'" in line
+    # the input fixed, the same sweep runs the cells that failed (not kept as errors)
+    data.write_text(
+        "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+    )
+    assert cli.main(argv) == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["counts"] == {"error": 1, "complete": 1}
+    assert [c["state"] for c in summary["cells"]] == ["complete"]
+
+    # storage errors: the URL (no password), the cause and the fix in one line
+    line = refused("--storage", "postgresql://me:secret@127.0.0.1:9/db")
+    assert line.startswith(
+        "error: Cannot open the sweep storage postgresql://me:***@127.0.0.1:9/db"
+    )
+    assert "secret" not in line
+    (tmp_path / "text.db").write_text("not a database\n" * 20)
+    line = refused("--storage", str(tmp_path / "text.db"))
+    assert f"Fix: {tmp_path / 'text.db'} is not a SQLite database: pass another --storage" in line
+    line = refused("--storage", f"sqlite:///{tmp_path}")
+    assert f"{tmp_path} is a folder: pass a database file path" in line
+    line = refused("--summarize-only", "--out-dir", str(tmp_path / "none"))
+    missing = tmp_path / "none" / "sweep.db"
+    assert line == f"error: No sweep at {missing} (no such file): run the sweep first."
+    assert not (tmp_path / "none").exists()
+    line = refused("--summarize-only", "--study-name", "other")
+    assert "holds no study 'other' (it holds: loraplus-sweep)" in line

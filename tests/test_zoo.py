@@ -219,19 +219,62 @@ def test_duplicate_texts_never_straddle_the_split(tmp_path: Path) -> None:
     assert len(data.train) + len(data.eval) == 100
 
 
-def test_integer_labels_are_kept_as_ids_and_strings_sorted(tmp_path: Path) -> None:
+def test_integer_labels_are_class_names_unless_exactly_ids(tmp_path: Path) -> None:
     pd.DataFrame({"sentence": ["a", "b", "c", "d"], "labels": [0, 2, 2, 0]}).to_json(
         tmp_path / "ints.jsonl", orient="records", lines=True
     )
     data = load_data(tmp_path / "ints.jsonl", task="classification", eval_fraction=0.25)
-    assert data.label_names == ["0", "1", "2"]
-    assert sorted([*data.train["label"], *data.eval["label"]]) == [0, 0, 2, 2]
+    assert data.label_names == ["0", "2"]  # not 0..K-1: two classes, not a 3-way head
+    assert sorted([*data.train["label"], *data.eval["label"]]) == [0, 0, 1, 1]
+    pd.DataFrame({"text": list("abcdef"), "label": [1, 0, 2, 1, 0, 2]}).to_csv(
+        tmp_path / "ids.csv", index=False
+    )
+    data = load_data(tmp_path / "ids.csv", task="classification", eval_fraction=0.5)
+    assert data.label_names == ["0", "1", "2"]  # exactly 0..K-1: the ids are kept
+    rows = [*data.train, *data.eval]
+    ids = dict(zip("abcdef", [1, 0, 2, 1, 0, 2], strict=True))
+    assert {r["text"]: r["label"] for r in rows} == ids
 
     pd.DataFrame({"text": ["a", "b", "c"], "label": [0.5, 1.0, 2.0]}).to_csv(
         tmp_path / "f.csv", index=False
     )
     with pytest.raises(ValueError, match="not class ids"):
         load_data(tmp_path / "f.csv", task="classification")
+
+
+def test_label_oddities_are_names_dropped_or_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # years as labels: two classes named by the years (not a 2,006-way head)
+    years = [{"text": f"t{i}", "label": [1999, 2005][i % 2]} for i in range(8)]
+    (tmp_path / "y.jsonl").write_text("\n".join(json.dumps(r) for r in years))
+    data = load_data(tmp_path / "y.jsonl", task="classification")
+    assert data.label_names == ["1999", "2005"] and data.num_labels == 2
+    rows = [*data.train, *data.eval]
+    assert all(
+        data.label_names[r["label"]] == str(years[int(r["text"][1:])]["label"]) for r in rows
+    )
+    # 7 and 3,000,000, plus NaN and blank cells in a CSV: dropped and counted, never a class
+    lines = ["text,label"] + [f"t{i},{[7, 3000000][i % 2]}" for i in range(8)]
+    (tmp_path / "n.csv").write_text("\n".join([*lines, "u,NaN", "v,", "w,nan", "x,10"]) + "\n")
+    with caplog.at_level("WARNING"):
+        data = load_data(tmp_path / "n.csv", task="classification")
+    assert data.label_names == ["7", "10", "3000000"]  # sorted as numbers, not as strings
+    assert len(data.train) + len(data.eval) == 9
+    assert "dropped 3 of 12 rows with a blank text or label" in caplog.text
+    # multi-label (list) and non-finite labels are refused in one line
+    (tmp_path / "l.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": [1, 2]}\n')
+    with pytest.raises(ValueError, match=r"l.jsonl: row 2 has the label \[1, 2\], a list; multi"):
+        load_data(tmp_path / "l.jsonl", task="classification")
+    # a space after the comma is no part of the label: " pos" and "pos" are one class
+    (tmp_path / "s.csv").write_text("text,label\na,pos\nb, pos\nc,neg \nd,neg\n")
+    assert load_data(tmp_path / "s.csv", task="cls", eval_fraction=0.5).label_names == [
+        "neg",
+        "pos",
+    ]
+    (tmp_path / "i.csv").write_text("text,label\na,1\nb,inf\nc,2\n")
+    with pytest.raises(ValueError, match="labels such as inf are not class ids"):
+        load_data(tmp_path / "i.csv", task="classification")
 
 
 def test_blank_rows_are_dropped_and_na_words_kept(tmp_path: Path) -> None:

@@ -164,19 +164,62 @@ def kind_scalars(layers: Iterable[Mapping[str, Any]], prefix: str = "probe") -> 
 
 
 def read_probe_records(run: str | Path) -> list[dict[str, Any]]:
-    """The probe rows of a run folder (or its metrics.json): key "probe", else "feature_updates"."""
+    """The probe rows of a run folder (or its metrics.json): key "probe", else "feature_updates".
+    ValueError naming the file and what is wrong with it (unreadable, not JSON, not a run's
+    metrics, records without step / layer / δ numbers)."""
     path = Path(run)
     path = path / "metrics.json" if path.is_dir() else path
     if not path.is_file():
         raise ValueError(f"{path} does not exist; pass a run folder written by `loraplus train`.")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"Cannot read {path}: {err}.") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): it "
+            "was cut short or edited. Train again with --probe-every 10 to rewrite it."
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} holds a JSON {type(data).__name__}, not the object `loraplus train` writes; "
+            "pass a run folder written by `loraplus train --probe-every 10`."
+        )
     rows = data.get("probe") or data.get("feature_updates") or []
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: its probe records are not a list of objects (edited?).")
     if not any(_layers_of(r) for r in rows):
         raise ValueError(
             f"{path} has no per-layer probe records; train with --probe-every 10 "
             "(FeatureUpdateCallback) to record δ¹ and δ² per layer."
         )
+    for row in rows:
+        _check_row(path, row)
     return [dict(r) for r in rows]
+
+
+def _number(value: Any) -> bool:
+    """True for an int or float (not a bool); NaN and inf count: they are recorded as such."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_row(path: Path, row: Mapping[str, Any]) -> None:
+    """One probe record: a numeric step, and layers with a name and numeric δ¹, δ²."""
+    layers = row.get("layers") or []
+    if not layers:
+        return
+    if not _number(row.get("step")):
+        raise ValueError(f"{path}: a probe record has step {row.get('step')!r}, not a number.")
+    if not isinstance(layers, list):
+        raise ValueError(f"{path}: the layers of step {row['step']} are not a list (edited?).")
+    for rec in layers:
+        ok = isinstance(rec, dict) and isinstance(rec.get("layer"), str)
+        bad = [k for k in ("delta_a", "delta_b") if not ok or not _number(rec.get(k))]
+        if bad:
+            raise ValueError(
+                f"{path}: a layer record of step {row['step']} lacks a layer name or a numeric "
+                f"{' / '.join(bad) or 'layer'} ({rec!r:.80}); the file was edited or cut."
+            )
 
 
 def probe_figure(rows: Sequence[Mapping[str, Any]], path: str | Path) -> dict[str, Any]:

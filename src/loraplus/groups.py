@@ -96,7 +96,27 @@ def role_lrs(
     for key, mult in (lr_multipliers or {}).items():
         lrs[as_role(key)] = lr * as_float(mult, f"lr_multipliers[{key!r}]", allow_zero=True)
     lrs.update(check_lr_roles(lr_multipliers, lr_roles))
+    for role, value in lrs.items():
+        _check_finite_lr(value, role.value, lr, ratio, lr_multipliers)
     return lrs
+
+
+def _check_finite_lr(
+    value: float,
+    role: str,
+    lr: float,
+    ratio: float,
+    lr_multipliers: Mapping[Role | str, float] | None,
+) -> None:
+    """A role's lr after multiplication must be finite (1e300 x 16 overflows to inf)."""
+    if math.isfinite(value):
+        return
+    factors = {as_role(k).value: v for k, v in (lr_multipliers or {}).items()}
+    factor = f"multiplier {factors[role]:g}" if role in factors else f"ratio {ratio:g}"
+    raise ValueError(
+        f"The {role} learning rate is {value} (lr {lr:g} x {factor} overflows): pass a smaller "
+        "lr, ratio or multiplier."
+    )
 
 
 def absolute_roles(lr_roles: Mapping[Role | str, float] | None) -> dict[Role, float]:
@@ -168,11 +188,17 @@ def param_groups(
     for (role, fan_in), named in sorted(
         members.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1] or 0)
     ):
+        group_lr = lrs[role] * (ref / fan_in if fan_in else 1.0)
+        if not math.isfinite(group_lr):
+            raise ValueError(
+                f"The {role.value} learning rate of fan-in {fan_in} is {group_lr} (lr {lr_:g} x "
+                f"n_ref {ref:g} / {fan_in} overflows): pass a smaller lr or n_ref."
+            )
         group: dict[str, Any] = {
             "params": [p for _, p in named],
             "param_names": [n for n, _ in named],
             "role": role.value,
-            "lr": lrs[role] * (ref / fan_in if fan_in else 1.0),
+            "lr": group_lr,
             "weight_decay": wd if POLICY[role].decay else 0.0,
         }
         if width_aware:

@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
         if args.out
         else (run_dir if run_dir.is_dir() else run_dir.parent) / "probe.png"
     )
-    probe_figure(rows, out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: pass a .png file path.")
+    try:
+        probe_figure(rows, out)
+    except OSError as err:
+        raise ValueError(f"Cannot write the figure {out}: {err.strerror or err}.") from None
     print(f"figure: {out}")
     return 0

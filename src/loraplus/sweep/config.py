@@ -249,6 +249,8 @@ class SweepConfig:
 def as_url(storage: str | os.PathLike[str]) -> str:
     """A storage URL; a plain path (…/sweep.db) becomes an absolute sqlite:/// URL."""
     text = os.fspath(storage)
+    if text.startswith("sqlite:///~"):  # a home-relative SQLite path, as a shell would expand it
+        return f"sqlite:///{Path(text[len('sqlite:///') :]).expanduser()}"
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"
@@ -278,7 +280,10 @@ def make_storage(
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 600}}
         database = url.split(":///", 1)[-1]
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise storage_error(url, err) from None
     if heartbeat_s:
         kwargs["heartbeat_interval"] = int(heartbeat_s)
     for attempt in range(3):  # first use of a database: processes race to create its tables
@@ -288,8 +293,8 @@ def make_storage(
                 storage = optuna.storages.RDBStorage(url, **kwargs)
             break
         except Exception as err:
-            if attempt == 2:
-                raise
+            if attempt == 2 or _permanent(err):
+                raise storage_error(url, err) from None
             log.info("Opening %s failed (%s); retrying.", url, err)
             time.sleep(0.5 * (attempt + 1))
     if url.startswith("sqlite"):
@@ -299,6 +304,50 @@ def make_storage(
         event.listen(storage.engine, "begin", _sqlite_begin)
         storage.engine.dispose()  # pooled connections reconnect with these settings
     return storage
+
+
+def _shown(url: str) -> str:
+    """The URL as it may be printed: its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not even a URL: nothing in it can be parsed as a password
+        return url
+
+
+def _permanent(err: BaseException) -> bool:
+    """An error that retrying cannot fix: a missing driver, an unknown dialect, a bad URL."""
+    from sqlalchemy import exc
+
+    return isinstance(err, (ImportError, exc.ArgumentError, ValueError)) and not isinstance(
+        err, exc.OperationalError
+    )
+
+
+def storage_error(url: str, err: BaseException) -> ValueError:
+    """One line for a storage that cannot be opened: the URL (no password), the cause, the fix."""
+    cause = " ".join(str(getattr(err, "orig", None) or err).split()) or type(err).__name__
+    cause = cause.split(" (Background on this error")[0].rstrip(".")
+    shown = _shown(url)
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if Path(path).is_dir():
+            fix = f"{path} is a folder: pass a database file path (…/sweep.db)"
+        elif "not a database" in cause:
+            fix = f"{path} is not a SQLite database: pass another --storage file, or move it away"
+        else:
+            fix = f"pass a --storage file in a folder you can write ({path})"
+    elif isinstance(err, ImportError) or "Can't load plugin" in cause:
+        fix = (
+            "its database driver is missing or the URL's kind is unknown: use sqlite:///path, "
+            "or postgresql://user:password@host:5432/db with pip install 'loraplus[postgres]'"
+        )
+    elif any(w in cause.lower() for w in ("refused", "connect", "timeout", "server running")):
+        fix = "no database server answers there: start it, or fix the host and port in --storage"
+    else:
+        fix = "check the user, password, host, port and database name in --storage"
+    return ValueError(f"Cannot open the sweep storage {shown}: {cause}. Fix: {fix}.")
 
 
 def _sqlite_connect(connection: Any, record: Any) -> None:

@@ -7,11 +7,12 @@ cells with `study.ask()`, which moves one WAITING trial to RUNNING atomically (a
 PostgreSQL/MySQL, BEGIN IMMEDIATE on SQLite, see `make_storage`).
 
 A cell is *held* by a trial that is WAITING or RUNNING, or finished COMPLETE, PRUNED, diverged or
-errored (an error is released when a later start retries errors). Interrupted (Ctrl-C) and
-crashed trials (their worker gone: at once on this machine, see alive.py; after 2 heartbeats on
-another) hold nothing: `requeue` enqueues their cells again, when a worker starts and when Optuna
-fails a stale trial. Two processes may requeue
-the same cell at once; `claim` resolves that when a worker takes a trial: it runs the cell only if
+errored (an error is released when a later start retries errors; an error on the run's
+input, such as a bad --data file, is released at once, so the next start runs the cell again).
+Interrupted (Ctrl-C) and crashed trials (their worker gone: at once on this machine, see
+alive.py; after 2 heartbeats on another) hold nothing: `requeue` enqueues their cells again, when
+a worker starts and when Optuna fails a stale trial. Two processes may requeue the same cell at
+once; `claim` resolves that when a worker takes a trial: it runs the cell only if
 no other trial holds it finished and no lower-numbered trial of the cell is WAITING or RUNNING,
 else records the trial as "duplicate". So at most one attempt per cell runs to a held result.
 """
@@ -31,8 +32,9 @@ from typing import Any
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
-from loraplus.sweep.config import SweepConfig, make_storage
+from loraplus.sweep.config import SweepConfig, make_storage, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ def holds(trial: FrozenTrial, retry_errors_before: int = 0) -> bool:
         return True
     status = status_of(trial)
     if status == "error":
+        if trial.user_attrs.get("input_error"):
+            return False  # refused input (bad --data, ...): retried once the input is fixed
         return trial.number >= retry_errors_before
     return status in HOLDING
 
@@ -168,6 +172,16 @@ def open_study(
         "pruner": _pruner(cfg),
         "study_name": cfg.study_name,
     }
+    try:
+        return _create_or_load(cfg, grid, settings, retry_errors_before)
+    except SQLAlchemyError as err:  # opened, but the database refuses the study's tables or rows
+        raise storage_error(cfg.storage_url, err) from None
+
+
+def _create_or_load(
+    cfg: SweepConfig, grid: Grid, settings: dict[str, Any], retry_errors_before: int | None
+) -> tuple[optuna.Study, Grid]:
+    """open_study's work once the storage is open."""
     try:
         direction = (
             StudyDirection.MAXIMIZE if cfg.direction == "maximize" else StudyDirection.MINIMIZE

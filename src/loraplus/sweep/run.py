@@ -85,6 +85,9 @@ def _check_task(cfg: SweepConfig) -> None:
     """Fail before the first run when the metric cannot come from the task."""
     spec = TrialSpec(0, cfg.lr_a[0], 1.0, cfg.seeds[0], Path(cfg.out_dir), cfg.config)
     train_cfg = spec.train_config()
+    from loraplus.train.checks import check_paths
+
+    check_paths(train_cfg)  # --model / --data exist, before any trial is recorded
     if train_cfg.task != "classification" and cfg.metric == "eval_accuracy":
         raise ValueError(f"metric eval_accuracy needs task classification (got {train_cfg.task}).")
 
@@ -146,6 +149,13 @@ def run_sweep(
         raise RuntimeError(f"Sweep worker(s) failed: {', '.join(failed)}; see their log.")
     counts = summary.counts
     if not counts.get("complete") and counts.get("error"):
-        first = next(t for t in summary.trials if t["status"] == "error")
-        raise RuntimeError(f"Every trial of the sweep failed; first error: {first.get('error')}")
+        trials = study.get_trials(deepcopy=False)
+        errors = [t for t in trials if t.user_attrs.get("status") == "error"]
+        first = errors[0].user_attrs.get("error")
+        if all(t.user_attrs.get("input_error") for t in errors):
+            raise ValueError(
+                f"Every trial of the sweep failed on its input; the first: {first}. Fix it and "
+                "run the sweep again: the cells that failed so are run again."
+            )
+        raise RuntimeError(f"Every trial of the sweep failed; first error: {first}")
     return summary

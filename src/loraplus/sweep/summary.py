@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from loraplus.sweep.config import as_url
+from loraplus.sweep.config import as_url, make_storage
 from loraplus.sweep.grid import HOLDING, SKIPPED, STUDY_ATTR, cell_of, status_of
 
 
@@ -113,14 +113,23 @@ def _load(source: optuna.Study | str | os.PathLike[str], study_name: str | None)
     if isinstance(source, optuna.Study):
         return source
     url = as_url(source)
+    database = url.split(":///", 1)[-1] if url.startswith("sqlite") else None
+    if database and database != ":memory:" and not Path(database).is_file():
+        raise ValueError(f"No sweep at {database} (no such file): run the sweep first.")
+    storage = make_storage(url)  # a storage that cannot be opened is one line (storage_error)
+    names = optuna.get_all_study_names(storage=storage)
     if study_name is None:
-        names = optuna.get_all_study_names(storage=url)
         if len(names) != 1:
             raise ValueError(
                 f"{url} holds {len(names)} studies ({', '.join(names) or 'none'}): pass study_name."
             )
         study_name = names[0]
-    return optuna.load_study(study_name=study_name, storage=url)
+    if study_name not in names:
+        raise ValueError(
+            f"{url} holds no study {study_name!r} (it holds: {', '.join(names) or 'none'}): pass "
+            "the --study-name the sweep ran with."
+        )
+    return optuna.load_study(study_name=study_name, storage=storage)
 
 
 def _isclose(a: float, b: float) -> bool:

@@ -3,7 +3,8 @@
 Every trial stores user attrs: status (complete | pruned | diverged | error | interrupted, or
 idle / duplicate for a trial that ran no cell), value (the best evaluation, see
 `SweepConfig.metric`), best_step, final_value, seconds, error, worker (host:pid), lock (see
-alive.py) and, for a diverged run, cause. Diverged runs (TrainResult.diverged, or a NaN/inf
+alive.py), input_error (True when the run refused its input: the cell is retried on the next
+start) and, for a diverged run, cause. Diverged runs (TrainResult.diverged, or a NaN/inf
 evaluation) are state FAIL with status "diverged": the objective returns NaN, which Optuna stores
 as FAIL; the sweep goes on and the cell is not retried.
 """
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from loraplus.train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
+
+# What a run raises for bad input (the CLI's exit 2): a trial that failed so holds no cell.
+INPUT_ERRORS = (ValueError, FileNotFoundError, ImportError)
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,12 @@ def _train(trial: optuna.Trial, spec: TrialSpec, train_fn: TrainFn, cfg: SweepCo
     except Exception as err:
         trial.set_user_attr("status", "error")
         trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
-        raise
+        if not isinstance(err, INPUT_ERRORS):
+            raise
+        # the run refused its input (no traceback: it is no bug): a re-run retries the cell
+        trial.set_user_attr("input_error", True)
+        log.warning("Trial %d refused its input: %s", trial.number, err)
+        return float("nan")  # Optuna stores NaN as FAIL
     trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
     trial.set_user_attr("best_step", result.best_step)
     trial.set_user_attr("final_value", result.final_value)

@@ -6,12 +6,15 @@ before these checks pass.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from loraplus import zoo
 from loraplus.train.config import TrainConfig
+from loraplus.train.lock import holder, in_use, is_main_launch
 from loraplus.train.outputs import FINAL_FILES, LOGS, clear_previous
 
 RUN_FILES = (*FINAL_FILES, *LOGS)  # what a run writes
@@ -62,6 +65,9 @@ def check_output_dir(cfg: TrainConfig) -> None:
                     "can write to."
                 )
             break
+    busy = holder(out) if is_main_launch() else None  # other ranks run beside their main one
+    if busy is not None:
+        raise in_use(out, busy)
     previous = _previous_run(out)
     if previous and not cfg.overwrite and not cfg.resume:
         raise ValueError(
@@ -69,6 +75,133 @@ def check_output_dir(cfg: TrainConfig) -> None:
             "--resume auto to continue it (from its latest checkpoint), --overwrite to replace "
             "it, or another --output-dir."
         )
+    finished_run(cfg)
+
+
+def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
+    """With --resume, the metrics of the finished run in --output-dir when it had these very
+    settings (nothing to resume); None when there is none, or with --overwrite. A finished run
+    with other settings is refused: resuming would replace it."""
+    from loraplus.train.checkpoint import config_changes
+
+    path = Path(cfg.output_dir).expanduser() / "metrics.json"
+    if cfg.resume is None or cfg.overwrite or not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        saved = metrics["config"]
+        if not isinstance(saved, dict):
+            raise TypeError("its config is not an object")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"--output-dir {cfg.output_dir} holds a finished run whose {path.name} cannot be read "
+            f"({err}): pass --overwrite to replace that run, or another --output-dir."
+        ) from None
+    changes = config_changes(saved, cfg.to_dict())
+    if changes:
+        raise ValueError(
+            f"--output-dir {cfg.output_dir} holds a finished run with other settings "
+            f"({'; '.join(changes)}): --resume would replace it. Pass --overwrite to replace "
+            "it (continuing from its latest checkpoint), or another --output-dir."
+        )
+    return dict(metrics)
+
+
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "flyte": "flytekit"}
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (a library's may span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _hub_problem(name: str) -> str | None:
+    """Why hub id `name` cannot be fetched (offline, unreachable, no such repo), or None.
+    One request without retries: the file download would retry for a minute, line by line."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    try:
+        huggingface_hub.model_info(name, timeout=10)
+    except errors.OfflineModeIsEnabled:
+        return "it is not in the local cache and the hub is off (HF_HUB_OFFLINE)"
+    except errors.RepositoryNotFoundError:
+        return "the Hugging Face hub has no such model (or it is private: log in)"
+    except errors.HfHubHTTPError as err:
+        return f"the Hugging Face hub answered {one_line(err)}"
+    except Exception as err:  # httpx's connection errors, timeouts, proxies
+        return f"it is not cached and the Hugging Face hub is unreachable ({one_line(err)})"
+    return None
+
+
+def model_config(cfg: TrainConfig) -> Any:
+    """The model's config (config.json only, no weights); one line where it cannot be had."""
+    from transformers import AutoConfig
+
+    path = zoo.resolve_model(cfg.model)
+    local = Path(path).is_dir()
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as err:
+        why = one_line(err) if local else _hub_problem(path)
+    if why is None:
+        try:
+            return AutoConfig.from_pretrained(path)
+        except Exception as err:
+            why = one_line(err)
+    raise ValueError(
+        f"Cannot load model {cfg.model!r}: {why}. Pass a built-in model "
+        f"({', '.join(zoo.MODELS)}), a local folder, or a hub id that is in the local cache."
+    )
+
+
+def _position_limit(config: Any, path: str) -> tuple[int, str] | None:
+    """(tokens, where it comes from): the model's position limit, from its config and, in a
+    local folder, its tokenizer's model_max_length (RoBERTa's positions are offset by 2)."""
+    found = [(getattr(config, k), k) for k in _POSITION_KEYS if getattr(config, k, None)]
+    limits = [(int(v), k) for v, k in found if isinstance(v, int) and v > 0][:1]
+    tokenizer_file = Path(path) / "tokenizer_config.json"
+    if tokenizer_file.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            most = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("model_max_length")
+            if isinstance(most, int) and 0 < most < 10**8:
+                limits.append((most, "its tokenizer's model_max_length"))
+    return min(limits, key=lambda limit: limit[0]) if limits else None  # the config on a tie
+
+
+def check_model_limits(cfg: TrainConfig) -> None:
+    """--max-length within the model's position limit (config.json read, no weights)."""
+    config = model_config(cfg)
+    limit = _position_limit(config, zoo.resolve_model(cfg.model))
+    if limit is not None and cfg.max_length > limit[0]:
+        raise ValueError(
+            f"--max-length {cfg.max_length} is above the {limit[0]} positions of model "
+            f"{cfg.model!r} ({limit[1]}): pass --max-length {limit[0]} or less."
+        )
+
+
+def check_report_to(cfg: TrainConfig) -> None:
+    """Every --report-to integration is known to transformers and its package installed."""
+    from transformers.integrations import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    available = set(get_available_reporting_integrations())
+    for name in cfg.report_to:
+        if name == "all":
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(
+                f"--report-to {name}: not a logging integration; use none or any of "
+                f"{', '.join(INTEGRATION_TO_CALLBACK)}."
+            )
+        if name not in available:
+            raise ValueError(
+                f"--report-to {name} needs the {_PACKAGES.get(name, name)} package: pip install "
+                f"{_PACKAGES.get(name, name)}, or drop {name} from --report-to."
+            )
 
 
 def check_rows(cfg: TrainConfig, data: zoo.TaskData) -> None:
@@ -92,6 +225,8 @@ def load_checked(cfg: TrainConfig) -> zoo.TaskData:
     """The run's data after every check that needs no model; then an overwritten run is cleared."""
     check_paths(cfg)
     check_output_dir(cfg)
+    check_report_to(cfg)
+    check_model_limits(cfg)
     data = zoo.load_data(cfg.data, **data_options(cfg))
     check_rows(cfg, data)
     _clear_previous(cfg)

@@ -196,42 +196,84 @@ def _early_stopping(cfg: TrainConfig) -> list[TrainerCallback]:
     return [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
 
 
-def _prepare_output(cfg: TrainConfig, output_dir: Path, main: bool) -> Path | None:
-    """The checkpoint to resume from (None: fresh); on the main process, tidy the folder."""
+def _resume_point(cfg: TrainConfig, output_dir: Path, label_names: list[str]) -> Path | None:
+    """The checkpoint to resume from (None: fresh), verified and checked against this run's
+    settings before any model loads; other changes that matter are said in one warning."""
     from loraplus.train import checkpoint as ckpt
-    from loraplus.train.outputs import clear_previous
 
     resume = ckpt.resolve_resume(cfg.resume, output_dir)
-    if resume is not None:
-        changes = ckpt.config_changes(ckpt.saved_config(resume), cfg.to_dict())
-        if changes:
-            log.warning(
-                "Resuming from %s, saved with other settings (%s): the run will not match an "
-                "uninterrupted one.",
-                resume,
-                "; ".join(changes),
-            )
-    if main:
-        ckpt.clean_partial(output_dir)
-        clear_previous(output_dir)
+    if resume is None:
+        return None
+    ckpt.check_compatible(resume, cfg.to_dict(), label_names, cfg.max_steps)
+    changes = ckpt.config_changes(ckpt.saved_config(resume), cfg.to_dict())
+    if changes:
+        log.warning(
+            "Resuming from %s, saved with other settings (%s): the run will not match an "
+            "uninterrupted one.",
+            resume,
+            "; ".join(changes),
+        )
     return resume
 
 
+def _finished(metrics: dict[str, Any], output_dir: Path, main: bool) -> TrainResult:
+    """The result of a finished run that --resume found with these very settings (a no-op)."""
+    final = dict(metrics.get("final") or {})
+    if main:
+        log.warning(
+            "%s holds this run, finished at step %s: nothing to resume (its files are kept).",
+            output_dir,
+            final.get("steps"),
+        )
+    return TrainResult(
+        history=list(metrics.get("history") or []),
+        final=final,
+        output_dir=output_dir,
+        diverged=bool(metrics.get("diverged")),
+        diverged_reason=metrics.get("diverged_reason"),
+        warnings=list(metrics.get("warnings") or []),
+        main_process=main,
+    )
+
+
 def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
-    """Fine-tune `cfg.model` on `cfg.data` with LoRA+; write metrics, curves and the adapter."""
+    """Fine-tune `cfg.model` on `cfg.data` with LoRA+; write metrics, curves and the adapter.
+
+    The output folder is locked for the whole run (one run per folder); with --resume, a
+    finished run with the same settings is returned as it is.
+    """
     require("train", "loraplus.train.train")
-    from loraplus.diagnostics import FeatureUpdateCallback
-    from loraplus.train.guard import DivergenceGuard, collapse_warning
-    from loraplus.train.model import load_model
-    from loraplus.train.trainer import RunTrainer
+    from loraplus.train.checks import finished_run
+    from loraplus.train.lock import is_main_launch, run_lock
 
     cfg = make_config(**cfg.to_dict())  # validated copy (a caller may have changed fields)
     output_dir = Path(cfg.output_dir).expanduser()
+    with run_lock(output_dir, take=is_main_launch()):
+        done = finished_run(cfg)
+        if done is not None:
+            return _finished(done, output_dir, is_main_launch())
+        return _train(cfg, output_dir, callbacks)
+
+
+def _train(
+    cfg: TrainConfig, output_dir: Path, callbacks: list[TrainerCallback] | None
+) -> TrainResult:
+    """The run itself, inside the folder's lock."""
+    from loraplus.diagnostics import FeatureUpdateCallback
+    from loraplus.train import checkpoint as ckpt
+    from loraplus.train.guard import DivergenceGuard, collapse_warning
+    from loraplus.train.model import load_model
+    from loraplus.train.outputs import clear_previous
+    from loraplus.train.trainer import RunTrainer
+
     data = load_checked(cfg)  # paths, output folder, data and rows, before the model loads
+    resume = _resume_point(cfg, output_dir, data.label_names)
     report_to = [r for r in cfg.report_to if r != "tensorboard"]
     args = _training_args(cfg, output_dir, report_to)
     main = args.process_index == 0
-    resume = _prepare_output(cfg, output_dir, main)
+    if main:
+        ckpt.clean_partial(output_dir)
+        clear_previous(output_dir)
     args.eval_on_start = resume is None  # a checkpoint's history has the step-0 eval already
     args.distributed_state.wait_for_everyone()
     model, tokenizer = load_model(cfg, data)
@@ -265,6 +307,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         guard=guard,
         keep=cfg.save_total_limit,
         global_batch=global_batch,
+        label_names=data.label_names,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

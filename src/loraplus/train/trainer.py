@@ -28,10 +28,13 @@ class RunTrainer(LoraPlusTrainer):
         guard: DivergenceGuard,
         keep: int | None,
         global_batch: int,
+        label_names: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Take the run's config (stored in each checkpoint), guard and rotation limit."""
+        """Take the run's config and label set (stored in each checkpoint), guard and rotation
+        limit."""
         self._run_config = run_config
+        self._label_names = list(label_names or [])
         self._guard = guard
         self._keep = keep
         self._global_batch = global_batch
@@ -70,9 +73,25 @@ class RunTrainer(LoraPlusTrainer):
             self._staging = False
         self.accelerator.wait_for_everyone()  # every rank's RNG state is in
         if self.args.should_save:
-            ckpt.write_marker(staged, self._run_config, self.state, self._global_batch)
+            ckpt.write_marker(
+                staged, self._run_config, self.state, self._global_batch, self._label_names
+            )
             ckpt.publish(staged, output_dir, self._keep)
         self.accelerator.wait_for_everyone()
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        """HF's epoch, skipped once max_steps is reached: a run resumed from its last
+        checkpoint would otherwise take one more step (and one more on every resume)."""
+        step, total = self.state.global_step, self.state.max_steps
+        if total > 0 and step > total:  # fewer --epochs than the checkpoint has trained
+            raise ValueError(
+                f"--resume: the checkpoint is at step {step}, past this run's {total} steps: "
+                "raise --epochs (or --max-steps), or --resume an earlier checkpoint."
+            )
+        if total > 0 and step >= total:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.args.should_save:

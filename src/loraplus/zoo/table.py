@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,11 +39,18 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
+def is_missing_label(value: Any) -> bool:
+    """is_missing, and a label cell that spells NaN ("NaN", "nan": a CSV's missing number)."""
+    return is_missing(value) or (isinstance(value, str) and value.strip().lower() == "nan")
+
+
 def pairs(
     a: Sequence[Any], b: Sequence[Any], names: tuple[str, str], source: object, say: bool = True
 ) -> dict[str, list[Any]]:
-    """Columns a and b as {names[0]: ..., names[1]: ...}, rows with a blank cell dropped (said)."""
-    keep = [(x, y) for x, y in zip(a, b, strict=True) if not (is_missing(x) or is_missing(y))]
+    """Columns a and b as {names[0]: ..., names[1]: ...}, rows with a blank cell dropped (said);
+    a label column (names[1] == "label") also counts NaN spelled out as blank."""
+    blank = is_missing_label if names[1] == "label" else is_missing
+    keep = [(x, y) for x, y in zip(a, b, strict=True) if not (is_missing(x) or blank(y))]
     if len(keep) < len(a):
         log.log(
             logging.WARNING if say else logging.INFO,
@@ -103,22 +111,42 @@ def _check_kinds(labels: Sequence[Any], source: str) -> None:
         )
 
 
+def _as_number(value: Any) -> int | float:
+    """A numeric label as an int where it is one ("3", 3, 3.0 -> 3), else a float."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value.strip())
+    number = float(value)
+    return int(number) if math.isfinite(number) and number.is_integer() else number
+
+
 def _number_names(labels: Sequence[Any], source: str) -> tuple[list[str], list[int]]:
-    """Numeric labels as (names, ids): ints 0..K-1 are already ids; others sorted then numbered."""
-    values = [float(v) for v in labels]
-    fractional = sorted({v for v in values if v != int(v)})
-    if fractional:
+    """Numeric labels as (names, ids): the distinct integers sorted, each a class name, so
+    labels 0..K-1 keep their ids and any others (1999/2005, 7/3000000) make K classes too."""
+    values = [_as_number(v) for v in labels]
+    odd = sorted({v for v in values if isinstance(v, float)}, key=str)
+    if odd:
         raise ValueError(
-            f"{source}: labels such as {', '.join(f'{v:g}' for v in fractional[:3])} are not "
+            f"{source}: labels such as {', '.join(f'{v:g}' for v in odd[:3])} are not "
             "class ids; classification needs integer or string labels (regression is not "
             "supported)."
         )
-    numbers = [int(v) for v in values]
-    if min(numbers) >= 0:
-        return [str(i) for i in range(max(numbers) + 1)], numbers
-    names = sorted(set(numbers))
+    names = sorted(set(values))
     index = {n: i for i, n in enumerate(names)}
-    return [str(n) for n in names], [index[n] for n in numbers]
+    return [str(n) for n in names], [index[n] for n in values]
+
+
+def check_label_values(labels: Sequence[Any], source: object) -> None:
+    """Refuse list- or object-valued labels (multi-label rows), naming the first one."""
+    for row, value in enumerate(labels, start=1):
+        if isinstance(value, (list, tuple, dict, set)):
+            raise ValueError(
+                f"{source}: row {row} has the label {value!r}, a "
+                f"{type(value).__name__}; multi-label classification is not supported. Give "
+                "each row one label (one row per label), or pass --label-column."
+            )
 
 
 def encode_labels(parts: Sequence[dict[str, list[Any]]], source: str) -> list[Dataset]:
@@ -128,12 +156,16 @@ def encode_labels(parts: Sequence[dict[str, list[Any]]], source: str) -> list[Da
     labels = [v for part in parts for v in part["label"]]
     if not parts[0]["label"]:
         raise ValueError(f"{source} has no usable rows (every row had a blank text or label).")
+    check_label_values(labels, source)
     _check_kinds(labels, source)
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels):
+    if all(_kind(v) == "number" for v in labels):
         names, ids = _number_names(labels, source)
         merged = to_dataset({"text": [t for p in parts for t in p["text"]], "label": ids}, names)
     else:
-        strings = [{"text": p["text"], "label": [str(v) for v in p["label"]]} for p in parts]
+        # " pos" and "pos" are one class: a CSV's spaces after commas are no part of a label
+        strings = [
+            {"text": p["text"], "label": [str(v).strip() for v in p["label"]]} for p in parts
+        ]
         with quiet_datasets():
             merged = concatenate_datasets([to_plain(p) for p in strings])
             merged = merged.class_encode_column("label")
