@@ -18,9 +18,10 @@ from transformers import Trainer, TrainingArguments
 
 import loraplus
 from loraplus.autoratio import (
+    AutoRatio,
     AutoRatioConfig,
-    AutoRatioMixin,
     auto_ratio_logs,
+    controller,
     is_auto,
     isotropic_terms,
     lora_pairs,
@@ -93,7 +94,7 @@ def test_state_dict_round_trip_continues_bit_identically() -> None:
         sched.step()
         opt.zero_grad()
     resumed, opt2, _ = llama_run(state, 25)
-    assert opt2.auto_state() == opt.auto_state()
+    assert opt2.auto_ratio.auto_state() == opt.auto_ratio.auto_state()
     for (name, p), (name2, p2) in zip(
         model.named_parameters(), resumed.named_parameters(), strict=True
     ):
@@ -107,7 +108,9 @@ def test_scheduler_and_controller_compose() -> None:
     lr = 0.01
     opt: Any = loraplus.create_optimizer(model, "sgd", lr=lr, ratio="auto")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
-    opt.log2_ratio = [6.0] * len(opt.pairs)  # ratio 64, as if the controller had chosen it
+    opt.auto_ratio.log2_ratio = [6.0] * len(
+        opt.auto_ratio.pairs
+    )  # ratio 64, as if the controller had chosen it
     ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
     model(input_ids=ids, labels=ids).loss.backward()
     pairs = lora_pairs(model)
@@ -131,13 +134,13 @@ def test_ratio_moves_by_bounded_steps_and_stays_in_range(target: float, bound: f
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad()
-        history.append(list(opt.log2_ratio))
+        history.append(list(opt.auto_ratio.log2_ratio))
     steps = [
         abs(b - a) for h0, h1 in itertools.pairwise(history) for a, b in zip(h0, h1, strict=True)
     ]
     assert max(steps) <= 1.0 + 1e-12
     assert all(v == bound for v in opt.ratios().values())  # 16 -> 2^10 or 2^0: 6 or 4 updates
-    assert opt.auto_state()["steps"] == 12
+    assert opt.auto_ratio.auto_state()["steps"] == 12
 
 
 def test_isotropic_terms_are_the_frobenius_norms() -> None:
@@ -156,7 +159,7 @@ def test_isotropic_terms_are_the_frobenius_norms() -> None:
 def test_create_optimizer_auto_is_the_users_optimizer_class() -> None:
     model = lora_llama()
     opt = loraplus.create_optimizer(model, torch.optim.AdamW, lr=1e-3, ratio="auto")
-    assert isinstance(opt, torch.optim.AdamW) and isinstance(opt, AutoRatioMixin)
+    assert type(opt) is torch.optim.AdamW and isinstance(opt.auto_ratio, AutoRatio)
     assert is_auto(opt) and not is_auto(loraplus.create_optimizer(model, "adamw", lr=1e-3))
     assert len(opt.ratios()) == 14 and set(opt.ratios().values()) == {16.0}
     text = loraplus.summary(opt)
@@ -192,12 +195,12 @@ def test_hf_trainer_checkpoints_and_resumes_the_controller(tmp_path: Path) -> No
     first.train()
     saved = torch.load(tmp_path / "checkpoint-20" / "optimizer.pt", weights_only=True)
     assert saved["auto_ratio"]["steps"] == 20
-    inner: Any = first.optimizer.optimizer  # inside Accelerate's AcceleratedOptimizer
-    assert saved["auto_ratio"]["log2_ratio"] == inner.log2_ratio
+    auto: Any = controller(first.optimizer)  # inside Accelerate's AcceleratedOptimizer
+    assert saved["auto_ratio"]["log2_ratio"] == auto.log2_ratio
     second = trainer(lora_bert(), tmp_path, 30)
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-20"))
     assert is_auto(second.optimizer)
-    assert second.optimizer.optimizer.auto_steps == 30  # type: ignore[union-attr]
+    assert controller(second.optimizer).auto_steps == 30  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("signal", ["isotropic", "inputs"])
@@ -213,16 +216,18 @@ def test_the_controller_measures_what_the_probe_measures(signal: str) -> None:
         ids = torch.randint(0, 128, (2, 8), generator=g)
         model(input_ids=ids, labels=ids).loss.backward()
         probe.snapshot()
-        before = [(p.a.detach().clone(), p.b.detach().clone()) for p in opt.pairs]
+        before = [(p.a.detach().clone(), p.b.detach().clone()) for p in opt.auto_ratio.pairs]
         opt.step()
         opt.zero_grad()
     true = {u.layer: u.balance for u in probe.measure()}
     probe.remove()
-    for pair, got, (a0, b0) in zip(opt.pairs, opt.last_balance, before, strict=True):
+    for pair, got, (a0, b0) in zip(
+        opt.auto_ratio.pairs, opt.auto_ratio.last_balance, before, strict=True
+    ):
         if signal == "inputs":
             assert got == pytest.approx(true[pair.layer], abs=1e-4)
         else:
             d1 = torch.linalg.norm(b0 @ (pair.a - a0)).item()
             d2 = torch.linalg.norm((pair.b - b0) @ a0).item()
             assert got == pytest.approx(math.log2(d2 / d1), abs=1e-4)
-    assert opt.auto_inputs == {}  # inputs are dropped once measured
+    assert opt.auto_ratio.auto_inputs == {}  # inputs are dropped once measured
