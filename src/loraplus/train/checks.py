@@ -58,7 +58,9 @@ def check_deepspeed(cfg: TrainConfig) -> None:
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"--deepspeed {cfg.deepspeed} is not valid JSON ({err}); fix the file.")
+        raise ValueError(
+            f"--deepspeed {cfg.deepspeed} is not valid JSON ({err}); fix the file."
+        ) from None
     if not isinstance(loaded, dict):
         raise ValueError(f"--deepspeed {cfg.deepspeed} holds no JSON object; pass a config dict.")
     check_deepspeed_config(loaded)
