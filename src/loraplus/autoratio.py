@@ -232,6 +232,10 @@ class AutoRatio:
 
     def _update(self, old_a: list[torch.Tensor], old_b: list[torch.Tensor]) -> None:
         cfg = self.auto
+        if cfg.signal == "inputs" and not self.auto_inputs:
+            from loraplus.diagnostics import warn_no_inputs
+
+            warn_no_inputs("ratio='auto' (signal='inputs') fell back to the isotropic signal")
         terms = [self._terms(p, a0, b0) for p, a0, b0 in zip(self.pairs, old_a, old_b, strict=True)]
         self.auto_inputs = {}
         values = torch.stack(terms).tolist() if terms else []  # one device sync

@@ -157,12 +157,15 @@ class FeatureUpdateProbe:
             found.append((name, key))
             sums.append(feature_update_sums(a0, b0, a1, b1, z, scaling))
             if a.dtype in (torch.float16, torch.bfloat16) and not _is_sharded(a) and b0.any():
-                moved.append((a1 != a0).float().mean())  # A had a gradient: did it move?
+                moved.append(torch.stack([(a1 != a0).sum(), torch.tensor(a1.numel())]))
         if not sums:
             return []
+        if not self.inputs:
+            warn_no_inputs("The δ probe measured nothing")
         total = all_reduce_sum(torch.stack(sums))  # one collective: every rank's tokens
         self._warn_half(moved, found)
         values = rms(total).tolist()
+        self.inputs = {}  # the next measure() needs inputs recorded after this one
         return [
             FeatureUpdate(name, key, *terms)
             for (name, key), terms, count in zip(found, values, total[:, 3].tolist(), strict=True)
@@ -173,7 +176,8 @@ class FeatureUpdateProbe:
         if not moved or self.warned_half:
             return
         self.warned_half = True
-        still = 1.0 - float(torch.stack(moved).mean())
+        counts = torch.stack(moved).sum(0)  # A had a gradient (B ≠ 0): which entries moved?
+        still = 1.0 - float(counts[0]) / float(counts[1])
         warnings.warn(
             f"The LoRA adapters are kept in half precision: {still:.0%} of A's entries did not "
             "move in this step (updates smaller than the weight's rounding step are lost, which "
@@ -218,6 +222,18 @@ class FeatureUpdateProbe:
         for hook in [*self.hooks, *getattr(self, "step_hooks", [])]:
             hook.remove()
         self.hooks, self.step_hooks = [], []
+
+
+def warn_no_inputs(what: str) -> None:
+    """Warn that no LoRA layer's forward hook saw an input (a graph compiled before the hooks)."""
+    warnings.warn(
+        f"{what}: no LoRA layer recorded an input since the last step. A model compiled with "
+        "torch.compile before these forward hooks were registered runs its graph without them. "
+        "Create the probe (or the optimizer with ratio='auto', signal='inputs') before the "
+        "compiled model first runs, or call torch._dynamo.reset() after creating it so that "
+        "the model recompiles with the hooks.",
+        stacklevel=3,
+    )
 
 
 def _is_sharded(p: torch.Tensor) -> bool:
