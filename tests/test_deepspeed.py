@@ -235,3 +235,35 @@ if __name__ == "__main__":  # one rank of test_trainer_under_zero3_steers_like_o
     result = trainer_run(folder / "run", 4, config)
     rank = int(os.environ["RANK"])
     (folder / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "message"),
+    [
+        (None, [], "no such file; pass a DeepSpeed JSON config"),
+        ("{not json", [], "is not valid JSON"),
+        ('{"optimizer": {"type": "AdamW"}}', [], 'delete the "optimizer" block'),
+        ('{"scheduler": {"type": "WarmupLR"}}', [], "WarmupCosineLR"),
+        ("{}", ["--lora-optimizer", "lorafa"], "lorafa trains every LoRA param at --lr"),
+    ],
+)
+def test_bad_deepspeed_configs_exit_2_before_training(
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    config: str | None,
+    extra: list[str],
+    message: str,
+) -> None:
+    from loraplus import cli
+
+    path = tmp_path / "ds.json"
+    if config is not None:
+        path.write_text(config)
+    out = tmp_path / "out"
+    settings = {**_settings(files, out, 4), "ratio": 16.0, "probe_every": 0}
+    argv = ["train", *_flags(settings), "--deepspeed", str(path), *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
