@@ -123,26 +123,26 @@ def _close(got: float | None, want: float | None, rel: float = 1e-4) -> bool:
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
-def test_loraplus_train_under_zero2_measures_what_one_process_measures(
+def test_loraplus_train_under_zero3_measures_what_one_process_measures(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
-    out = tmp_path / "zero2"
+    out = tmp_path / "zero3"  # the model is partitioned as it loads (deepspeed.zero.Init)
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "loraplus.cli", "train"]
-    cmd += [*_flags(_settings(files, out, 4)), "--deepspeed", str(files["zero2"])]
+    cmd += [*_flags(_settings(files, out, 4)), "--deepspeed", str(files["zero3"])]
     proc = _run(cmd, {**os.environ, **ENV})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(world size 2)" in proc.stdout and "6: +" in proc.stdout  # a balance, not n/a
     one = _one_process(train, make_config(**_settings(files, tmp_path / "one", 8)))
     ds = json.loads((out / "metrics.json").read_text())
     ref = json.loads((one.output_dir / "metrics.json").read_text())
-    assert ds["config"]["deepspeed"] == str(files["zero2"]) and ds["world_size"] == 2
+    assert ds["config"]["deepspeed"] == str(files["zero3"]) and ds["world_size"] == 2
 
     trained, single = (
         load_file(d / "adapter" / "adapter_model.safetensors") for d in (out, one.output_dir)
     )
-    for name, tensor in single.items():  # 2 x 4 rows sum in another order than 1 x 8: ~1e-6
+    for name, tensor in single.items():  # 2 x 4 rows sum in another order than 1 x 8: ~1e-5
         scale = float(tensor.abs().max())
-        torch.testing.assert_close(trained[name], tensor, rtol=1e-4, atol=1e-5 * scale)
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-4, atol=1e-4 * scale)
     assert [r["step"] for r in ds["feature_updates"]] == [1.0, 6.0, 11.0]
     for got, want in zip(ds["feature_updates"], ref["feature_updates"], strict=True):
         assert len(got["layers"]) == len(want["layers"]) == 4
@@ -204,11 +204,11 @@ def trainer_run(out: Path, batch: int, deepspeed: str | None) -> dict[str, Any]:
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
-def test_trainer_under_zero3_steers_like_one_process(
+def test_trainer_under_zero2_steers_like_one_process(
     files: dict[str, Path], tmp_path: Path
 ) -> None:
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", __file__]
-    cmd += [str(tmp_path), str(files["zero3"])]
+    cmd += [str(tmp_path), str(files["zero2"])]
     env = {**os.environ, **ENV, "PYTHONPATH": os.pathsep.join([*sys.path])}
     proc = _run(cmd, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -230,7 +230,7 @@ def test_trainer_under_zero3_steers_like_one_process(
                 assert gl[key] > 0 and _close(gl[key], wl[key]), (g["step"], gl["layer"], key)
 
 
-if __name__ == "__main__":  # one rank of test_trainer_under_zero3_steers_like_one_process
+if __name__ == "__main__":  # one rank of test_trainer_under_zero2_steers_like_one_process
     folder, config = Path(sys.argv[1]), sys.argv[2]
     result = trainer_run(folder / "run", 4, config)
     rank = int(os.environ["RANK"])
