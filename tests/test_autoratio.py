@@ -231,3 +231,14 @@ def test_the_controller_measures_what_the_probe_measures(signal: str) -> None:
             d2 = torch.linalg.norm((pair.b - b0) @ a0).item()
             assert got == pytest.approx(math.log2(d2 / d1), abs=1e-4)
     assert opt.auto_ratio.auto_inputs == {}  # inputs are dropped once measured
+
+
+def test_the_controller_is_found_under_any_depth_of_wrappers() -> None:
+    """Accelerate wraps DeepSpeed's ZeRO optimizer, which wraps yours: `.optimizer` twice."""
+    from types import SimpleNamespace
+
+    opt = loraplus.create_optimizer(lora_llama(), "adamw", lr=1e-3, ratio="auto")
+    wrapped = SimpleNamespace(optimizer=SimpleNamespace(optimizer=opt))
+    assert is_auto(wrapped) and controller(wrapped) is opt.auto_ratio  # type: ignore[attr-defined]
+    assert auto_ratio_logs(wrapped) == auto_ratio_logs(opt) != {}
+    assert not is_auto(SimpleNamespace(optimizer=SimpleNamespace(optimizer=None)))
