@@ -242,3 +242,42 @@ def test_the_controller_is_found_under_any_depth_of_wrappers() -> None:
     assert is_auto(wrapped) and controller(wrapped) is opt.auto_ratio  # type: ignore[attr-defined]
     assert auto_ratio_logs(wrapped) == auto_ratio_logs(opt) != {}
     assert not is_auto(SimpleNamespace(optimizer=SimpleNamespace(optimizer=None)))
+
+
+def _group_by_group(opt: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
+    """Step as DeepSpeed ZeRO-1/2 does: one call per group, the others hidden."""
+    original = opt.param_groups
+    for group in groups:
+        opt.param_groups = [group]
+        opt.step()
+    opt.param_groups = original
+
+
+def test_steps_made_one_group_at_a_time_steer_as_one_step() -> None:
+    """DeepSpeed calls your optimizer once per param group: one controller step all the same,
+    and a group stepped in pieces (ZeRO-3 sub-groups) is refused with the fix."""
+    cfg = AutoRatioConfig(every=1, max_step=8.0)
+    runs = []
+    for per_group in (False, True):
+        model = lora_llama()
+        loraplus.init_lora_(model, "init2")
+        opt: Any = loraplus.create_optimizer(model, "adamw", lr=1e-3, ratio="auto", auto_ratio=cfg)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            ids = torch.randint(0, 128, (2, 8), generator=g)
+            model(input_ids=ids, labels=ids).loss.backward()
+            _group_by_group(opt, opt.param_groups) if per_group else opt.step()
+            opt.zero_grad()
+        runs.append((model, opt))
+    (plain, plain_opt), (split, split_opt) = runs
+    assert split_opt.auto_ratio.auto_state() == plain_opt.auto_ratio.auto_state()
+    assert split_opt.auto_ratio.auto_steps == 3 and len(set(split_opt.ratios().values())) > 1
+    for p, q in zip(plain.parameters(), split.parameters(), strict=True):
+        assert torch.equal(p, q)
+    b_group = next(g for g in split_opt.param_groups if g["role"] == "lora_B")
+    halves = [
+        {**b_group, "params": b_group["params"][:7]},
+        {**b_group, "params": b_group["params"][7:]},
+    ]
+    with pytest.raises(RuntimeError, match="lora_B group was stepped in pieces.*sub_group_size"):
+        _group_by_group(split_opt, halves)

@@ -32,6 +32,7 @@ from loraplus.roles import Role, unwrap
 from loraplus.sharded import (
     LORA_ROLES,
     all_reduce_sum,
+    check_whole_groups,
     full_value,
     innermost_optimizer,
     local_master,
@@ -204,6 +205,7 @@ class AutoRatio:
                 "a0": [full_value(p.a) for p in self.pairs] if measure else [],
                 "b0": [full_value(p.b) for p in self.pairs] if measure else [],
             }
+        check_whole_groups(roles, self._step["done"], "ratio='auto'")
         if "lora_B" in roles:
             views = [local_master(p.b) for p in self.pairs]
             self._step["b_local"] = [

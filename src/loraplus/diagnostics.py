@@ -24,6 +24,7 @@ from loraplus.roles import unwrap
 from loraplus.sharded import (
     LORA_ROLES,
     all_reduce_sum,
+    check_whole_groups,
     full_value,
     innermost_optimizer,
     refuse_fsdp1,
@@ -200,6 +201,7 @@ class FeatureUpdateProbe:
 
         def before(opt: Any, *_: Any) -> None:
             roles = stepped_roles(opt) & LORA_ROLES
+            check_whole_groups(roles, done, "The δ probe")
             if roles and not done and when():
                 self.snapshot()
                 done.add("open")

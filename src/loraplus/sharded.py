@@ -97,6 +97,18 @@ def stepped_roles(optimizer: Any) -> set[str]:
     return roles
 
 
+def check_whole_groups(roles: set[str], done: set[str], what: str) -> None:
+    """Raise if a LoRA role's group is stepped again before the step ends (stepped in pieces)."""
+    again = sorted(roles & done & LORA_ROLES)
+    if again:
+        raise RuntimeError(
+            f"{what} needs each param group stepped whole, but the {', '.join(again)} group was "
+            "stepped in pieces (DeepSpeed ZeRO-3 with a zero_optimization.sub_group_size smaller "
+            "than the group). Raise sub_group_size above the LoRA parameter count (its default, "
+            "1e9, is), or train without it."
+        )
+
+
 def world_size() -> int:
     """Processes in the default process group (1 when none is initialized)."""
     import torch.distributed as dist
