@@ -160,8 +160,10 @@ def test_loraplus_train_under_zero3_measures_what_one_process_measures(
     assert chosen[-1]["auto_ratio/q"] != 16.0  # step 10 measured a balance and moved the ratio
 
 
-def trainer_run(out: Path, batch: int, deepspeed: str | None) -> dict[str, Any]:
-    """LoraPlusTrainer, ratio="auto" and the probe on the tiny BERT: what the controller chose."""
+def trainer_run(
+    out: Path, batch: int, deepspeed: str | None, ratio: float | str = "auto"
+) -> dict[str, Any]:
+    """LoraPlusTrainer and the probe on the tiny BERT: what was measured, chosen and trained."""
     from peft import LoraConfig, get_peft_model
     from test_hf import cls_data
     from tiny import tiny_bert
@@ -189,7 +191,7 @@ def trainer_run(out: Path, batch: int, deepspeed: str | None) -> dict[str, Any]:
         report_to=[],
         disable_tqdm=True,
         seed=0,
-        loraplus_lr_ratio="auto",
+        loraplus_lr_ratio=ratio,
         deepspeed=deepspeed,
         **({"ddp_backend": "gloo"} if distributed else {}),
     )
@@ -198,11 +200,12 @@ def trainer_run(out: Path, batch: int, deepspeed: str | None) -> dict[str, Any]:
     trainer.model_accepts_loss_kwargs = False  # a batch-mean loss: not scaled by the world size
     trainer.train()
     auto = controller(trainer.optimizer)
-    assert auto is not None
+    lora = {n: p.detach().tolist() for n, p in model.named_parameters() if "lora_" in n}
     return {
-        "state": auto.auto_state(),
+        "state": auto.auto_state() if auto is not None else None,
         "logs": auto_ratio_logs(trainer.optimizer),
         "probe": probe.history,
+        "adapter": lora,  # ZeRO-2 keeps whole tensors on every rank
     }
 
 
@@ -218,7 +221,7 @@ def test_trainer_under_zero2_steers_like_one_process(
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]  # every rank measured and chose the same
     ref = _one_process(trainer_run, tmp_path / "one", 8, None)
-    got = ranks[0]
+    got = ranks[0]["auto"]
     assert got["state"]["steps"] == ref["state"]["steps"] == 11
     assert got["state"]["layers"] == ref["state"]["layers"]
     for key in ("last_balance", "balance_ema", "log2_ratio"):
@@ -231,11 +234,26 @@ def test_trainer_under_zero2_steers_like_one_process(
         for gl, wl in zip(g["layers"], w["layers"], strict=True):
             for key in ("delta_a", "delta_b", "delta_ab"):
                 assert gl[key] > 0 and _close(gl[key], wl[key]), (g["step"], gl["layer"], key)
+    # a fixed ratio: the same adapter and δ's as one process, and no controller anywhere
+    fixed, want = ranks[0]["fixed"], _one_process(trainer_run, tmp_path / "one4", 8, None, 4.0)
+    assert fixed["state"] is None and fixed["logs"] == {} and len(fixed["probe"]) == 3
+    for name, values in want["adapter"].items():
+        tensor = torch.tensor(values)
+        scale = 1e-4 * float(tensor.abs().max())
+        torch.testing.assert_close(
+            torch.tensor(fixed["adapter"][name]), tensor, rtol=1e-4, atol=scale
+        )
+    for g, w in zip(fixed["probe"], want["probe"], strict=True):
+        for gl, wl in zip(g["layers"], w["layers"], strict=True):
+            assert _close(gl["balance_log2"], wl["balance_log2"]), (g["step"], gl["layer"])
 
 
 if __name__ == "__main__":  # one rank of test_trainer_under_zero2_steers_like_one_process
     folder, config = Path(sys.argv[1]), sys.argv[2]
-    result = trainer_run(folder / "run", 4, config)
+    result = {
+        "auto": trainer_run(folder / "auto", 4, config),
+        "fixed": trainer_run(folder / "fixed", 4, config, 4.0),
+    }
     rank = int(os.environ["RANK"])
     (folder / f"rank{rank}.json").write_text(json.dumps(result))
 
