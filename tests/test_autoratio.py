@@ -6,6 +6,7 @@ import io
 import itertools
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +282,27 @@ def test_steps_made_one_group_at_a_time_steer_as_one_step() -> None:
     ]
     with pytest.raises(RuntimeError, match="lora_B group was stepped in pieces.*sub_group_size"):
         _group_by_group(split_opt, halves)
+
+
+def test_half_precision_adapters_warn_once_with_the_share_of_a_that_did_not_move() -> None:
+    model = lora_llama()
+    loraplus.init_lora_(model, "init2")  # B ≠ 0: A has a gradient from the first step
+    with torch.no_grad():
+        for pair in lora_pairs(model):
+            pair.a.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    model.half()  # adapters cast to fp16 after get_peft_model
+    cfg = AutoRatioConfig(every=1)
+    opt: Any = loraplus.create_optimizer(model, "sgd", lr=1e-4, ratio="auto", auto_ratio=cfg)
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    before = [p.a.detach().clone() for p in opt.auto_ratio.pairs]
+    model(input_ids=ids, labels=ids).loss.float().backward()
+    with pytest.warns(UserWarning, match=r"half precision: \d+% of A's entries") as caught:
+        opt.step()
+    opt.zero_grad()
+    still = sum(int((p.a == a0).sum()) for p, a0 in zip(opt.auto_ratio.pairs, before, strict=True))
+    share = still / sum(a0.numel() for a0 in before)
+    assert f"{share:.0%} of A's entries did not move" in str(caught[0].message)
+    model(input_ids=ids, labels=ids).loss.float().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # once per optimizer, not every step

@@ -139,6 +139,7 @@ class AutoRatio:
         self.balance_ema: list[float | None] = [None] * len(self.pairs)
         self.last_balance: list[float | None] = [None] * len(self.pairs)
         self.auto_steps = 0
+        self.warned_half = False  # fp16/bf16 adapters: warned once about A's lost updates
         self.auto_inputs: dict[str, torch.Tensor] = {}
         self._step: dict[str, Any] | None = None  # the step in progress (DeepSpeed: per group)
         self.auto_hooks: list[Any] = []
@@ -234,6 +235,17 @@ class AutoRatio:
 
     def _update(self, old_a: list[torch.Tensor], old_b: list[torch.Tensor]) -> None:
         cfg = self.auto
+        if not self.warned_half:
+            from loraplus.diagnostics import unmoved_a, warn_half_precision
+
+            found = [
+                unmoved_a(p.a, a0, full_value(p.a), b0)
+                for p, a0, b0 in zip(self.pairs, old_a, old_b, strict=True)
+            ]
+            counts = [c for c in found if c is not None]
+            if counts:
+                self.warned_half = True
+                warn_half_precision(counts)
         if cfg.signal == "inputs" and not self.auto_inputs:
             from loraplus.diagnostics import warn_no_inputs
 

@@ -157,14 +157,16 @@ class FeatureUpdateProbe:
             z = self.inputs.get(name, torch.zeros(0, a0.shape[1]))
             found.append((name, key))
             sums.append(feature_update_sums(a0, b0, a1, b1, z, scaling))
-            if a.dtype in (torch.float16, torch.bfloat16) and not _is_sharded(a) and b0.any():
-                moved.append(torch.stack([(a1 != a0).sum(), torch.tensor(a1.numel())]))
+            counts = unmoved_a(a, a0, a1, b0)
+            moved += [counts] if counts is not None else []
         if not sums:
             return []
         if not self.inputs:
             warn_no_inputs("The δ probe measured nothing")
         total = all_reduce_sum(torch.stack(sums))  # one collective: every rank's tokens
-        self._warn_half(moved, found)
+        if moved and not self.warned_half:
+            self.warned_half = True
+            warn_half_precision(moved)
         values = rms(total).tolist()
         self.inputs = {}  # the next measure() needs inputs recorded after this one
         return [
@@ -172,21 +174,6 @@ class FeatureUpdateProbe:
             for (name, key), terms, count in zip(found, values, total[:, 3].tolist(), strict=True)
             if count > 0
         ]
-
-    def _warn_half(self, moved: list[torch.Tensor], found: list[tuple[str, str]]) -> None:
-        if not moved or self.warned_half:
-            return
-        self.warned_half = True
-        counts = torch.stack(moved).sum(0)  # A had a gradient (B ≠ 0): which entries moved?
-        still = 1.0 - float(counts[0]) / float(counts[1])
-        warnings.warn(
-            f"The LoRA adapters are kept in half precision: {still:.0%} of A's entries did not "
-            "move in this step (updates smaller than the weight's rounding step are lost, which "
-            "inflates the effective lr_B / lr_A). Keep the adapters in float32: leave PEFT's "
-            "autocast_adapter_dtype=True and do not cast the model after get_peft_model, or "
-            "train with mixed precision (bf16=True) over float32 adapters.",
-            stacklevel=2,
-        )
 
     def watch(self, optimizer: Any, when: Callable[[], bool] = lambda: True) -> None:
         """snapshot() and measure() from `optimizer`'s step hooks, on the steps `when()` allows.
@@ -224,6 +211,30 @@ class FeatureUpdateProbe:
         for hook in [*self.hooks, *getattr(self, "step_hooks", [])]:
             hook.remove()
         self.hooks, self.step_hooks = [], []
+
+
+def unmoved_a(
+    a: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor, b0: torch.Tensor
+) -> torch.Tensor | None:
+    """[entries of A that did not move, entries] for a half-precision A the optimizer steps
+    itself (not a DeepSpeed fp32 master) that had a gradient (B ≠ 0); else None."""
+    if a.dtype not in (torch.float16, torch.bfloat16) or _is_sharded(a) or not b0.any():
+        return None
+    return torch.stack([(a1 == a0).sum(), torch.tensor(a1.numel(), device=a1.device)])
+
+
+def warn_half_precision(counts: list[torch.Tensor]) -> None:
+    """One warning: the share of A's entries whose update rounded away, and the fix."""
+    total = torch.stack(counts).sum(0)
+    still = float(total[0]) / float(total[1])
+    warnings.warn(
+        f"The LoRA adapters are kept in half precision: {still:.0%} of A's entries did not "
+        "move in this step (updates smaller than the weight's rounding step are lost, which "
+        "inflates the effective lr_B / lr_A). Keep the adapters in float32: leave PEFT's "
+        "autocast_adapter_dtype=True and do not cast the model after get_peft_model, or "
+        "train with mixed precision (bf16=True) over float32 adapters.",
+        stacklevel=3,
+    )
 
 
 def warn_no_inputs(what: str) -> None:
