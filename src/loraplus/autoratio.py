@@ -238,9 +238,10 @@ class AutoRatio:
         if not self.warned_half:
             from loraplus.diagnostics import unmoved_a, warn_half_precision
 
-            found = [
+            found = [  # only half-precision A's: full_value is a collective under sharding
                 unmoved_a(p.a, a0, full_value(p.a), b0)
                 for p, a0, b0 in zip(self.pairs, old_a, old_b, strict=True)
+                if p.a.dtype in (torch.float16, torch.bfloat16)
             ]
             counts = [c for c in found if c is not None]
             if counts:
