@@ -27,6 +27,7 @@ from loraplus.sharded import (
     check_whole_groups,
     full_value,
     innermost_optimizer,
+    is_deepspeed,
     refuse_fsdp1,
     stepped_roles,
 )
@@ -218,7 +219,7 @@ def unmoved_a(
 ) -> torch.Tensor | None:
     """[entries of A that did not move, entries] for a half-precision A the optimizer steps
     itself (not a DeepSpeed fp32 master) that had a gradient (B ≠ 0); else None."""
-    if a.dtype not in (torch.float16, torch.bfloat16) or _is_sharded(a) or not b0.any():
+    if a.dtype not in (torch.float16, torch.bfloat16) or is_deepspeed(a) or not b0.any():
         return None
     return torch.stack([(a1 == a0).sum(), torch.tensor(a1.numel(), device=a1.device)])
 
@@ -247,11 +248,6 @@ def warn_no_inputs(what: str) -> None:
         "the model recompiles with the hooks.",
         stacklevel=3,
     )
-
-
-def _is_sharded(p: torch.Tensor) -> bool:
-    """DeepSpeed steps an fp32 master of `p`: its own dtype does not limit the update."""
-    return hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")
 
 
 def layer_records(updates: list[FeatureUpdate]) -> list[dict[str, Any]]:

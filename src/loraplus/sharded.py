@@ -27,7 +27,8 @@ def innermost_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
-def _is_deepspeed(p: torch.Tensor) -> bool:
+def is_deepspeed(p: torch.Tensor) -> bool:
+    """True for a tensor whose fp32 master DeepSpeed steps (ZeRO-1/2/3, its bf16 optimizer)."""
     return hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")
 
 
@@ -40,7 +41,7 @@ def _is_dtensor(p: torch.Tensor) -> bool:
 @torch.no_grad()
 def full_value(p: torch.Tensor) -> torch.Tensor:
     """A float32 copy of the whole tensor: DeepSpeed's fp32 master, an FSDP2 DTensor gathered."""
-    if _is_deepspeed(p):
+    if is_deepspeed(p):
         from deepspeed.utils import safe_get_full_fp32_param
 
         value: torch.Tensor | None = safe_get_full_fp32_param(p)
