@@ -6,6 +6,7 @@ import io
 import itertools
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from transformers import Trainer, TrainingArguments
 
 import loraplus
 from loraplus.autoratio import (
+    AutoRatio,
     AutoRatioConfig,
-    AutoRatioMixin,
     auto_ratio_logs,
+    controller,
     is_auto,
     isotropic_terms,
     lora_pairs,
@@ -93,7 +95,7 @@ def test_state_dict_round_trip_continues_bit_identically() -> None:
         sched.step()
         opt.zero_grad()
     resumed, opt2, _ = llama_run(state, 25)
-    assert opt2.auto_state() == opt.auto_state()
+    assert opt2.auto_ratio.auto_state() == opt.auto_ratio.auto_state()
     for (name, p), (name2, p2) in zip(
         model.named_parameters(), resumed.named_parameters(), strict=True
     ):
@@ -107,7 +109,9 @@ def test_scheduler_and_controller_compose() -> None:
     lr = 0.01
     opt: Any = loraplus.create_optimizer(model, "sgd", lr=lr, ratio="auto")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
-    opt.log2_ratio = [6.0] * len(opt.pairs)  # ratio 64, as if the controller had chosen it
+    opt.auto_ratio.log2_ratio = [6.0] * len(
+        opt.auto_ratio.pairs
+    )  # ratio 64, as if the controller had chosen it
     ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
     model(input_ids=ids, labels=ids).loss.backward()
     pairs = lora_pairs(model)
@@ -131,13 +135,13 @@ def test_ratio_moves_by_bounded_steps_and_stays_in_range(target: float, bound: f
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad()
-        history.append(list(opt.log2_ratio))
+        history.append(list(opt.auto_ratio.log2_ratio))
     steps = [
         abs(b - a) for h0, h1 in itertools.pairwise(history) for a, b in zip(h0, h1, strict=True)
     ]
     assert max(steps) <= 1.0 + 1e-12
     assert all(v == bound for v in opt.ratios().values())  # 16 -> 2^10 or 2^0: 6 or 4 updates
-    assert opt.auto_state()["steps"] == 12
+    assert opt.auto_ratio.auto_state()["steps"] == 12
 
 
 def test_isotropic_terms_are_the_frobenius_norms() -> None:
@@ -156,7 +160,7 @@ def test_isotropic_terms_are_the_frobenius_norms() -> None:
 def test_create_optimizer_auto_is_the_users_optimizer_class() -> None:
     model = lora_llama()
     opt = loraplus.create_optimizer(model, torch.optim.AdamW, lr=1e-3, ratio="auto")
-    assert isinstance(opt, torch.optim.AdamW) and isinstance(opt, AutoRatioMixin)
+    assert type(opt) is torch.optim.AdamW and isinstance(opt.auto_ratio, AutoRatio)
     assert is_auto(opt) and not is_auto(loraplus.create_optimizer(model, "adamw", lr=1e-3))
     assert len(opt.ratios()) == 14 and set(opt.ratios().values()) == {16.0}
     text = loraplus.summary(opt)
@@ -192,12 +196,12 @@ def test_hf_trainer_checkpoints_and_resumes_the_controller(tmp_path: Path) -> No
     first.train()
     saved = torch.load(tmp_path / "checkpoint-20" / "optimizer.pt", weights_only=True)
     assert saved["auto_ratio"]["steps"] == 20
-    inner: Any = first.optimizer.optimizer  # inside Accelerate's AcceleratedOptimizer
-    assert saved["auto_ratio"]["log2_ratio"] == inner.log2_ratio
+    auto: Any = controller(first.optimizer)  # inside Accelerate's AcceleratedOptimizer
+    assert saved["auto_ratio"]["log2_ratio"] == auto.log2_ratio
     second = trainer(lora_bert(), tmp_path, 30)
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-20"))
     assert is_auto(second.optimizer)
-    assert second.optimizer.optimizer.auto_steps == 30  # type: ignore[union-attr]
+    assert controller(second.optimizer).auto_steps == 30  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("signal", ["isotropic", "inputs"])
@@ -213,16 +217,92 @@ def test_the_controller_measures_what_the_probe_measures(signal: str) -> None:
         ids = torch.randint(0, 128, (2, 8), generator=g)
         model(input_ids=ids, labels=ids).loss.backward()
         probe.snapshot()
-        before = [(p.a.detach().clone(), p.b.detach().clone()) for p in opt.pairs]
+        before = [(p.a.detach().clone(), p.b.detach().clone()) for p in opt.auto_ratio.pairs]
         opt.step()
         opt.zero_grad()
     true = {u.layer: u.balance for u in probe.measure()}
     probe.remove()
-    for pair, got, (a0, b0) in zip(opt.pairs, opt.last_balance, before, strict=True):
+    for pair, got, (a0, b0) in zip(
+        opt.auto_ratio.pairs, opt.auto_ratio.last_balance, before, strict=True
+    ):
         if signal == "inputs":
             assert got == pytest.approx(true[pair.layer], abs=1e-4)
         else:
             d1 = torch.linalg.norm(b0 @ (pair.a - a0)).item()
             d2 = torch.linalg.norm((pair.b - b0) @ a0).item()
             assert got == pytest.approx(math.log2(d2 / d1), abs=1e-4)
-    assert opt.auto_inputs == {}  # inputs are dropped once measured
+    assert opt.auto_ratio.auto_inputs == {}  # inputs are dropped once measured
+
+
+def test_the_controller_is_found_under_any_depth_of_wrappers() -> None:
+    """Accelerate wraps DeepSpeed's ZeRO optimizer, which wraps yours: `.optimizer` twice."""
+    from types import SimpleNamespace
+
+    opt = loraplus.create_optimizer(lora_llama(), "adamw", lr=1e-3, ratio="auto")
+    wrapped = SimpleNamespace(optimizer=SimpleNamespace(optimizer=opt))
+    assert is_auto(wrapped) and controller(wrapped) is opt.auto_ratio  # type: ignore[attr-defined]
+    assert auto_ratio_logs(wrapped) == auto_ratio_logs(opt) != {}
+    assert not is_auto(SimpleNamespace(optimizer=SimpleNamespace(optimizer=None)))
+
+
+def _group_by_group(opt: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
+    """Step as DeepSpeed ZeRO-1/2 does: one call per group, the others hidden."""
+    original = opt.param_groups
+    for group in groups:
+        opt.param_groups = [group]
+        opt.step()
+    opt.param_groups = original
+
+
+def test_steps_made_one_group_at_a_time_steer_as_one_step() -> None:
+    """DeepSpeed calls your optimizer once per param group: one controller step all the same,
+    and a group stepped in pieces (ZeRO-3 sub-groups) is refused with the fix."""
+    cfg = AutoRatioConfig(every=1, max_step=8.0)
+    runs = []
+    for per_group in (False, True):
+        model = lora_llama()
+        loraplus.init_lora_(model, "init2")
+        opt: Any = loraplus.create_optimizer(model, "adamw", lr=1e-3, ratio="auto", auto_ratio=cfg)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            ids = torch.randint(0, 128, (2, 8), generator=g)
+            model(input_ids=ids, labels=ids).loss.backward()
+            _group_by_group(opt, opt.param_groups) if per_group else opt.step()
+            opt.zero_grad()
+        runs.append((model, opt))
+    (plain, plain_opt), (split, split_opt) = runs
+    assert split_opt.auto_ratio.auto_state() == plain_opt.auto_ratio.auto_state()
+    assert split_opt.auto_ratio.auto_steps == 3 and len(set(split_opt.ratios().values())) > 1
+    for p, q in zip(plain.parameters(), split.parameters(), strict=True):
+        assert torch.equal(p, q)
+    b_group = next(g for g in split_opt.param_groups if g["role"] == "lora_B")
+    halves = [
+        {**b_group, "params": b_group["params"][:7]},
+        {**b_group, "params": b_group["params"][7:]},
+    ]
+    with pytest.raises(RuntimeError, match="lora_B group was stepped in pieces.*sub_group_size"):
+        _group_by_group(split_opt, halves)
+
+
+def test_half_precision_adapters_warn_once_with_the_share_of_a_that_did_not_move() -> None:
+    model = lora_llama()
+    loraplus.init_lora_(model, "init2")  # B ≠ 0: A has a gradient from the first step
+    with torch.no_grad():
+        for pair in lora_pairs(model):
+            pair.a.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    model.half()  # adapters cast to fp16 after get_peft_model
+    cfg = AutoRatioConfig(every=1)
+    opt: Any = loraplus.create_optimizer(model, "sgd", lr=1e-4, ratio="auto", auto_ratio=cfg)
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    before = [p.a.detach().clone() for p in opt.auto_ratio.pairs]
+    model(input_ids=ids, labels=ids).loss.float().backward()
+    with pytest.warns(UserWarning, match=r"half precision: \d+% of A's entries") as caught:
+        opt.step()
+    opt.zero_grad()
+    still = sum(int((p.a == a0).sum()) for p, a0 in zip(opt.auto_ratio.pairs, before, strict=True))
+    share = still / sum(a0.numel() for a0 in before)
+    assert f"{share:.0%} of A's entries did not move" in str(caught[0].message)
+    model(input_ids=ids, labels=ids).loss.float().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # once per optimizer, not every step

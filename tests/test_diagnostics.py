@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from tiny import lora_bert, lora_llama
 from transformers import TrainerCallback
 
 from loraplus import create_optimizer
+from loraplus.autoratio import AutoRatioConfig
 from loraplus.diagnose import kind_scalars
 from loraplus.diagnostics import (
     FeatureUpdate,
@@ -21,6 +23,7 @@ from loraplus.diagnostics import (
     FeatureUpdateProbe,
     feature_update_terms,
 )
+from loraplus.experiments.lora_mlp import teacher_student
 from loraplus.hf import LoraPlusTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -150,3 +153,66 @@ def test_callback_sends_per_kind_scalars_to_the_logs(tmp_path: Path) -> None:
     assert set(expected) >= {f"probe/{k}/balance_log2" for k in ("q", "k", "v", "o", "mlp")}
     history = [h for h in trainer.state.log_history if "loss" in h]
     assert history[1]["probe/mlp/delta_a"] == expected["probe/mlp/delta_a"]
+
+
+def test_half_precision_adapters_are_probed_in_float32_with_one_warning() -> None:
+    """fp16 adapters: δ's from float32 sums (fp16 squares of ~1e-5 underflow to 0), and one
+    warning naming the share of A's entries whose update rounded away."""
+    model = lora_llama()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(1))
+    model.half()  # a model cast after get_peft_model: the adapters are fp16 too
+    opt = create_optimizer(model, "sgd", lr=1e-3)
+    probe = FeatureUpdateProbe(model)
+    ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(2))
+
+    def step() -> list[tuple[torch.Tensor, ...]]:
+        model(input_ids=ids, labels=ids).loss.float().backward()
+        probe.snapshot()
+        before = [(a.detach().clone(), b.detach().clone()) for _, _, a, b, _ in probe._adapters()]
+        z = [probe.inputs[name] for name, *_ in probe._adapters()]
+        opt.step()
+        opt.zero_grad()
+        after = [(a.detach().clone(), b.detach().clone()) for _, _, a, b, _ in probe._adapters()]
+        return [(*x, *y, w) for x, y, w in zip(before, after, z, strict=True)]
+
+    tensors = step()
+    with pytest.warns(UserWarning, match=r"did not move") as caught:
+        rows = probe.measure()
+    unmoved = sum(int((a1 == a0).sum()) for a0, _, a1, _, _ in tensors)
+    share = unmoved / sum(a0.numel() for a0, *_ in tensors)
+    assert 0 < share < 1 and f"{share:.0%} of A's entries did not move" in str(caught[0].message)
+    assert len(rows) == 14 and all(u.delta_b > 0 for u in rows)
+    scalings = [s for *_, s in probe._adapters()]
+    for u, (a0, b0, _, b1, z), s in zip(rows, tensors, scalings, strict=True):
+        by_hand = s * ((b1.double() - b0.double()) @ a0.double() @ z.double().T)
+        assert u.delta_b == pytest.approx(by_hand.pow(2).mean().sqrt().item(), rel=1e-4)
+    step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per probe, not one per step
+        probe.measure()
+
+
+def test_hooks_registered_after_torch_compile_warn_with_the_fix() -> None:
+    model, _ = teacher_student(16)  # a PEFT LoRA MLP: quick to trace
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(2))
+    compiled(x).pow(2).mean().backward()  # the graph is built without the hooks below
+    cfg = AutoRatioConfig(signal="inputs", every=1)
+    opt = create_optimizer(model, "adamw", lr=1e-3, ratio="auto", auto_ratio=cfg)
+    probe = FeatureUpdateProbe(model)
+    compiled(x).pow(2).mean().backward()
+    probe.snapshot()
+    with pytest.warns(UserWarning, match=r"fell back to the isotropic.*torch._dynamo.reset"):
+        opt.step()
+    with pytest.warns(UserWarning, match=r"probe measured nothing.*torch._dynamo.reset"):
+        assert probe.measure() == []
+    torch._dynamo.reset()  # the fix the warning names: the hooks fire again
+    compiled(x).pow(2).mean().backward()
+    probe.snapshot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+        assert len(probe.measure()) == 2

@@ -2,16 +2,18 @@
 
 The paper's efficiency condition (§4) asks that A's share δ¹ = s·B·ΔA·z and B's share
 δ² = s·ΔB·A·z of a step's feature update be of the same order. Every `every` steps this optimizer
-measures both per LoRA layer without hooks, as if the inputs z were isotropic:
+measures both per LoRA layer without forward hooks, as if the inputs z were isotropic:
 
     ‖B·ΔA‖_F² = Σ (BᵀB) ∘ (ΔA·ΔAᵀ),    ‖ΔB·A‖_F² = Σ (ΔBᵀΔB) ∘ (A·Aᵀ)
 
 (r×r Gram products, O(n·r²) per layer), smooths log2(δ²/δ¹) with an EMA and moves the layer's
-log2 ratio against it by a bounded step, clamped to [log2 low, log2 high]. The optimizer is the
-user's own class (AdamW, SGD, ...) with `step`, `state_dict` and `load_state_dict` extended: the
-param groups are LoRA+'s at the start ratio, and after the inner step each controlled B moves
-`ratio / start` times as far as the inner step moved it, which for Adam, AdamW and SGD equals that
-layer's B having lr = scheduled group lr × ratio / start, so LR schedulers compose.
+log2 ratio against it by a bounded step, clamped to [log2 low, log2 high]. The optimizer stays
+the user's own (AdamW, SGD, ...), built once over LoRA+'s param groups at the start ratio; the
+controller (`AutoRatio`) attaches through torch's optimizer hooks: after each step, each controlled
+B moves `ratio / start` times as far as the step moved it, which for Adam, AdamW and SGD equals that
+layer's B having lr = scheduled group lr × ratio / start, so LR schedulers compose; its state
+rides in the optimizer's state_dict under "auto_ratio". Under DeepSpeed and FSDP2 it reads and
+writes the tensors the optimizer really steps (loraplus.sharded), the same on every rank.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ from torch import nn
 from torch.optim import Optimizer
 
 from loraplus.roles import Role, unwrap
+from loraplus.sharded import (
+    LORA_ROLES,
+    all_reduce_sum,
+    check_whole_groups,
+    full_value,
+    innermost_optimizer,
+    local_master,
+    refuse_fsdp1,
+    set_local_master,
+    stepped_roles,
+)
 
 
 @dataclass(frozen=True)
@@ -107,29 +120,40 @@ def isotropic_terms(
     return torch.stack([d1, d2]).clamp_min(0).sqrt()
 
 
-class AutoRatioMixin:
-    """Adds the ratio controller to an optimizer class; see the module docstring."""
+class AutoRatio:
+    """The controller of one optimizer, attached through torch's optimizer hooks.
 
-    auto: AutoRatioConfig
-    pairs: list[LoraPair]
-    log2_ratio: list[float]
-    balance_ema: list[float | None]
-    auto_steps: int
-    last_balance: list[float | None]
+    A step pre-hook remembers each controlled B (and, on measuring steps, A) before the step; the
+    post-hook moves each B `ratio / start` times as far as the step moved it and, every `every`
+    steps, measures δ¹ and δ² and moves the ratios. State-dict hooks save and restore it under
+    "auto_ratio". Under DeepSpeed, which steps the optimizer once per param group on its fp32
+    partitions, the hooks act on the groups being stepped and on the fp32 masters (sharded.py).
+    """
 
-    def _init_auto(self, pairs: Sequence[LoraPair], config: AutoRatioConfig) -> None:
-        self.auto, self.pairs = config, list(pairs)
+    def __init__(
+        self, optimizer: Optimizer, pairs: Sequence[LoraPair], config: AutoRatioConfig
+    ) -> None:
+        """Attach to `optimizer` (its class and param groups stay as they are)."""
+        self.optimizer, self.auto, self.pairs = optimizer, config, list(pairs)
         self.log2_ratio = [math.log2(config.start)] * len(self.pairs)
-        self.balance_ema = [None] * len(self.pairs)
-        self.last_balance = [None] * len(self.pairs)
+        self.balance_ema: list[float | None] = [None] * len(self.pairs)
+        self.last_balance: list[float | None] = [None] * len(self.pairs)
         self.auto_steps = 0
+        self.warned_half = False  # fp16/bf16 adapters: warned once about A's lost updates
         self.auto_inputs: dict[str, torch.Tensor] = {}
+        self._step: dict[str, Any] | None = None  # the step in progress (DeepSpeed: per group)
         self.auto_hooks: list[Any] = []
         if config.signal == "inputs":
             modules = {p.layer: p.module for p in self.pairs if p.module is not None}
             self.auto_hooks = [
                 m.register_forward_pre_hook(self._recorder(name)) for name, m in modules.items()
             ]
+        self.handles = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+            optimizer.register_state_dict_post_hook(self._save),
+            optimizer.register_load_state_dict_pre_hook(self._load),
+        ]
 
     def _recorder(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -168,27 +192,65 @@ class AutoRatioMixin:
         return lines
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> Any:
-        """The inner optimizer's step, each B's move scaled to its ratio; every k: a new ratio."""
-        measure = self.auto_steps % self.auto.every == 0
-        start = math.log2(self.auto.start)
-        factors = [2.0 ** (r - start) for r in self.log2_ratio]
-        old_b = [
-            p.b.detach().clone() if measure or f != 1.0 else None
-            for p, f in zip(self.pairs, factors, strict=True)
-        ]
-        old_a = [p.a.detach().clone() for p in self.pairs] if measure else []
-        loss = super().step(closure)  # type: ignore[misc]
-        for p, f, b0 in zip(self.pairs, factors, old_b, strict=True):
-            if f != 1.0 and b0 is not None:
-                p.b.copy_(torch.lerp(b0, p.b.detach(), f))  # b0 + f·(inner step's ΔB)
-        if measure:
-            self._update(old_a, [b for b in old_b if b is not None])
+    def _before_step(self, optimizer: Optimizer, *_: Any) -> None:
+        roles = stepped_roles(optimizer) & LORA_ROLES
+        if not roles:
+            return
+        if self._step is None:  # the first group call of this optimizer step
+            measure = self.auto_steps % self.auto.every == 0
+            start = math.log2(self.auto.start)
+            self._step = {
+                "measure": measure,
+                "factors": [2.0 ** (r - start) for r in self.log2_ratio],
+                "done": set(),
+                "a0": [full_value(p.a) for p in self.pairs] if measure else [],
+                "b0": [full_value(p.b) for p in self.pairs] if measure else [],
+            }
+        check_whole_groups(roles, self._step["done"], "ratio='auto'")
+        if "lora_B" in roles:
+            views = [local_master(p.b) for p in self.pairs]
+            self._step["b_local"] = [
+                (v, v.clone()) if v is not None and f != 1.0 else None
+                for v, f in zip(views, self._step["factors"], strict=True)
+            ]
+
+    @torch.no_grad()
+    def _after_step(self, optimizer: Optimizer, *_: Any) -> None:
+        roles = stepped_roles(optimizer) & LORA_ROLES
+        if not roles or self._step is None:
+            return
+        step = self._step
+        if "lora_B" in roles:
+            for pair, f, local in zip(self.pairs, step["factors"], step["b_local"], strict=True):
+                if local is not None:  # b0 + f·(the step's ΔB), in the tensor the step updated
+                    view, b0 = local
+                    set_local_master(pair.b, view, torch.lerp(b0, view, f))
+        step["done"] |= roles
+        if step["done"] != LORA_ROLES:
+            return  # DeepSpeed: the other LoRA role's group is still to be stepped
+        self._step = None
+        if step["measure"]:
+            self._update(step["a0"], step["b0"])
         self.auto_steps += 1
-        return loss
 
     def _update(self, old_a: list[torch.Tensor], old_b: list[torch.Tensor]) -> None:
         cfg = self.auto
+        if not self.warned_half:
+            from loraplus.diagnostics import unmoved_a, warn_half_precision
+
+            found = [  # only half-precision A's: full_value is a collective under sharding
+                unmoved_a(p.a, a0, full_value(p.a), b0)
+                for p, a0, b0 in zip(self.pairs, old_a, old_b, strict=True)
+                if p.a.dtype in (torch.float16, torch.bfloat16)
+            ]
+            counts = [c for c in found if c is not None]
+            if counts:
+                self.warned_half = True
+                warn_half_precision(counts)
+        if cfg.signal == "inputs" and not self.auto_inputs:
+            from loraplus.diagnostics import warn_no_inputs
+
+            warn_no_inputs("ratio='auto' (signal='inputs') fell back to the isotropic signal")
         terms = [self._terms(p, a0, b0) for p, a0, b0 in zip(self.pairs, old_a, old_b, strict=True)]
         self.auto_inputs = {}
         values = torch.stack(terms).tolist() if terms else []  # one device sync
@@ -206,13 +268,18 @@ class AutoRatioMixin:
             self.log2_ratio[i] = max(lo, min(hi, self.log2_ratio[i] - move))
 
     def _terms(self, pair: LoraPair, a0: torch.Tensor, b0: torch.Tensor) -> torch.Tensor:
-        z = self.auto_inputs.get(pair.layer)
-        if z is None:
-            return isotropic_terms(a0, b0, pair.a.detach(), pair.b.detach())
-        from loraplus.diagnostics import feature_update_terms
+        a1, b1 = full_value(pair.a), full_value(pair.b)
+        if self.auto.signal == "isotropic":
+            return isotropic_terms(a0, b0, a1, b1)
+        from loraplus.diagnostics import feature_update_sums, rms
 
-        d1, d2, _ = feature_update_terms(a0, b0, pair.a.detach(), pair.b.detach(), z)
-        return torch.tensor([d1, d2], device=a0.device)
+        z = self.auto_inputs.get(pair.layer)
+        if z is None:  # no input on this rank: add nothing to every rank's sums
+            z = torch.zeros(0, a0.shape[1], device=a0.device)
+        sums = all_reduce_sum(feature_update_sums(a0, b0, a1, b1, z))  # every rank's tokens
+        if sums[3] == 0:
+            return isotropic_terms(a0, b0, a1, b1)
+        return rms(sums)[:2]
 
     def auto_state(self) -> dict[str, Any]:
         """The controller's state as plain Python values (what state_dict() stores)."""
@@ -225,19 +292,15 @@ class AutoRatioMixin:
             "steps": self.auto_steps,
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        """The inner optimizer's state dict plus the controller's state under "auto_ratio"."""
-        state = cast(dict[str, Any], super().state_dict())  # type: ignore[misc]
+    def _save(self, _optimizer: Optimizer, state: dict[str, Any]) -> dict[str, Any]:
         state["auto_ratio"] = self.auto_state()
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore both; a state dict without "auto_ratio" (plain LoRA+) restarts the controller."""
-        state = dict(state_dict)
+    def _load(self, _optimizer: Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+        """Restore the controller; a state dict without "auto_ratio" (plain LoRA+) restarts it."""
         auto = state.pop("auto_ratio", None)
-        super().load_state_dict(state)  # type: ignore[misc]
         if auto is None:
-            return
+            return state
         names = [p.key for p in self.pairs]
         if list(auto["layers"]) != names:
             raise ValueError(
@@ -249,22 +312,18 @@ class AutoRatioMixin:
         self.balance_ema = [None if v is None else float(v) for v in auto["balance_ema"]]
         self.last_balance = [None if v is None else float(v) for v in auto["last_balance"]]
         self.auto_steps = int(auto["steps"])
+        return state
 
 
-_CLASSES: dict[type[Optimizer], type[Optimizer]] = {}
-
-
-def _auto_class(base: type[Optimizer]) -> type[Optimizer]:
-    if base not in _CLASSES:
-        _CLASSES[base] = type(f"AutoRatio{base.__name__}", (AutoRatioMixin, base), {})
-    return _CLASSES[base]
-
-
-def with_auto_ratio(
+def attach_auto_ratio(
     optimizer: Optimizer, model: nn.Module, config: AutoRatioConfig | None = None
-) -> Optimizer:
-    """Turn a LoRA+ optimizer built at ratio `config.start` into its auto-ratio version in place."""
+) -> AutoRatio:
+    """Steer the LoRA+ optimizer `optimizer` (built at ratio `config.start`) per layer.
+
+    The controller is `optimizer.auto_ratio`; `optimizer.ratios()` reads its ratios.
+    """
     config = config or AutoRatioConfig()
+    refuse_fsdp1(model, "ratio='auto'")
     in_b = {
         id(p)
         for g in optimizer.param_groups
@@ -277,52 +336,40 @@ def with_auto_ratio(
             "ratio='auto' found no PEFT LoRA Linear layer whose B is in the optimizer's lora_B "
             "group; wrap the model with peft.get_peft_model(...) or pass a number as ratio."
         )
-    optimizer.__class__ = _auto_class(type(optimizer))
-    cast(AutoRatioMixin, optimizer)._init_auto(pairs, config)
-    return optimizer
+    controller = AutoRatio(optimizer, pairs, config)
+    setattr(optimizer, "auto_ratio", controller)  # noqa: B010 (an attribute torch does not know)
+    setattr(optimizer, "ratios", controller.ratios)  # noqa: B010
+    return controller
+
+
+def controller(optimizer: object) -> AutoRatio | None:
+    """The auto-ratio controller of an optimizer under any wrappers (None: not ratio="auto")."""
+    found = getattr(innermost_optimizer(optimizer), "auto_ratio", None)
+    return found if isinstance(found, AutoRatio) else None
 
 
 def is_auto(optimizer: object) -> bool:
-    """True for an optimizer built with ratio="auto" (also inside Accelerate's wrapper)."""
-    return isinstance(getattr(optimizer, "optimizer", optimizer), AutoRatioMixin)
+    """True for an optimizer built with ratio="auto" (also inside Accelerate's or DS's wrapper)."""
+    return controller(optimizer) is not None
 
 
-def create_auto_optimizer(
-    model: nn.Module,
-    optimizer_cls: str | type[Optimizer] = "adamw",
-    *,
-    lr: float | str,
-    auto_ratio: AutoRatioConfig | None = None,
-    lr_multipliers: Mapping[Role | str, float] | None = None,
-    lr_roles: Mapping[Role | str, float] | None = None,
-    **kwargs: Any,
-) -> Optimizer:
-    """create_optimizer(..., ratio="auto"): LoRA+ at `auto_ratio.start`, then the controller."""
-    from loraplus.optim import create_optimizer
+def check_auto_multipliers(
+    lr_multipliers: Mapping[Role | str, float] | None, lr_roles: Mapping[Role | str, float] | None
+) -> None:
+    """ratio="auto" sets lora_B's lr itself: refuse a multiplier or absolute lr given for it."""
     from loraplus.roles import as_role
 
-    config = auto_ratio or AutoRatioConfig()
     for name, given in (("lr_multipliers", lr_multipliers), ("lr_roles", lr_roles)):
         if any(as_role(k) == Role.LORA_B for k in (given or {})):
             raise ValueError(
                 f"ratio='auto' sets lora_B's learning rate itself; drop lora_B from {name} "
                 "or pass a number as ratio."
             )
-    optimizer = create_optimizer(
-        model,
-        optimizer_cls,
-        lr=lr,
-        ratio=config.start,
-        lr_multipliers=lr_multipliers,
-        lr_roles=lr_roles,
-        **kwargs,
-    )
-    return with_auto_ratio(optimizer, model, config)
 
 
 def auto_ratio_logs(optimizer: object) -> dict[str, float]:
     """{"auto_ratio/q": median ratio of the q layers, ...} for training logs; {} if not auto."""
-    inner = getattr(optimizer, "optimizer", optimizer)
-    if not isinstance(inner, AutoRatioMixin):
+    found = controller(optimizer)
+    if found is None:
         return {}
-    return {f"auto_ratio/{k}": statistics.median(v) for k, v in inner.ratios_by_kind().items()}
+    return {f"auto_ratio/{k}": statistics.median(v) for k, v in found.ratios_by_kind().items()}

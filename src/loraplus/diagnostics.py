@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,16 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from loraplus.diagnose import kind_scalars, module_kind
 from loraplus.roles import unwrap
+from loraplus.sharded import (
+    LORA_ROLES,
+    all_reduce_sum,
+    check_whole_groups,
+    full_value,
+    innermost_optimizer,
+    is_deepspeed,
+    refuse_fsdp1,
+    stepped_roles,
+)
 
 
 @dataclass(frozen=True)
@@ -39,11 +51,33 @@ class FeatureUpdate:
         return math.log2(self.delta_b / self.delta_a)
 
 
-def _rms(x: torch.Tensor) -> float:
-    return float(x.pow(2).mean().sqrt())
-
-
 @torch.no_grad()
+def feature_update_sums(
+    a_before: torch.Tensor,
+    b_before: torch.Tensor,
+    a_after: torch.Tensor,
+    b_after: torch.Tensor,
+    z: torch.Tensor,
+    scaling: float = 1.0,
+) -> torch.Tensor:
+    """[Σ(δ¹)², Σ(δ²)², Σ(δ³)², count] over the tokens z (..., n_in), in float32.
+
+    Sums, so that ranks holding different tokens add them up (sharded.all_reduce_sum).
+    """
+    a0, b0 = a_before.float(), b_before.float()
+    d_a, d_b = a_after.float() - a0, b_after.float() - b0
+    tokens = z.reshape(-1, z.shape[-1]).to(device=a0.device, dtype=torch.float32)
+    za, zda = tokens @ a0.T, tokens @ d_a.T
+    terms = (scaling * zda @ b0.T, scaling * za @ d_b.T, scaling * zda @ d_b.T)
+    count = torch.tensor(float(tokens.shape[0] * b0.shape[0]), device=a0.device)
+    return torch.stack([*(t.pow(2).sum() for t in terms), count])
+
+
+def rms(sums: torch.Tensor) -> torch.Tensor:
+    """[δ¹, δ², δ³] as root-mean-squares from feature_update_sums' [..., 4] sums."""
+    return (sums[..., :3] / sums[..., 3:].clamp_min(1.0)).sqrt()
+
+
 def feature_update_terms(
     a_before: torch.Tensor,
     b_before: torch.Tensor,
@@ -53,22 +87,23 @@ def feature_update_terms(
     scaling: float = 1.0,
 ) -> tuple[float, float, float]:
     """RMS of δ¹ = s·B·ΔA·z, δ² = s·ΔB·A·z and δ³ = s·ΔB·ΔA·z for inputs z (..., n_in)."""
-    tokens = z.reshape(-1, z.shape[-1]).to(a_before.dtype)
-    d_a, d_b = a_after - a_before, b_after - b_before
-    za, zda = tokens @ a_before.T, tokens @ d_a.T
-    return (
-        _rms(scaling * zda @ b_before.T),
-        _rms(scaling * za @ d_b.T),
-        _rms(scaling * zda @ d_b.T),
-    )
+    d1, d2, d3 = rms(feature_update_sums(a_before, b_before, a_after, b_after, z, scaling))
+    return float(d1), float(d2), float(d3)
 
 
 class FeatureUpdateProbe:
-    """Captures the inputs of PEFT LoRA Linear layers; snapshot() before a step, measure() after."""
+    """Captures the inputs of PEFT LoRA Linear layers; snapshot() before a step, measure() after.
+
+    Values are float32 whatever the adapters' dtype, read from what the optimizer really steps
+    (DeepSpeed's fp32 masters, FSDP2's gathered DTensors); under several processes the δ's are
+    over every rank's tokens, the same on each, and snapshot()/measure() are collectives: call
+    them on every rank. `watch(optimizer)` calls both from the optimizer's own step hooks.
+    """
 
     def __init__(self, model: nn.Module, max_tokens: int = 512) -> None:
         from peft.tuners.lora import LoraLayer
 
+        refuse_fsdp1(model, "The δ probe")
         self.max_tokens = max_tokens
         self.recording = True  # the callback records only the forwards of the steps it probes
         self.layers: dict[str, Any] = {
@@ -86,6 +121,7 @@ class FeatureUpdateProbe:
         self.hooks = [
             m.register_forward_pre_hook(self._recorder(name)) for name, m in self.layers.items()
         ]
+        self.warned_half = False
 
     def _recorder(self, name: str) -> Any:
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -108,26 +144,110 @@ class FeatureUpdateProbe:
     def snapshot(self) -> None:
         """Copy every trainable adapter's A and B (call right before optimizer.step())."""
         self.before = {
-            (name, key): (a.detach().clone(), b.detach().clone())
-            for name, key, a, b, _ in self._adapters()
+            (name, key): (full_value(a), full_value(b)) for name, key, a, b, _ in self._adapters()
         }
 
     def measure(self) -> list[FeatureUpdate]:
         """δ¹, δ², δ³ of each adapter for its last recorded input (call after optimizer.step())."""
-        out = []
+        found, sums, moved = [], [], []
         for name, key, a, b, scaling in self._adapters():
-            if (name, key) not in self.before or name not in self.inputs:
+            if (name, key) not in self.before:
                 continue
             a0, b0 = self.before[(name, key)]
-            terms = feature_update_terms(a0, b0, a.detach(), b.detach(), self.inputs[name], scaling)
-            out.append(FeatureUpdate(name, key, *terms))
-        return out
+            a1, b1 = full_value(a), full_value(b)
+            z = self.inputs.get(name, torch.zeros(0, a0.shape[1]))
+            found.append((name, key))
+            sums.append(feature_update_sums(a0, b0, a1, b1, z, scaling))
+            counts = unmoved_a(a, a0, a1, b0)
+            moved += [counts] if counts is not None else []
+        if not sums:
+            return []
+        if not self.inputs:
+            warn_no_inputs("The δ probe measured nothing")
+        total = all_reduce_sum(torch.stack(sums))  # one collective: every rank's tokens
+        if moved and not self.warned_half:
+            self.warned_half = True
+            warn_half_precision(moved)
+        values = rms(total).tolist()
+        self.inputs = {}  # the next measure() needs inputs recorded after this one
+        return [
+            FeatureUpdate(name, key, *terms)
+            for (name, key), terms, count in zip(found, values, total[:, 3].tolist(), strict=True)
+            if count > 0
+        ]
+
+    def watch(self, optimizer: Any, when: Callable[[], bool] = lambda: True) -> None:
+        """snapshot() and measure() from `optimizer`'s step hooks, on the steps `when()` allows.
+
+        The latest measurement is in `self.last`. DeepSpeed steps the optimizer once per param
+        group: the snapshot is taken before the first LoRA group's step, the measurement after
+        the last one's.
+        """
+        inner = innermost_optimizer(optimizer)
+        self.last: list[FeatureUpdate] | None = None
+        done: set[str] = set()
+
+        def before(opt: Any, *_: Any) -> None:
+            roles = stepped_roles(opt) & LORA_ROLES
+            check_whole_groups(roles, done, "The δ probe")
+            if roles and not done and when():
+                self.snapshot()
+                done.add("open")
+
+        def after(opt: Any, *_: Any) -> None:
+            if "open" not in done:
+                return
+            done.update(stepped_roles(opt) & LORA_ROLES)
+            if done >= LORA_ROLES:
+                done.clear()
+                self.last = self.measure()
+
+        self.step_hooks = [
+            inner.register_step_pre_hook(before),
+            inner.register_step_post_hook(after),
+        ]
 
     def remove(self) -> None:
-        """Detach the forward hooks."""
-        for hook in self.hooks:
+        """Detach the forward hooks (and the optimizer's, after watch())."""
+        for hook in [*self.hooks, *getattr(self, "step_hooks", [])]:
             hook.remove()
-        self.hooks = []
+        self.hooks, self.step_hooks = [], []
+
+
+def unmoved_a(
+    a: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor, b0: torch.Tensor
+) -> torch.Tensor | None:
+    """[entries of A that did not move, entries] for a half-precision A the optimizer steps
+    itself (not a DeepSpeed fp32 master) that had a gradient (B ≠ 0); else None."""
+    if a.dtype not in (torch.float16, torch.bfloat16) or is_deepspeed(a) or not b0.any():
+        return None
+    return torch.stack([(a1 == a0).sum(), torch.tensor(a1.numel(), device=a1.device)])
+
+
+def warn_half_precision(counts: list[torch.Tensor]) -> None:
+    """One warning: the share of A's entries whose update rounded away, and the fix."""
+    total = torch.stack(counts).sum(0)
+    still = float(total[0]) / float(total[1])
+    warnings.warn(
+        f"The LoRA adapters are kept in half precision: {still:.0%} of A's entries did not "
+        "move in this step (updates smaller than the weight's rounding step are lost, which "
+        "inflates the effective lr_B / lr_A). Keep the adapters in float32: leave PEFT's "
+        "autocast_adapter_dtype=True and do not cast the model after get_peft_model, or "
+        "train with mixed precision (bf16=True) over float32 adapters.",
+        stacklevel=3,
+    )
+
+
+def warn_no_inputs(what: str) -> None:
+    """Warn that no LoRA layer's forward hook saw an input (a graph compiled before the hooks)."""
+    warnings.warn(
+        f"{what}: no LoRA layer recorded an input since the last step. A model compiled with "
+        "torch.compile before these forward hooks were registered runs its graph without them. "
+        "Create the probe (or the optimizer with ratio='auto', signal='inputs') before the "
+        "compiled model first runs, or call torch._dynamo.reset() after creating it so that "
+        "the model recompiles with the hooks.",
+        stacklevel=3,
+    )
 
 
 def layer_records(updates: list[FeatureUpdate]) -> list[dict[str, Any]]:
@@ -176,6 +296,8 @@ class FeatureUpdateCallback(TrainerCallback):
     ) -> None:
         self.probe = FeatureUpdateProbe(kw["model"], self.max_tokens)
         self.probe.recording = False
+        # DeepSpeed steps inside backward, before on_pre_optimizer_step: watch the step itself
+        self.probe.watch(kw["optimizer"], lambda: self.probe is not None and self.probe.recording)
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -183,22 +305,21 @@ class FeatureUpdateCallback(TrainerCallback):
         if self.probe is not None:
             self.probe.recording = state.global_step % self.every == 0
 
-    def on_pre_optimizer_step(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
-        if self.probe is not None and self.probe.recording:
-            self.probe.snapshot()
-
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if self.probe is not None and self.probe.recording:
-            updates = self.probe.measure()
-            layers = layer_records(updates)
-            row = {"step": float(state.global_step + 1), **summarize_updates(updates)}
-            self.history.append({**row, "layers": layers})
-            self.pending = kind_scalars(layers)
-            self.probe.recording = False
+        """Called after DeepSpeed's step too (Trainer order: backward, step hooks, this)."""
+        probe = self.probe
+        if probe is None or not probe.recording:
+            return
+        probe.recording = False
+        if probe.last is None:
+            return  # skipped step (fp16 overflow): nothing moved
+        updates, probe.last = probe.last, None
+        layers = layer_records(updates)
+        row = {"step": float(state.global_step + 1), **summarize_updates(updates)}
+        self.history.append({**row, "layers": layers})
+        self.pending = kind_scalars(layers)
 
     def on_log(
         self,

@@ -16,6 +16,12 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from loraplus.autoratio import (
+    AutoRatioConfig,
+    attach_auto_ratio,
+    check_auto_multipliers,
+    controller,
+)
 from loraplus.groups import POLICY, absolute_roles, as_float, param_groups, role_lrs
 from loraplus.roles import Role, as_role, classify, full_numel, trainable_parameters
 
@@ -173,29 +179,25 @@ def create_optimizer(
     width_aware: bool = False,
     n_ref: float | str | None = None,
     lr_roles: Mapping[Role | str, float] | None = None,
+    auto_ratio: AutoRatioConfig | None = None,
     **optimizer_kwargs: Any,
 ) -> Optimizer:
     """The LoRA+ optimizer for `model`: lr for A, ratio * lr for B, one group per role.
 
     `width_aware=True` sets each lora_A's lr from its fan-in n: lr · n_ref / n (param_groups).
     `lr_roles={"other": 1e-3}` sets a role's lr absolutely (param_groups).
+    `ratio="auto"` builds it at `auto_ratio.start` and attaches loraplus.autoratio's controller.
     """
-    if isinstance(ratio, str) and ratio.strip().lower() == "auto":  # loraplus.autoratio
+    auto_config = auto_ratio
+    auto = isinstance(ratio, str) and ratio.strip().lower() == "auto"
+    if auto:  # LoRA+ at the start ratio, then loraplus.autoratio's controller on its hooks
         if width_aware or n_ref is not None:
             raise ValueError("ratio='auto' sets lr_B per layer; use it without width_aware/n_ref.")
-        from loraplus.autoratio import create_auto_optimizer
-
-        return create_auto_optimizer(
-            model,
-            optimizer_cls,
-            lr=lr,
-            lr_embedding=lr_embedding,
-            weight_decay=weight_decay,
-            lr_multipliers=lr_multipliers,
-            lr_roles=lr_roles,
-            patterns=patterns,
-            **optimizer_kwargs,
-        )
+        check_auto_multipliers(lr_multipliers, lr_roles)
+        auto_config = auto_config or AutoRatioConfig()
+        ratio = auto_config.start
+    elif auto_config is not None:
+        raise ValueError("auto_ratio=... configures ratio='auto'; pass ratio='auto' with it.")
     cls = resolve_optimizer(optimizer_cls)
     groups = param_groups(
         model,
@@ -209,7 +211,10 @@ def create_optimizer(
         n_ref=n_ref,
         lr_roles=lr_roles,
     )
-    return _build(model, cls, groups, lr, optimizer_kwargs)
+    optimizer = _build(model, cls, groups, lr, optimizer_kwargs)
+    if auto:
+        attach_auto_ratio(optimizer, model, auto_config)
+    return optimizer
 
 
 def _build(
@@ -440,7 +445,8 @@ def summary(optimizer: Optimizer, model: nn.Module | None = None) -> str:
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    lines += getattr(optimizer, "ratio_lines", list)()  # ratio="auto": the ratios it chose
+    auto = controller(optimizer)
+    lines += auto.ratio_lines() if auto is not None else []  # ratio="auto": the ratios chosen
     return "\n".join(lines)
 
 

@@ -39,6 +39,34 @@ def check_paths(cfg: TrainConfig) -> None:
     """--model, --data and --eval-data name something that exists (nothing is read or loaded)."""
     zoo.check_model(cfg.model)
     zoo.check_source(cfg.data, cfg.eval_data)
+    check_deepspeed(cfg)
+
+
+def check_deepspeed(cfg: TrainConfig) -> None:
+    """--deepspeed names a JSON object without an optimizer or a flattening scheduler block."""
+    if cfg.deepspeed is None:
+        return
+    import importlib.util
+    import json
+
+    from loraplus.hf.deepspeed import check_deepspeed_config
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError("--deepspeed needs the deepspeed package: pip install deepspeed")
+    path = Path(cfg.deepspeed).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"--deepspeed {cfg.deepspeed}: no such file; pass a DeepSpeed JSON config."
+        )
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"--deepspeed {cfg.deepspeed} is not valid JSON ({err}); fix the file."
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--deepspeed {cfg.deepspeed} holds no JSON object; pass a config dict.")
+    check_deepspeed_config(loaded)
 
 
 def _previous_run(folder: Path) -> list[str]:

@@ -151,6 +151,13 @@ class TrainConfig:
         metadata=_help("logging integrations (tensorboard, wandb, ...) or none"),
     )
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
+    deepspeed: str | None = field(
+        default=None,
+        metadata=_help(
+            "DeepSpeed config JSON (ZeRO-2/3, no optimizer/scheduler block); launch with "
+            "torchrun or deepspeed"
+        ),
+    )
     # --- checkpoints, resume, divergence guard, safe loading (train/checkpoint.py, guard.py) ---
     save_steps: int = field(
         default=0, metadata=_help("write a complete checkpoint every N steps (0: none)")
@@ -313,6 +320,7 @@ def _check_lora_optimizer(cfg: TrainConfig) -> None:
             ("--lr-multipliers", bool(cfg.lr_multipliers)),
             ("--lr-embedding", cfg.lr_embedding is not None),
             ("--probe-every", cfg.probe_every > 0),
+            ("--deepspeed", cfg.deepspeed is not None),
         )
         if on
     ]

@@ -42,3 +42,17 @@ def check_distributed(args: Any) -> None:
             f"{args.parallel_mode.value} (each would train alone on all the data). Launch with "
             "torchrun --nproc_per_node N, or accelerate launch --multi_cpu / --multi_gpu."
         )
+
+
+def init_deepspeed_comm(args: Any) -> None:
+    """DeepSpeed's own comm layer over the launched processes, before the model loads.
+
+    Under ZeRO-3 the model is partitioned as it loads (deepspeed.zero.Init), which reads the world
+    size from DeepSpeed's comm layer; on CPU nothing has set that up yet, so ZeRO-3 would see one
+    process and refuse the batch sizes.
+    """
+    if not getattr(args, "deepspeed", None) or launched_world_size() <= 1:
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=args.ddp_backend or None)

@@ -108,7 +108,11 @@ def _tensorboard(cfg: TrainConfig, output_dir: Path, main: bool) -> list[Trainer
 def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> Any:
     """LoraPlusTrainingArguments for the run (DDP settings from the launcher's environment)."""
     from loraplus.hf import LoraPlusTrainingArguments
-    from loraplus.train.distributed import check_distributed, parallel_arguments
+    from loraplus.train.distributed import (
+        check_distributed,
+        init_deepspeed_comm,
+        parallel_arguments,
+    )
 
     classification = cfg.task == "classification"
     args = LoraPlusTrainingArguments(
@@ -151,9 +155,11 @@ def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> 
         prediction_loss_only=not classification,
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
+        deepspeed=None if cfg.deepspeed is None else str(Path(cfg.deepspeed).expanduser()),
         **parallel_arguments(),
     )
     check_distributed(args)
+    init_deepspeed_comm(args)
     return args
 
 
