@@ -27,12 +27,12 @@ def tiny_bert(num_labels: int = 3) -> BertForSequenceClassification:
     return BertForSequenceClassification(cfg)
 
 
-def tiny_llama(vocab_size: int = 128) -> LlamaForCausalLM:
-    """A 2-layer Llama causal LM, hidden 32."""
+def tiny_llama(vocab_size: int = 128, hidden_size: int = 32) -> LlamaForCausalLM:
+    """A 2-layer Llama causal LM, hidden 32 (or hidden_size)."""
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -70,7 +70,8 @@ CHAT_SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 CHAT_WORDS = (
     "system user assistant you are terse what is the capital of japan france italy spain "
     "tokyo paris rome madrid thanks welcome city country name a and it yes no ok sure "
-    "review verdict good bad movie film plot was dull great fun boring . ? : ,"
+    "review verdict good bad movie film plot was dull great fun boring . ? : , "
+    + " ".join(str(i) for i in range(30))
 )
 
 
@@ -91,9 +92,10 @@ def chat_tokenizer(template: str | None = CHATML) -> object:
 
 
 def save_chat_llama(folder: os.PathLike[str] | str, template: str | None = CHATML) -> str:
-    """tiny_llama and chat_tokenizer saved as a from_pretrained folder; returns its path."""
+    """tiny_llama (hidden 64: bitsandbytes' CPU 4-bit kernels need in-features >= its blocksize
+    64) and chat_tokenizer saved as a from_pretrained folder; returns its path."""
     tokenizer = chat_tokenizer(template)
-    model = tiny_llama()
+    model = tiny_llama(hidden_size=64)
     model.config.bos_token_id, model.config.eos_token_id = 1, 4
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]

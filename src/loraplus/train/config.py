@@ -222,6 +222,10 @@ class TrainConfig:
     torch_compile: bool = field(
         default=False, metadata=_help("compile the model with torch.compile (the Trainer's)")
     )
+    torch_compile_backend: str = field(
+        default="inductor",
+        metadata=_help("torch.compile backend with --torch-compile (inductor, aot_eager, ...)"),
+    )
     # --- checkpoints, resume, divergence guard, safe loading (train/checkpoint.py, guard.py) ---
     save_steps: int = field(
         default=0, metadata=_help("write a complete checkpoint every N steps (0: none)")

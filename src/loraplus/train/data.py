@@ -148,7 +148,7 @@ def sft_rows(dataset: Dataset, tokenizer: Any, train_on_prompt: bool) -> Dataset
       prompt/completion example whose prompt is the conversation before it, so every assistant
       turn carries loss with any template.
     - prompt/response: a user turn and an assistant turn when the tokenizer has a chat template,
-      else plain prompt/completion text (TRL appends EOS to the completion).
+      else plain text: the prompt, a space, the response (TRL appends EOS to it).
     """
     from datasets import Dataset
 
@@ -173,7 +173,13 @@ def sft_rows(dataset: Dataset, tokenizer: Any, train_on_prompt: bool) -> Dataset
                 "completion": [[{"role": "assistant", "content": r.strip()}] for r in responses],
             }
         )
-    return Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+    # plain text: TRL joins the strings, so a space keeps the last prompt word and the first
+    # response word apart (unless one side already has whitespace there)
+    spaced = [
+        r if not p or p[-1].isspace() or not r or r[0].isspace() else " " + r
+        for p, r in zip(prompts, responses, strict=True)
+    ]
+    return Dataset.from_dict({"prompt": list(prompts), "completion": spaced})
 
 
 def first_conversation(dataset: Dataset) -> list[dict[str, str]] | None:

@@ -144,6 +144,21 @@ def precision(model: Any) -> dict[str, Any]:
     return {"base_dtype": str(base.dtype).removeprefix("torch."), "quantization": quantization}
 
 
+def _keep_4bit_trainable(model: Any) -> None:
+    """Keep bitsandbytes' 4-bit layers in their trainable layout on a CPU.
+
+    bitsandbytes 0.50 on a CPU with AVX512-BF16 repacks a Linear4bit's weight at its first
+    no-grad forward in eval mode (the Trainer's first evaluation), for faster inference; every
+    later forward then runs a kernel without autograd, and the LoRA tensors get no gradient at
+    all, silently (measured: A and B never move). Training needs the unpacked layout.
+    """
+    if next(model.parameters()).device.type != "cpu":
+        return
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_model(cfg: TrainConfig, data: zoo.TaskData, tokenizer: Any) -> Any:
     """The PEFT model for the config's model and task; weights from safetensors.
 
@@ -186,6 +201,8 @@ def load_model(cfg: TrainConfig, data: zoo.TaskData, tokenizer: Any) -> Any:
         raise _cannot_load(cfg, err) from None
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.load_in_4bit:
+        _keep_4bit_trainable(model)
     if cfg.load_in_4bit or cfg.load_in_8bit:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.gradient_checkpointing
