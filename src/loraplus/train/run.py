@@ -126,7 +126,6 @@ def _sft_arguments(cfg: TrainConfig, max_length: int, rows: Any) -> dict[str, An
         "completion_only_loss": not cfg.train_on_prompt,
         # messages rows are kept only with --train-on-prompt or a template that marks turns
         "assistant_only_loss": "messages" in rows.column_names and not cfg.train_on_prompt,
-        "dataset_num_proc": None,
     }
 
 
@@ -279,6 +278,7 @@ def _prepare(cfg: TrainConfig, data: Any) -> _Prepared:
     max_length = max_length_for(cfg.task, cfg.max_length, tokenizer)
     if cfg.task == "classification":
         return _Prepared(data, tokenizer, max_length)
+    require("trl", "causal-LM training (TRL's SFTTrainer)")
     set_chat_template(tokenizer, cfg.chat_template)
     check_chat_template(tokenizer, first_conversation(data.train))
     return _Prepared(
@@ -363,7 +363,7 @@ def preview(cfg: TrainConfig) -> list[dict[str, str]]:
     prep = _prepare(cfg, data)
     if cfg.task == "classification":
         encoded = tokenize(data.train, prep.tokenizer, cfg.task, prep.max_length)
-        return preview_rows(encoded, prep.tokenizer, cfg.preview_data)
+        return preview_rows(encoded, prep.tokenizer, cfg.preview_data, data.label_names)
     model = load_model(cfg, data, prep.tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         sft = _sft_arguments(cfg, prep.max_length, prep.train_rows)
