@@ -154,9 +154,17 @@ def test_generation_markers_train_every_assistant_turn_of_one_example(
         assert row["text"].count("<|im_start|>") == len(turns)
 
 
-def test_train_on_prompt_trains_every_token(files: dict[str, Path]) -> None:
+def test_train_on_prompt_trains_every_token(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = preview(cfg_for(files, train_on_prompt=True))
     assert rows and all(r["trained"] == r["text"] for r in rows)
+    argv = ["train", "--model", str(files["chat"]), "--data", str(files["messages"])]
+    argv += ["--train-on-prompt", "--preview-data", "3", "--output-dir", str(tmp_path / "o")]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == rows[:3]  # stdout: the JSON lines only
+    assert not (tmp_path / "o").exists()  # a preview writes nothing
 
 
 def test_sharegpt_conversations_train_like_messages(files: dict[str, Path]) -> None:
@@ -488,6 +496,7 @@ def test_smollm2_chat_jsonl_with_its_template_and_assistant_only_loss(
     argv = ["train", "--model", "smollm2", "--data", str(root / "examples" / "chat.jsonl")]
     assert cli.main([*argv, "--preview-data", "2"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2
     assert rows[0]["text"].startswith("<|im_start|>system\nAnswer in as few words")
     assert rows[0]["text"].endswith("<|im_start|>assistant\nTokyo.<|im_end|>\n")
     assert [r["trained"] for r in rows] == ["Tokyo.<|im_end|>\n", "Japan.<|im_end|>\n"]

@@ -135,10 +135,15 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     if cfg.preview_data:
+        import contextlib
+
         from loraplus.train.data import dumps
         from loraplus.train.run import preview
 
-        for row in preview(cfg):
+        # stdout holds the JSON lines only: what libraries print while loading goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            rows = preview(cfg)
+        for row in rows:
             print(dumps(row))
         return 0
     result = train(cfg, callbacks=[] if cfg.progress else [_eval_printer()])
