@@ -19,12 +19,9 @@ from transformers import TrainerCallback
 
 from loraplus.train import (
     TrainConfig,
-    collator,
     make_config,
-    tokenize,
     train,
 )
-from loraplus.train.data import IGNORE_INDEX
 
 WORDS = [
     "good",
@@ -252,65 +249,6 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_config_round_trips_through_a_dict() -> None:
     cfg = make_config(lr="5e-4", target_modules=["q", "v"], max_eval=10)
     assert make_config(**cfg.to_dict()) == cfg
-
-
-# --- tokenization ----------------------------------------------------------------------------
-
-
-def test_causal_lm_labels_mask_prompt_and_padding(tiny_files: dict[str, Path]) -> None:
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_files["llama"])
-    data = Dataset.from_dict(
-        {
-            "prompt": ["review : good . verdict :", "review : the plot was dull ."],
-            "response": ["yes", "no"],
-        }
-    )
-    encoded = tokenize(data, tokenizer, "causal-lm", max_length=32)
-    tokenizer.pad_token, tokenizer.padding_side = tokenizer.eos_token, "right"  # as train() does
-    batch = collator(tokenizer, "causal-lm")([encoded[0], encoded[1]])
-    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-    # transformers' DataCollatorForSeq2Seq gives exactly the batch the hand-written collator gave:
-    # each row right-padded to the longest, ids with the pad id, mask with 0, labels with -100
-    width = max(len(e["input_ids"]) for e in encoded)
-    for key, pad in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0)):
-        rows = [list(e[key]) + [pad] * (width - len(e[key])) for e in encoded]
-        assert torch.equal(batch[key], torch.tensor(rows, dtype=torch.long)), key
-    rows = [list(e["labels"]) + [IGNORE_INDEX] * (width - len(e["labels"])) for e in encoded]
-    assert torch.equal(labels, torch.tensor(rows, dtype=torch.long))
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
-    assert ids.shape == labels.shape == mask.shape
-    for row, (prompt, response) in enumerate(zip(data["prompt"], data["response"], strict=True)):
-        n_prompt = len(tokenizer(prompt)["input_ids"])  # with BOS
-        n_resp = len(tokenizer(response, add_special_tokens=False)["input_ids"]) + 1  # + EOS
-        assert ids[row, 0].item() == tokenizer.bos_token_id
-        assert (labels[row, :n_prompt] == IGNORE_INDEX).all()  # prompt: no loss
-        end = n_prompt + n_resp
-        assert torch.equal(labels[row, n_prompt:end], ids[row, n_prompt:end])  # response: loss
-        assert labels[row, end - 1].item() == tokenizer.eos_token_id
-        assert (labels[row, end:] == IGNORE_INDEX).all() and (mask[row, end:] == 0).all()
-        assert mask[row, :end].all()
-    assert (batch["labels"] != IGNORE_INDEX).sum().item() == 4  # 2 x (answer + EOS)
-
-
-def test_causal_lm_truncation_keeps_the_response(tiny_files: dict[str, Path]) -> None:
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_files["llama"])
-    long_prompt = " ".join(["the plot"] * 30) + " verdict :"
-    encoded = tokenize(
-        Dataset.from_dict({"prompt": [long_prompt], "response": ["yes"]}),
-        tokenizer,
-        "causal-lm",
-        12,
-    )[0]
-    assert len(encoded["input_ids"]) == 12
-    assert encoded["input_ids"][0] == tokenizer.bos_token_id  # BOS kept, then the prompt's end
-    assert tokenizer.decode(encoded["input_ids"][-4:-2]) == "verdict :"
-    assert encoded["labels"][-2:] == encoded["input_ids"][-2:]  # "yes" + EOS are the targets
 
 
 # --- training runs ---------------------------------------------------------------------------

@@ -73,15 +73,67 @@ def _argv(key: str, value: Any) -> list[str]:
     return [flag, str(value)]
 
 
+# Keys of LLaMA-Factory and axolotl configs -> the key that means (about) the same here. They are
+# refused, never mapped: the meanings differ (LLaMA-Factory's loraplus_lr_embedding default is
+# 1e-6, ours ratio * lr; cutoff_len counts prompt + response; ...), so the user decides.
+FOREIGN_KEYS = {
+    "loraplus_lr_ratio": "ratio",
+    "loraplus_lr_embedding": "lr_embedding",
+    "lora_rank": "rank",
+    "lora_r": "rank",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lora_target": "target_modules",
+    "lora_target_modules": "target_modules",
+    "cutoff_len": "max_length",
+    "sequence_len": "max_length",
+    "max_seq_length": "max_length",
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "lr_scheduler_type": "scheduler",
+    "lr_scheduler": "scheduler",
+    "per_device_train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "sample_packing": "packing",
+    "train_on_inputs": "train_on_prompt",
+    "template": "chat_template",
+    "optim": "optimizer",
+    "model_name_or_path": "model",
+    "base_model": "model",
+    "dataset": "data",
+    "datasets": "data",
+    "eval_dataset": "eval_data",
+    "max_samples": "max_train",
+    "dataloader_num_workers": "dataloader_workers",
+    "resume_from_checkpoint": "resume",
+    "torch_dtype": "dtype",
+    "quantization_bit": "load_in_4bit or load_in_8bit",
+    "lora_init_weights": "init",
+}
+
+
+def _unknown_key(key: str, valid: Sequence[str]) -> str:
+    """An unknown key, with the key to use here when another tool's config uses it."""
+    ours = FOREIGN_KEYS.get(key)
+    if ours is None or not all(part in valid for part in ours.split(" or ")):
+        return key
+    return f"{key}: use {ours}"
+
+
 def parse_settings(cls: Any, values: Mapping[str, Any], source: str = "") -> dict[str, Any]:
-    """`values` (from a file or keyword arguments) typed exactly as the flags of `cls` type them."""
+    """`values` (from a file or keyword arguments) typed exactly as the flags of `cls` type them.
+
+    An unknown key is refused; one that LLaMA-Factory or axolotl uses names the key to use here.
+    """
     where = f" in {source}" if source else ""
     valid = field_names(cls)
     unknown = sorted(set(values) - set(valid))
     if unknown:
-        raise ValueError(
-            f"Unknown setting(s){where}: {', '.join(unknown)}. Valid: {', '.join(valid)}."
-        )
+        named = "; ".join(_unknown_key(k, valid) for k in unknown)
+        raise ValueError(f"Unknown setting(s){where}: {named}. Valid: {', '.join(valid)}.")
     parser = DataclassParser(cls, suppress=True)
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}

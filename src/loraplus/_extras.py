@@ -13,6 +13,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("datasets", "pandas", "tensorboard", "matplotlib"),
     "sweep": ("optuna", "matplotlib"),
     "plots": ("matplotlib",),
+    "trl": ("trl",),  # causal-LM training goes through TRL's SFTTrainer
 }
 _PIP_EXTRA = {"plots": "train"}  # matplotlib comes with [train] (and [sweep])
 

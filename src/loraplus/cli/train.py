@@ -51,8 +51,12 @@ def validate(cfg: TrainConfig, *, run: bool = True) -> None:
     """
     check_paths(cfg)
     if run:
+        from loraplus.train.model import check_machine
+
         require("train", "loraplus train")
-        check_output_dir(cfg)
+        check_machine(cfg)
+        if not cfg.preview_data:
+            check_output_dir(cfg)
 
 
 def _print_run(result: TrainResult) -> None:
@@ -129,6 +133,18 @@ def run(args: argparse.Namespace) -> int:
         import yaml
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    if cfg.preview_data:
+        import contextlib
+
+        from loraplus.train.data import dumps
+        from loraplus.train.run import preview
+
+        # stdout holds the JSON lines only: what libraries print while loading goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            rows = preview(cfg)
+        for row in rows:
+            print(dumps(row))
         return 0
     result = train(cfg, callbacks=[] if cfg.progress else [_eval_printer()])
     if result.main_process:

@@ -202,7 +202,7 @@ def check_model_limits(cfg: TrainConfig) -> None:
     """--max-length within the model's position limit (config.json read, no weights)."""
     config = model_config(cfg)
     limit = _position_limit(config, zoo.resolve_model(cfg.model))
-    if limit is not None and cfg.max_length > limit[0]:
+    if limit is not None and cfg.max_length is not None and cfg.max_length > limit[0]:
         raise ValueError(
             f"--max-length {cfg.max_length} is above the {limit[0]} positions of model "
             f"{cfg.model!r} ({limit[1]}): pass --max-length {limit[0]} or less."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -42,7 +43,13 @@ class TrainConfig:
         default="rotten-tomatoes",
         metadata=_help("built-in dataset, data file, or folder with train.csv (+ test.csv)"),
     )
-    task: str = field(default="classification", metadata=_help("classification or causal-lm"))
+    task: str = field(
+        default="auto",
+        metadata=_help(
+            "classification, causal-lm, or auto: the model decides (a decoder-only LM, "
+            "*ForCausalLM, means causal-lm)"
+        ),
+    )
     eval_data: str | None = field(
         default=None,
         metadata=_help(
@@ -115,7 +122,23 @@ class TrainConfig:
     max_steps: int = field(default=-1, metadata=_help("optimizer steps; -1 = use epochs"))
     batch_size: int = field(default=16, metadata=_help("per-device train batch size"))
     grad_accum: int = field(default=1, metadata=_help("gradient accumulation steps"))
-    max_length: int = field(default=64, metadata=_help("truncate examples to this many tokens"))
+    max_length: int | None = field(
+        default=None,
+        metadata=_help(
+            "truncate examples to this many tokens (default: 64 for classification; 1024 for "
+            "causal-lm, capped by the tokenizer's limit); truncated causal-LM examples are counted"
+        ),
+    )
+    eval_batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "per-device eval batch size (default: max(64, batch) for classification, "
+            "batch size for causal-lm)"
+        ),
+    )
+    dataloader_workers: int = field(
+        default=0, metadata=_help("data loader worker processes (0: load in the main process)")
+    )
     eval_steps: int = field(default=50, metadata=_help("evaluate every this many steps"))
     seed: int = field(
         default=0,
@@ -158,6 +181,58 @@ class TrainConfig:
             "torchrun or deepspeed"
         ),
     )
+    # --- causal-LM data, precision and memory (train/data.py, model.py; README "Fine-tune an LLM")
+    chat_template: str | None = field(
+        default=None,
+        metadata=_help(
+            "chat template: a Jinja file, a template string, or none (plain prompt + response); "
+            "default: the tokenizer's own"
+        ),
+    )
+    train_on_prompt: bool = field(
+        default=False,
+        metadata=_help("causal-lm: every token carries loss (default: only assistant/response)"),
+    )
+    packing: bool = field(
+        default=False,
+        metadata=_help("causal-lm: pack examples into --max-length blocks (TRL's packing)"),
+    )
+    preview_data: int = field(
+        default=0,
+        metadata=_help(
+            "print the first N training examples after all processing as JSON lines "
+            '({"text": ..., "trained": the tokens that carry loss}) and exit; 0: off'
+        ),
+    )
+    bf16: bool = field(default=False, metadata=_help("bfloat16 mixed precision (autocast)"))
+    fp16: bool = field(
+        default=False, metadata=_help("float16 mixed precision with loss scaling (GPU only)")
+    )
+    dtype: str = field(
+        default="auto",
+        metadata=_help("dtype of the base model's weights: auto, float32, bfloat16 or float16"),
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=_help("recompute activations in the backward pass: less memory, slower steps"),
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata=_help(
+            "QLoRA: a 4-bit NF4 base (double quantization; bitsandbytes), compute in bf16/fp16 "
+            "with --bf16/--fp16"
+        ),
+    )
+    load_in_8bit: bool = field(
+        default=False, metadata=_help("an 8-bit base model (bitsandbytes LLM.int8)")
+    )
+    torch_compile: bool = field(
+        default=False, metadata=_help("compile the model with torch.compile (the Trainer's)")
+    )
+    torch_compile_backend: str = field(
+        default="inductor",
+        metadata=_help("torch.compile backend with --torch-compile (inductor, aot_eager, ...)"),
+    )
     # --- checkpoints, resume, divergence guard, safe loading (train/checkpoint.py, guard.py) ---
     save_steps: int = field(
         default=0, metadata=_help("write a complete checkpoint every N steps (0: none)")
@@ -188,7 +263,9 @@ class TrainConfig:
         self.lr_multipliers = _pairs(self.lr_multipliers, "lr_multipliers")
         self.lr_roles = _pairs(self.lr_roles, "lr_roles")
         self.report_to = [r for r in self.report_to if r.lower() != "none"]
+        self.task = resolve_task(self.task, self.model)
         self._check()
+        _check_llm(self)
         self._check_run_safety()
 
     def multipliers(self) -> dict[str, float]:
@@ -205,7 +282,9 @@ class TrainConfig:
 
     def _check(self) -> None:
         if self.task not in zoo.TASKS:
-            raise ValueError(f"task must be one of {', '.join(zoo.TASKS)}, got {self.task!r}.")
+            raise ValueError(
+                f"task must be one of auto, {', '.join(zoo.TASKS)}, got {self.task!r}."
+            )
         self.ratio = as_ratio(self.ratio)
         positive = {"lr": self.lr, "alpha": self.alpha}
         positive.update({"epochs": self.epochs} if self.max_steps <= 0 else {})
@@ -218,9 +297,11 @@ class TrainConfig:
             "rank": self.rank,
             "batch_size": self.batch_size,
             "grad_accum": self.grad_accum,
-            "max_length": self.max_length,
             "eval_steps": self.eval_steps,
         }
+        for name in ("max_length", "eval_batch_size"):
+            value = getattr(self, name)
+            at_least_one.update({name: value} if value is not None else {})
         at_least_one.update({"max_train": self.max_train} if self.max_train is not None else {})
         at_least_one.update({"max_eval": self.max_eval} if self.max_eval is not None else {})
         for name, number in at_least_one.items():
@@ -352,6 +433,77 @@ def _check_columns(cfg: TrainConfig) -> None:
     if pair and cfg.task != "causal-lm":
         flags = " and ".join(f"--{n.replace('_', '-')}" for n in pair)
         raise ValueError(f"{flags} apply to --task causal-lm; this run's task is {cfg.task}.")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _model_config_file(model: str) -> Path | None:
+    """The config.json of a local model folder or of a hub id in the local cache, if any."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        path = folder / "config.json"
+        return path if path.is_file() else None
+    if model.count("/") != 1:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json")
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def resolve_task(task: str, model: str) -> str:
+    """task, or for "auto" the model's: causal-lm for a decoder-only LM, else classification.
+
+    A built-in model names its task; a folder or cached hub id is read from config.json's
+    `architectures` (`*ForCausalLM`, `*LMHeadModel`). Unknown models stay classification.
+    """
+    if task != "auto":
+        return task
+    from loraplus.zoo.models import _lookup
+
+    spec = _lookup(model, zoo.MODELS)
+    if spec is not None:
+        return str(spec.task)
+    path = _model_config_file(model)
+    if path is None:
+        return "classification"
+    try:
+        architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return "classification"
+    decoder = any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    return "causal-lm" if decoder else "classification"
+
+
+def _check_llm(cfg: TrainConfig) -> None:
+    """The causal-LM, precision and memory settings: values, pairs that exclude each other."""
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}.")
+    if cfg.bf16 and cfg.fp16:
+        raise ValueError("--bf16 and --fp16 exclude each other: pass one.")
+    if cfg.load_in_4bit and cfg.load_in_8bit:
+        raise ValueError("--load-in-4bit and --load-in-8bit exclude each other: pass one.")
+    for name in ("dataloader_workers", "preview_data"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}.")
+    if cfg.chat_template is not None and not cfg.chat_template.strip():
+        raise ValueError("chat_template is blank: pass a Jinja file, a template string, or none.")
+    if cfg.task == "classification":
+        given = [
+            flag
+            for flag, on in (
+                ("--packing", cfg.packing),
+                ("--chat-template", cfg.chat_template is not None),
+                ("--train-on-prompt", cfg.train_on_prompt),
+            )
+            if on
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to --task causal-lm (a decoder LM); this run's task "
+                "is classification: drop them, or pass --task causal-lm with a causal LM."
+            )
 
 
 def _targets(value: list[str] | str | None) -> list[str] | None:

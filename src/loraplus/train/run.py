@@ -6,6 +6,7 @@ import functools
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,18 @@ from loraplus._extras import require
 from loraplus.init import SCHEMES
 from loraplus.train.checks import load_checked
 from loraplus.train.config import TrainConfig, TrainResult, make_config
-from loraplus.train.data import _by_length, collator, tokenize
+from loraplus.train.data import (
+    _by_length,
+    check_chat_template,
+    collator,
+    first_conversation,
+    max_length_for,
+    preview_rows,
+    set_chat_template,
+    sft_rows,
+    tokenize,
+    truncation_warning,
+)
 from loraplus.train.history import eval_rows, final_metrics, train_losses
 from loraplus.train.outputs import curves_title, write_outputs
 
@@ -105,17 +117,40 @@ def _tensorboard(cfg: TrainConfig, output_dir: Path, main: bool) -> list[Trainer
     return [TensorBoardCallback(SummaryWriter(log_dir=str(output_dir / "tensorboard")))]
 
 
-def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> Any:
-    """LoraPlusTrainingArguments for the run (DDP settings from the launcher's environment)."""
+def _sft_arguments(cfg: TrainConfig, max_length: int, rows: Any) -> dict[str, Any]:
+    """SFTConfig's own settings: length, packing, and which tokens carry loss."""
+    return {
+        "max_length": max_length,
+        "packing": cfg.packing,
+        # prompt/completion rows: loss on the completion only, unless --train-on-prompt
+        "completion_only_loss": not cfg.train_on_prompt,
+        # messages rows are kept only with --train-on-prompt or a template that marks turns
+        "assistant_only_loss": "messages" in rows.column_names and not cfg.train_on_prompt,
+    }
+
+
+def _training_args(
+    cfg: TrainConfig,
+    output_dir: Path,
+    report_to: list[str],
+    sft: dict[str, Any] | None = None,
+) -> Any:
+    """LoraPlusTrainingArguments for the run (DDP settings from the launcher's environment);
+    for a causal LM, LoRA+ arguments on TRL's SFTConfig with `sft`'s settings."""
     from loraplus.hf import LoraPlusTrainingArguments
     from loraplus.train.distributed import (
         check_distributed,
         init_deepspeed_comm,
         parallel_arguments,
     )
+    from loraplus.train.trainer import sft_classes
 
     classification = cfg.task == "classification"
-    args = LoraPlusTrainingArguments(
+    arguments_class = LoraPlusTrainingArguments if sft is None else sft_classes()[0]
+    eval_batch = cfg.eval_batch_size or (
+        max(64, cfg.batch_size) if classification else cfg.batch_size
+    )
+    args = arguments_class(
         output_dir=str(output_dir),
         learning_rate=cfg.lr,
         loraplus_lr_ratio=cfg.ratio,
@@ -128,7 +163,7 @@ def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> 
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=max(64, cfg.batch_size),
+        per_device_eval_batch_size=eval_batch,
         gradient_accumulation_steps=cfg.grad_accum,
         optim=cfg.optimizer,
         lr_scheduler_type=cfg.scheduler,
@@ -150,12 +185,19 @@ def _training_args(cfg: TrainConfig, output_dir: Path, report_to: list[str]) -> 
         data_seed=cfg.seed_of_data(),
         metric_for_best_model=_metric(cfg) if cfg.early_stopping_patience else None,
         greater_is_better=classification if cfg.early_stopping_patience else None,
-        remove_unused_columns=False,
+        remove_unused_columns=not classification,  # TRL keeps input_ids, labels, seq_lengths
         label_names=["labels"],
         prediction_loss_only=not classification,
-        dataloader_num_workers=0,
+        dataloader_num_workers=cfg.dataloader_workers,
         dataloader_pin_memory=_has_cuda(),
         deepspeed=None if cfg.deepspeed is None else str(Path(cfg.deepspeed).expanduser()),
+        bf16=cfg.bf16,
+        fp16=cfg.fp16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        torch_compile=cfg.torch_compile,
+        torch_compile_backend=cfg.torch_compile_backend if cfg.torch_compile else None,
+        use_cpu=cfg.bf16 and not _has_cuda(),  # bf16 autocast on a CPU must be asked for
+        **(sft or {}),
         **parallel_arguments(),
     )
     check_distributed(args)
@@ -242,6 +284,120 @@ def _finished(metrics: dict[str, Any], output_dir: Path, main: bool) -> TrainRes
     )
 
 
+@dataclass
+class _Prepared:
+    """A run's data and tokenizer after every check that needs no model."""
+
+    data: Any  # zoo.TaskData
+    tokenizer: Any
+    max_length: int
+    train_rows: Any = None  # causal LM: the rows in TRL's format
+    eval_rows: Any = None
+
+
+def _prepare(cfg: TrainConfig, data: Any) -> _Prepared:
+    """Tokenizer, --chat-template and the causal-LM rows (validated before the model loads)."""
+    from loraplus.train.model import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg)
+    max_length = max_length_for(cfg.task, cfg.max_length, tokenizer)
+    if cfg.task == "classification":
+        return _Prepared(data, tokenizer, max_length)
+    require("trl", "causal-LM training (TRL's SFTTrainer)")
+    set_chat_template(tokenizer, cfg.chat_template)
+    check_chat_template(tokenizer, first_conversation(data.train))
+    return _Prepared(
+        data,
+        tokenizer,
+        max_length,
+        sft_rows(data.train, tokenizer, cfg.train_on_prompt),
+        sft_rows(data.eval, tokenizer, cfg.train_on_prompt),
+    )
+
+
+def _trainer(
+    cfg: TrainConfig,
+    prep: _Prepared,
+    args: Any,
+    model: Any,
+    guard: Any,
+    callbacks: list[TrainerCallback],
+    global_batch: int,
+) -> Any:
+    """RunTrainer (classification, tokenized here) or RunSFTTrainer (TRL prepares the rows)."""
+    from loraplus.train.trainer import RunTrainer, sft_classes
+
+    common: dict[str, Any] = {
+        "model": model,
+        "args": args,
+        "processing_class": prep.tokenizer,
+        "callbacks": callbacks,
+        "optimizers": (_peft_optimizer(cfg, model), None),
+        "run_config": cfg.to_dict(),
+        "guard": guard,
+        "keep": cfg.save_total_limit,
+        "global_batch": global_batch,
+        "label_names": prep.data.label_names,
+    }
+    if cfg.task == "classification":
+        tokenizer, data = prep.tokenizer, prep.data
+        return RunTrainer(
+            train_dataset=tokenize(data.train, tokenizer, cfg.task, prep.max_length),
+            eval_dataset=_by_length(tokenize(data.eval, tokenizer, cfg.task, prep.max_length)),
+            data_collator=collator(tokenizer, cfg.task),
+            compute_metrics=_accuracy,
+            preprocess_logits_for_metrics=_argmax,
+            **common,
+        )
+    from loraplus.zoo.table import quiet_datasets
+
+    run_sft_trainer = sft_classes()[1]
+    with quiet_datasets():  # TRL's preparation: no progress bars
+        return run_sft_trainer(train_dataset=prep.train_rows, eval_dataset=prep.eval_rows, **common)
+
+
+def _check_examples(cfg: TrainConfig, trainer: Any, cut: str | None) -> None:
+    """At least one batch of training examples is left after truncation and packing."""
+    left = len(trainer.train_dataset)
+    if left < cfg.batch_size:
+        why = f" ({cut})" if cut else ""
+        raise ValueError(
+            f"{left} training examples are left after tokenization{why}, fewer than one batch "
+            f"(--batch-size {cfg.batch_size}): raise --max-length, add rows or lower --batch-size."
+        )
+
+
+def preview(cfg: TrainConfig) -> list[dict[str, str]]:
+    """The first cfg.preview_data training examples after all processing (template, masks,
+    truncation, packing): {"text": decoded input, "trained": decoded loss-carrying tokens}.
+
+    Reads the data and loads the model, trains nothing and writes nothing.
+    """
+    require("train", "loraplus.train.preview")
+    import tempfile
+
+    from loraplus import zoo
+    from loraplus.train.checks import check_paths, check_rows, data_options
+    from loraplus.train.guard import DivergenceGuard
+    from loraplus.train.model import check_machine, load_model
+
+    cfg = make_config(**cfg.to_dict())
+    check_paths(cfg)
+    check_machine(cfg)
+    data = zoo.load_data(cfg.data, **data_options(cfg))
+    check_rows(cfg, data)
+    prep = _prepare(cfg, data)
+    if cfg.task == "classification":
+        encoded = tokenize(data.train, prep.tokenizer, cfg.task, prep.max_length)
+        return preview_rows(encoded, prep.tokenizer, cfg.preview_data, data.label_names)
+    model = load_model(cfg, data, prep.tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        sft = _sft_arguments(cfg, prep.max_length, prep.train_rows)
+        args = _training_args(cfg, Path(tmp), [], sft)
+        trainer = _trainer(cfg, prep, args, model, DivergenceGuard(cfg.divergence_factor), [], 1)
+        return preview_rows(trainer.train_dataset, prep.tokenizer, cfg.preview_data)
+
+
 def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune `cfg.model` on `cfg.data` with LoRA+; write metrics, curves and the adapter.
 
@@ -251,8 +407,10 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
     require("train", "loraplus.train.train")
     from loraplus.train.checks import finished_run
     from loraplus.train.lock import is_main_launch, run_lock
+    from loraplus.train.model import check_machine
 
     cfg = make_config(**cfg.to_dict())  # validated copy (a caller may have changed fields)
+    check_machine(cfg)
     output_dir = Path(cfg.output_dir).expanduser()
     with run_lock(output_dir, take=is_main_launch()):
         done = finished_run(cfg)
@@ -268,53 +426,48 @@ def _train(
     from loraplus.diagnostics import FeatureUpdateCallback
     from loraplus.train import checkpoint as ckpt
     from loraplus.train.guard import DivergenceGuard, collapse_warning
-    from loraplus.train.model import load_model
+    from loraplus.train.model import load_model, precision
     from loraplus.train.outputs import clear_previous
-    from loraplus.train.trainer import RunTrainer
 
     data = load_checked(cfg)  # paths, output folder, data and rows, before the model loads
     resume = _resume_point(cfg, output_dir, data.label_names)
+    prep = _prepare(cfg, data)  # tokenizer, chat template, causal-LM rows
     report_to = [r for r in cfg.report_to if r != "tensorboard"]
-    args = _training_args(cfg, output_dir, report_to)
+    classification = cfg.task == "classification"
+    sft = None if classification else _sft_arguments(cfg, prep.max_length, prep.train_rows)
+    args = _training_args(cfg, output_dir, report_to, sft)
     main = args.process_index == 0
     if main:
         ckpt.clean_partial(output_dir)
         clear_previous(output_dir)
     args.eval_on_start = resume is None  # a checkpoint's history has the step-0 eval already
     args.distributed_state.wait_for_everyone()
-    model, tokenizer = load_model(cfg, data)
-    train_set = tokenize(data.train, tokenizer, cfg.task, cfg.max_length)
-    eval_set = _by_length(tokenize(data.eval, tokenizer, cfg.task, cfg.max_length))
-    classification = cfg.task == "classification"
+    model = load_model(cfg, data, prep.tokenizer)
+    tokenizer = prep.tokenizer
     metric = _metric(cfg)
 
     guard = DivergenceGuard(cfg.divergence_factor)
     probe = FeatureUpdateCallback(cfg.probe_every) if cfg.probe_every > 0 else None
     stop_early = _early_stopping(cfg)
     global_batch = cfg.batch_size * cfg.grad_accum * args.world_size
-    trainer = RunTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=collator(tokenizer, cfg.task),
-        processing_class=tokenizer,
-        compute_metrics=_accuracy if classification else None,
-        preprocess_logits_for_metrics=_argmax if classification else None,
-        callbacks=[
+    trainer = _trainer(
+        cfg,
+        prep,
+        args,
+        model,
+        guard,
+        [
             guard,
             *_tensorboard(cfg, output_dir, main),
             *([probe] if probe is not None else []),
             *stop_early,
             *(callbacks or []),
         ],
-        optimizers=(_peft_optimizer(cfg, model), None),
-        run_config=cfg.to_dict(),
-        guard=guard,
-        keep=cfg.save_total_limit,
-        global_batch=global_batch,
-        label_names=data.label_names,
+        global_batch,
     )
+    truncation = getattr(trainer, "truncation", {}).get("train", {})
+    cut = truncation_warning(truncation, prep.max_length)
+    _check_examples(cfg, trainer, cut)  # (the CLI prints `cut` once, with the run's results)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     if classification:
@@ -337,7 +490,7 @@ def _train(
     seconds = time.perf_counter() - start
     diverged = guard.diverged
     final = final_metrics(rows, metric, steps, seconds, diverged is not None)
-    warnings = []
+    warnings = [cut] if cut else []
     if classification and diverged is None:
         collapse = collapse_warning(final, data.num_labels, len(set(data.eval["label"])))
         warnings += [collapse] if collapse else []
@@ -359,11 +512,21 @@ def _train(
         "train_loss_log": train_losses(trainer.state.log_history),
         "feature_updates": probe.history if probe is not None else [],
         "param_groups": _param_groups(trainer.optimizer, trainer.model),
+        "max_length": prep.max_length,
+        "truncation": truncation or None,
+        "precision": {
+            "bf16": cfg.bf16,
+            "fp16": cfg.fp16,
+            "gradient_checkpointing": cfg.gradient_checkpointing,
+            "torch_compile": cfg.torch_compile,
+            **precision(trainer.model),
+        },
         "data": {
             "source": data.source,
             "split": data.split,
             "train_rows": len(data.train),
             "eval_rows": len(data.eval),
+            "train_examples": len(trainer.train_dataset),
             "label_names": data.label_names,
         },
     }

@@ -1,4 +1,5 @@
-"""The Trainer of `loraplus train`: LoraPlusTrainer whose checkpoints are complete or absent.
+"""The Trainers of `loraplus train`: LoraPlusTrainer (classification) and LoRA+ on TRL's
+SFTTrainer (causal LM), both with checkpoints that are complete or absent.
 
 Checkpoints are written under `<output_dir>/.staging/` by the Trainer's own `_save_checkpoint`
 (adapter, optimizer, scheduler, RNG, trainer state), then the config marker is added and the
@@ -8,18 +9,28 @@ never checkpointed: the divergence guard stops the run instead.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraplus.hf import LoraPlusTrainer
 from loraplus.train import checkpoint as ckpt
 from loraplus.train.guard import DivergenceGuard
 
 
-class RunTrainer(LoraPlusTrainer):
-    """LoraPlusTrainer with atomic checkpoints and a weight check before each one."""
+class _RunMixin:
+    """Atomic checkpoints and a weight check before each one, for any HF Trainer below it."""
+
+    if TYPE_CHECKING:  # what the Trainer below provides
+        args: Any
+        state: Any
+        model: Any
+        optimizer: Any
+        control: Any
+        accelerator: Any
 
     def __init__(
         self,
@@ -43,7 +54,7 @@ class RunTrainer(LoraPlusTrainer):
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
         """HF's loop; a classifier's eval_loss is the mean of the gathered per-row losses."""
-        output = super().evaluation_loop(*args, **kwargs)
+        output = super().evaluation_loop(*args, **kwargs)  # type: ignore[misc]
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         metrics = output.metrics if output.metrics is not None else {}
         row_loss = metrics.pop(f"{prefix}_row_loss", None)
@@ -52,7 +63,7 @@ class RunTrainer(LoraPlusTrainer):
         return output
 
     def _get_output_dir(self, trial: Any) -> str:
-        base: str = super()._get_output_dir(trial)
+        base: str = super()._get_output_dir(trial)  # type: ignore[misc]
         return os.path.join(base, ckpt.STAGING) if self._staging else base
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
@@ -68,7 +79,7 @@ class RunTrainer(LoraPlusTrainer):
         self.accelerator.wait_for_everyone()
         self._staging = True
         try:
-            super()._save_checkpoint(model, trial)
+            super()._save_checkpoint(model, trial)  # type: ignore[misc]
         finally:
             self._staging = False
         self.accelerator.wait_for_everyone()  # every rank's RNG state is in
@@ -91,9 +102,79 @@ class RunTrainer(LoraPlusTrainer):
         if total > 0 and step >= total:
             self.control.should_training_stop = True
             return None
-        return super()._run_epoch(*args, **kwargs)
+        return super()._run_epoch(*args, **kwargs)  # type: ignore[misc]
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.args.should_save:
             ckpt.maybe_pause(Path(str(self.args.output_dir)), self.state.global_step)
-        super()._save_optimizer_and_scheduler(output_dir)
+        super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
+
+
+class RunTrainer(_RunMixin, LoraPlusTrainer):
+    """LoraPlusTrainer with atomic checkpoints and a weight check before each one."""
+
+
+@functools.cache
+def sft_classes() -> tuple[type, type]:
+    """(LoraPlusSFTConfig, RunSFTTrainer), defined on first use: TRL imports take seconds."""
+    from trl import SFTConfig, SFTTrainer
+
+    from loraplus.hf import LoraPlusMixin, LoraPlusTrainingArguments
+
+    @dataclasses.dataclass
+    class LoraPlusSFTConfig(LoraPlusTrainingArguments, SFTConfig):
+        """TRL's SFTConfig with the loraplus_* fields."""
+
+    class RunSFTTrainer(_RunMixin, LoraPlusMixin, SFTTrainer):
+        """LoRA+ on TRL's SFTTrainer, with atomic checkpoints; counts what truncation cuts.
+
+        TRL tokenizes (chat template, assistant / completion masks), truncates and packs. Its
+        preparation runs twice here: once whole, to count the examples longer than max_length,
+        then on those tokens to truncate (and pack) them as configured.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.truncation: dict[str, dict[str, int]] = {}
+            super().__init__(*args, **kwargs)
+
+        def _prepare_dataset(
+            self,
+            dataset: Any,
+            processing_class: Any,
+            args: Any,
+            packing: bool,
+            formatting_func: Any,
+            dataset_name: str,
+        ) -> Any:
+            limit = args.max_length
+            args.max_length = None
+            try:
+                whole = super()._prepare_dataset(
+                    dataset, processing_class, args, False, formatting_func, dataset_name
+                )
+            finally:
+                args.max_length = limit
+            if limit is not None:
+                self.truncation[dataset_name] = count_truncated(whole, limit)
+            return super()._prepare_dataset(
+                whole, processing_class, args, packing, formatting_func, dataset_name
+            )
+
+    return LoraPlusSFTConfig, RunSFTTrainer
+
+
+def count_truncated(dataset: Any, limit: int) -> dict[str, int]:
+    """Of tokenized examples (input_ids, labels): how many exceed `limit` tokens, how many of
+    those lose their last loss-carrying token (the end of sequence or turn), and how many keep
+    no loss-carrying token at all (TRL drops those)."""
+    out = {"examples": len(dataset), "truncated": 0, "lost_end": 0, "dropped": 0}
+    for labels in dataset["labels"]:
+        if len(labels) <= limit:
+            continue
+        out["truncated"] += 1
+        trained = [i for i, label in enumerate(labels) if label != -100]
+        if trained and trained[-1] >= limit:
+            out["lost_end"] += 1
+        if trained and trained[0] >= limit:
+            out["dropped"] += 1
+    return out

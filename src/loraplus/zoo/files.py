@@ -27,6 +27,21 @@ PROMPT_COLUMNS = ("prompt", "instruction", "question", "query")
 RESPONSE_COLUMNS = ("response", "output", "answer", "completion")
 
 
+# Chat data: OpenAI/TRL `messages` ({"role", "content"}) or ShareGPT `conversations` ({"from",
+# "value"}); ShareGPT's speakers are renamed to the roles chat templates know.
+CHAT_COLUMNS = {"messages": ("role", "content"), "conversations": ("from", "value")}
+
+
+CHAT_ROLES = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "human": "user",
+    "gpt": "assistant",
+}
+
+
 FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".tab")
 
 
@@ -117,6 +132,10 @@ def _bad_json_line(path: Path) -> tuple[int, str] | None:
                 return number, f"is not valid JSON ({err.msg})"
             if not isinstance(value, dict):
                 return number, f"is a JSON {type(value).__name__}, not an object of column: value"
+            for column in CHAT_COLUMNS:
+                if column in value and not isinstance(value[column], list):
+                    kind = type(value[column]).__name__
+                    return number, f"has {column} as a {kind}, not a list of turns"
     return None
 
 
@@ -201,6 +220,63 @@ def _prompt_response(
     return {k: [str(v) for v in vals] for k, vals in rows.items()}
 
 
+def _row_names(source: Path, rows: int) -> list[str]:
+    """How to name each row in an error: its line in a JSON Lines file, else its row number."""
+    if _format_of(source) in (".jsonl", ".ndjson"):
+        try:
+            text = source.read_text(encoding="utf-8")
+            lines = [n for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+            if len(lines) == rows:
+                return [f"line {n}" for n in lines]
+        except (OSError, UnicodeDecodeError):
+            pass
+    return [f"row {i + 1}" for i in range(rows)]
+
+
+def _chat_turns(turns: Any, keys: tuple[str, str], column: str, where: str) -> list[dict[str, str]]:
+    """One conversation as [{"role", "content"}], checked: a list, known roles, an assistant."""
+    role_key, text_key = keys
+    example = f'{{"{role_key}": "user", "{text_key}": "..."}}'
+    if not isinstance(turns, list) or not turns:
+        got = "an empty list" if isinstance(turns, list) else f"a {type(turns).__name__}"
+        raise ValueError(f"{where}: {column} is {got}, not a list of turns like [{example}, ...].")
+    out = []
+    for turn in turns:
+        if not isinstance(turn, dict) or not isinstance(turn.get(text_key), str):
+            raise ValueError(f"{where}: each turn of {column} must be an object like {example}.")
+        role = CHAT_ROLES.get(str(turn.get(role_key)).strip().lower())
+        if role is None:
+            known = ", ".join(CHAT_ROLES)
+            raise ValueError(
+                f"{where}: unknown role {turn.get(role_key)!r} in {column}; use one of {known}."
+            )
+        out.append({"role": role, "content": turn[text_key]})
+    if not any(t["role"] == "assistant" for t in out):
+        raise ValueError(
+            f"{where}: the conversation has no assistant turn, so nothing would be trained; add "
+            "the assistant's reply or drop the row."
+        )
+    return out
+
+
+def _chat_rows(data: Dataset, column: str, source: Path) -> dict[str, list[Any]]:
+    """A messages/conversations column as checked {"messages": [[{"role", "content"}, ...]]}."""
+    names = _row_names(source, len(data))
+    keys = CHAT_COLUMNS[column.lower()]
+    rows = [
+        _chat_turns(turns, keys, column, f"{source} {where}")
+        for turns, where in zip(data[column], names, strict=True)
+    ]
+    return {"messages": rows}
+
+
+def chat_dataset(columns: dict[str, list[Any]]) -> Dataset:
+    """{"messages": [...]} rows as a Dataset (turns keep only role and content)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(columns)
+
+
 def _local_table(
     data: Dataset,
     hints: dict[str, str],
@@ -210,6 +286,9 @@ def _local_table(
 ) -> dict[str, list[Any]]:
     """A file's rows as text/label (labels still raw) or prompt/response columns."""
     if task == "causal-lm":
+        chat = next((c for c in data.column_names if c.lower() in CHAT_COLUMNS), None)
+        if chat is not None and columns["prompt"] is None and columns["response"] is None:
+            return _chat_rows(data, chat, source)
         prompt = _pick(data, columns["prompt"], PROMPT_COLUMNS, "prompt_column")
         response = _pick(data, columns["response"], RESPONSE_COLUMNS, "response_column")
         if prompt is not None and response is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from loraplus.zoo.files import (
     _format_of,
     _local_table,
     _read_file,
+    chat_dataset,
 )
 from loraplus.zoo.models import _lookup, log
 from loraplus.zoo.table import check_classes, encode_labels, to_dataset
@@ -39,7 +41,7 @@ _TASK_ALIASES = {
 
 @dataclass
 class TaskData:
-    """Train and eval sets with standard columns: text/label, or prompt/response."""
+    """Train and eval sets with standard columns: text/label, prompt/response, or messages."""
 
     train: Dataset
     eval: Dataset
@@ -85,7 +87,9 @@ def _stratified_pick(
 
 
 def _key_column(data: Dataset) -> list[str]:
-    """What makes two rows the same example: the text, or the prompt."""
+    """What makes two rows the same example: the text, the prompt, or the whole conversation."""
+    if "messages" in data.column_names:
+        return [json.dumps(turns, sort_keys=True) for turns in data["messages"]]
     return [str(v) for v in data["text" if "text" in data.column_names else "prompt"]]
 
 
@@ -227,9 +231,10 @@ def _read_local(
             f"{files[-1]} has {'/'.join(parts[-1])} columns but {files[0]} has "
             f"{'/'.join(parts[0])}: give both files the same columns."
         )
-    tables = (
-        encode_labels(parts, str(path)) if "label" in parts[0] else [to_dataset(p) for p in parts]
-    )
+    if "label" in parts[0]:
+        tables = encode_labels(parts, str(path))
+    else:
+        tables = [chat_dataset(p) if "messages" in p else to_dataset(p) for p in parts]
     return tables[0], (tables[1] if len(tables) > 1 else None)
 
 
