@@ -196,9 +196,9 @@ def _training_args(
         gradient_checkpointing=cfg.gradient_checkpointing,
         torch_compile=cfg.torch_compile,
         torch_compile_backend=cfg.torch_compile_backend if cfg.torch_compile else None,
-        use_cpu=cfg.bf16 and not _has_cuda(),  # bf16 autocast on a CPU must be asked for
         **(sft or {}),
-        **parallel_arguments(),
+        # bf16 autocast on a CPU must be asked for with use_cpu (as several CPU processes do)
+        **{"use_cpu": cfg.bf16 and not _has_cuda(), **parallel_arguments()},
     )
     check_distributed(args)
     init_deepspeed_comm(args)
