@@ -352,3 +352,26 @@ def test_checkpoint_flags_reach_the_config(capsys: pytest.CaptureFixture[str]) -
         2,
         "auto",
     )
+
+
+def test_demo_best_row_includes_step_0_and_the_title_names_no_other_model() -> None:
+    runs = {
+        m: {
+            "label": m,
+            "history": [{"step": 0, "eval_accuracy": 0.5938}, *later],
+            "final": {"best_eval_accuracy": max(r["eval_accuracy"] for r in later)},
+        }
+        for m, later in (
+            ("lora", [{"step": 2, "eval_accuracy": 0.5625}, {"step": 4, "eval_accuracy": 0.5}]),
+            ("loraplus", [{"step": 2, "eval_accuracy": 0.625}, {"step": 4, "eval_accuracy": 0.6}]),
+        )
+    }
+    last = demo.demo_table(runs).splitlines()[-1].split()
+    assert last == ["best", "0.5938", "0.6250"]  # LoRA's best is its step-0 row
+    source = "recorded in /x/data/demo_lrs.json by `python benchmarks/paper_study.py --mpnet`"
+    title = demo.demo_title(source, quick=True)
+    assert title == (
+        "MiniLM on Rotten Tomatoes, rank 8, 4 steps (--quick: 64 train rows, 32 eval)\n"
+        "learning rates recorded in demo_lrs.json"
+    )
+    assert "mpnet" not in demo.demo_title(source, quick=False)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from loraplus.sweep.alive import fail_dead_workers
 from loraplus.sweep.config import SweepConfig
 from loraplus.sweep.grid import Grid, open_study
-from loraplus.sweep.summary import SweepSummary, summarize, write_outputs
+from loraplus.sweep.summary import SweepSummary, subject, summarize, write_outputs
 from loraplus.sweep.trial import TrainFn, TrialSpec, objective, train_trial
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,12 @@ def _worker_main(cfg: SweepConfig, n_trials: int | None, train_fn: TrainFn | Non
     _work(cfg, study, grid, n_trials, train_fn)
 
 
+def train_subject(cfg: SweepConfig) -> str:
+    """Model, data and steps of the sweep's cells, for the heatmap's title."""
+    spec = TrialSpec(0, cfg.lr_a[0], 1.0, cfg.seeds[0], Path(cfg.out_dir), cfg.config)
+    return subject(dataclasses.replace(spec, overrides=cfg.overrides).train_config())
+
+
 def _check_task(cfg: SweepConfig) -> None:
     """Fail before the first run when the metric cannot come from the task."""
     spec = TrialSpec(0, cfg.lr_a[0], 1.0, cfg.seeds[0], Path(cfg.out_dir), cfg.config)
@@ -140,6 +146,8 @@ def run_sweep(
     else:
         failed = _spawn(cfg, workers, n_trials, train_fn)
     summary = summarize(study)
+    if train_fn is None:  # an injected train_fn (tests) takes settings no TrainConfig has
+        summary.subject = train_subject(cfg)
     if write:
         write_outputs(summary, cfg.out_dir)
     if failed:
