@@ -375,3 +375,28 @@ def test_demo_best_row_includes_step_0_and_the_title_names_no_other_model() -> N
         "learning rates recorded in demo_lrs.json"
     )
     assert "mpnet" not in demo.demo_title(source, quick=False)
+
+
+def test_help_shows_defaults_and_what_each_flag_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # the same words at any terminal width
+    for shown in (
+        "--lr LR learning rate of LoRA A (lr_A) (default: 0.0002)",
+        "(experimental) (default: 16)",
+        "--max-length MAX_LENGTH, --max_length MAX_LENGTH truncate examples to this many "
+        "tokens (default: 64)",
+        "--epochs EPOCHS epochs (ignored when max-steps > 0) (default: 1)",
+        "--save-adapter [true|false], --save_adapter [true|false] save the adapter (PEFT "
+        "format) (default: true)",
+        "--no-save-adapter, --no_save_adapter turn --save-adapter off",
+        "--no-progress, --no_progress turn --progress off",
+        "--no-merge turn --merge off",
+        "--print-config print the resolved settings and exit",
+    ):
+        assert shown in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert cli.main(["sweep", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--out-dir OUT_DIR" in text  # one output folder, not also --output-dir
+    assert "--output-dir OUTPUT_DIR" not in text and "--output_dir" not in text
+    assert "--lr LR" not in text and "--seed SEED" not in text  # the grid's --lr-a, --seeds

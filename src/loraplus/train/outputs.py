@@ -31,11 +31,28 @@ def clear_previous(output_dir: Path, *, overwrite: bool = False) -> None:
             path.unlink(missing_ok=True)
 
 
-def curves_title(cfg: Any, lrs: Mapping[str, float]) -> str:
-    """The curves' title: model, data and every group's learning rate."""
+def _number(value: Any) -> str:
+    return value if isinstance(value, str) else f"{value:g}"  # "auto" or 16
+
+
+def curves_title(cfg: Any, lrs: Mapping[str, float], resumed_from: Path | None = None) -> str:
+    """The curves' title: model, data and every group's learning rate; for a run resumed with
+    another lr or ratio, a second line with the settings the checkpoint's steps trained at."""
     groups = ", ".join(f"{role} {lr:.3g}" for role, lr in lrs.items())
-    ratio = cfg.ratio if isinstance(cfg.ratio, str) else f"{cfg.ratio:g}"  # "auto" or 16
-    return f"{cfg.model} on {cfg.data} (ratio {ratio}): lr {groups}"
+    title = f"{cfg.model} on {cfg.data} (ratio {_number(cfg.ratio)}): lr {groups}"
+    if resumed_from is not None:
+        from loraplus.train.checkpoint import saved_config
+
+        saved = saved_config(resumed_from)
+        before = [
+            f"{key} {_number(saved[key])}"
+            for key in ("lr", "ratio")
+            if key in saved and saved[key] != getattr(cfg, key)
+        ]
+        if before:
+            step = resumed_from.name.removeprefix("checkpoint-")
+            title += f"\nsteps 1-{step} trained at {', '.join(before)} (resumed from {step})"
+    return title
 
 
 def write_outputs(

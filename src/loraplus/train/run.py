@@ -329,7 +329,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
                 "eval_metric": [r.get(metric) for r in rows],
                 "eval_loss": [r.get("eval_loss") for r in rows],
                 "metric_name": metric,
-                "title": curves_title(cfg, lrs),
+                "title": curves_title(cfg, lrs, resume),
             },
             trainer.model,
             tokenizer,
