@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from loraplus._io import atomic_dir, write_json
+from loraplus._io import write_json
 
 FINAL_FILES = ("metrics.json", "curves.png", "adapter", "merged")
 LOGS = ("tensorboard",)  # a new run would append to these instead of replacing them
@@ -64,25 +64,19 @@ def write_outputs(
     *,
     save_adapter: bool,
     merge: bool,
+    base: str,
 ) -> None:
-    """Write the adapter (and merged model) unless the run diverged, the curves, then metrics."""
+    """Write the adapter (and merged model) unless the run diverged, the curves, then metrics.
+
+    The adapter names its base as `base` (adapter.portable_base: a built-in's name, not its
+    cache folder) and carries a classifier's labels (labels.json)."""
+    from loraplus import adapter
     from loraplus.plots import plot_training_curves
 
     if not metrics["diverged"]:
         if save_adapter:
-
-            def save_adapter_to(folder: Path) -> None:
-                model.save_pretrained(folder)  # safetensors
-                tokenizer.save_pretrained(folder)
-
-            atomic_dir(output_dir / "adapter", save_adapter_to)
+            adapter.save_adapter(model, tokenizer, output_dir / "adapter", base=base)
         if merge:
-            merged = model.merge_and_unload()
-
-            def save_merged_to(folder: Path) -> None:
-                merged.save_pretrained(folder)  # safetensors
-                tokenizer.save_pretrained(folder)
-
-            atomic_dir(output_dir / "merged", save_merged_to)
+            adapter.save_merged(model, tokenizer, output_dir / "merged")
     plot_training_curves(output_dir / "curves.png", curves)
     write_json(output_dir / "metrics.json", metrics)

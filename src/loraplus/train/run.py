@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraplus._extras import require
+from loraplus.adapter import portable_base
 from loraplus.init import SCHEMES
 from loraplus.train.checks import load_checked
 from loraplus.train.config import TrainConfig, TrainResult, make_config
@@ -335,6 +336,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
             tokenizer,
             save_adapter=cfg.save_adapter,
             merge=cfg.merge,
+            base=portable_base(cfg.model),
         )
     trainer.accelerator.wait_for_everyone()
     return TrainResult(
