@@ -212,11 +212,16 @@ def test_lr_heatmap_ticks_and_the_diagonal_drawn_as_its_legend_says() -> None:
 
     fig = Figure()
     ax = fig.add_subplot()
-    lrs = [2.0**k for k in range(-14, 2)]  # 16 values: every second one labelled
+    lrs = list(np.logspace(-4, 1, 16))  # 16 values, too many to label: the powers of ten
     loss = np.arange(256, dtype=float).reshape(16, 16) + 1.0
     plots.draw_lr_heatmap(fig, ax, {"lr_a": lrs, "lr_b": lrs, "loss": loss})
-    assert [label for _, label in _ticks(ax, "x")] == [plots.tick_label(v) for v in lrs[::2]]
-    assert _ticks(ax, "y")[0] == (-14.0, "6.1e-5")
+    labels = ["0.0001", "0.001", "0.01", "0.1", "1", "10"]
+    assert [label for _, label in _ticks(ax, "x")] == labels
+    assert _ticks(ax, "y")[1] == pytest.approx((np.log2(1e-3), "0.001"))
+    narrow = [2 ** (k / 4) for k in range(12)]  # 1 to 6.7: one power of ten, so every second
+    ax2 = fig.add_subplot(2, 1, 2)
+    plots.draw_lr_heatmap(fig, ax2, {"lr_a": narrow, "lr_b": narrow, "loss": loss[:12, :12]})
+    assert [label for _, label in _ticks(ax2, "x")] == ["1", "1.41", "2", "2.83", "4", "5.66"]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("lr_A (log scale)", "lr_B (log scale)")
     diagonal = next(ln for ln in ax.lines if ln.get_linestyle() == "--")
     legend = ax.get_legend()

@@ -48,26 +48,31 @@ def tick_label(value: float) -> str:
 
 
 def value_ticks(ax: Axes, axis: str, values: Sequence[float], most: int = 9) -> list[float]:
-    """Ticks of a log2 axis at `values`, labelled with the values themselves, not their log2.
-
-    Cells are drawn at log2(value) so that a grid of x4 steps is evenly spaced; the labels say
-    the learning rates and ratios the user passed. Above `most` values, every k-th is labelled.
-    Returns the values labelled."""
-    shown = list(values)[:: max(1, math.ceil(len(values) / most))]
-    where = [math.log2(float(v)) for v in shown]
-    labels = [tick_label(float(v)) for v in shown]
+    """Ticks of a log2 axis labelled with values, not their log2: the cells sit at log2(value),
+    so that a grid of x4 steps is evenly spaced, and the labels say the learning rates and
+    ratios passed. Up to `most` values, each is labelled; a denser grid gets ticks at the powers
+    of ten it spans (every k-th value where it spans fewer than two). Returns the tick values."""
+    numbers = sorted(float(v) for v in values)
+    shown = numbers
+    if len(numbers) > most:
+        low, high = math.ceil(math.log10(numbers[0])), math.floor(math.log10(numbers[-1]))
+        shown = [10.0**k for k in range(low, high + 1)]
+        if len(shown) < 2:
+            shown = numbers[:: math.ceil(len(numbers) / most)]
+    where = [math.log2(v) for v in shown]
+    labels = [tick_label(v) for v in shown]
     if axis == "x":
         ax.set_xticks(where, labels, fontsize=8, rotation=30 if len(shown) > 5 else 0)
     else:
         ax.set_yticks(where, labels, fontsize=8)
-    return [float(v) for v in shown]
+    return shown
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Write `fig` as PNG to `path` atomically."""
     FigureCanvasAgg(fig)
     with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=dpi)
+        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")  # legends below axes
     return Path(path)
 
 
