@@ -434,3 +434,17 @@ def test_resume_auto_says_which_checkpoint_it_continues(
     out = capsys.readouterr().out
     assert f"resuming from {tmp_path / 'run' / 'checkpoint-4'} (step 4)\n" in out
     assert "6 steps" in out
+
+
+def test_the_cli_hides_deepspeeds_no_gpu_warning() -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed")
+    code = "import sys; sys.argv = ['loraplus']; import loraplus.cli, deepspeed"
+    shown = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert "Setting accelerator to CPU" not in shown.stdout + shown.stderr
