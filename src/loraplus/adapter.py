@@ -37,24 +37,26 @@ def portable_base(model: str | os.PathLike[str]) -> str:
 
 def save_adapter(model: Any, tokenizer: Any, folder: str | Path, *, base: str) -> Path:
     """Save a PEFT model's adapter, its tokenizer and (a classifier's) labels.json into `folder`
-    atomically, with `base` as every adapter's base_model_name_or_path."""
-    configs = model.peft_config.values()
-    before = [c.base_model_name_or_path for c in configs]
+    atomically, with `base` as every adapter's base_model_name_or_path.
+
+    PEFT saves first with the base it loaded (its check for resized embeddings reads that local
+    config; a built-in's name would send it to the hub), then each saved config is rewritten."""
+    from peft import PeftConfig
+
     labels = _labels_of(model)
 
     def build(tmp: Path) -> None:
         model.save_pretrained(tmp)  # safetensors
+        for name in model.peft_config:  # PEFT puts an adapter other than "default" in a sub-folder
+            where = str(tmp if name == "default" else tmp / name)
+            saved = PeftConfig.from_pretrained(where)
+            saved.base_model_name_or_path = base
+            saved.save_pretrained(where)
         tokenizer.save_pretrained(tmp)
         if labels:
             write_json(tmp / LABELS_FILE, labels)
 
-    try:
-        for config in configs:
-            config.base_model_name_or_path = base
-        return atomic_dir(folder, build)
-    finally:
-        for config, name in zip(configs, before, strict=True):
-            config.base_model_name_or_path = name
+    return atomic_dir(folder, build)
 
 
 def _labels_of(model: Any) -> dict[str, Any]:
