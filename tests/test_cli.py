@@ -185,6 +185,7 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([*argv, "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "given on the command line" in out and "LoRA+ (ratio 16, lr 0.0005)" in out
+    assert out.count("step 2/4: eval_accuracy ") == 2  # --no-progress: a line per evaluation
     assert "best" in out
     demo = json.loads((tmp_path / "demo.json").read_text())
     assert set(demo["runs"]) == {"lora", "loraplus"}

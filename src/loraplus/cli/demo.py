@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `loraplus demo`."""
     DemoOptions(**_config.passed(args, DemoOptions))  # validates the lrs: > 0 and finite
     require("train", "loraplus demo")
+    from loraplus.cli.train import eval_printer
     from loraplus.plots import plot_demo
     from loraplus.train import train
 
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         )
         label = f"{spec['label']} (ratio {ratios[method]:g}, lr {lrs[method]:g})"
         print(f"\n{label}: {cfg.max_steps} steps, eval every {cfg.eval_steps} on {cfg.max_eval}")
-        result = train(cfg)
+        result = train(cfg, callbacks=[] if args.progress else [eval_printer()])
         metrics = json.loads((result.output_dir / "metrics.json").read_text(encoding="utf-8"))
         runs[method] = {
             "label": label,

@@ -104,7 +104,7 @@ def _outputs(folder: Path) -> list[str]:
     return found + ([f"{len(checkpoints)} checkpoints"] if checkpoints else [])
 
 
-def _eval_printer() -> Any:
+def eval_printer() -> Any:
     """A callback printing one line per evaluation (main process): --no-progress is not mute."""
     from transformers import TrainerCallback
 
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     _announce_resume(cfg)
-    result = train(cfg, callbacks=[] if cfg.progress else [_eval_printer()])
+    result = train(cfg, callbacks=[] if cfg.progress else [eval_printer()])
     if result.main_process:
         _print_run(result)
     return EXIT_DIVERGED if result.diverged else 0
