@@ -235,6 +235,8 @@ def test_sweep_on_a_tiny_saved_model(
     assert cli.main([*argv, "--summarize-only"]) == 0
     again = json.loads((out / "sweep.json").read_text())
     assert [t["number"] for t in again["trials"]] == [t["number"] for t in data["trials"]]
+    subject = f"{tiny_files['bert']} on {tiny_files['cls']}, 4 steps"  # the heatmap's title
+    assert data["subject"] == again["subject"] == subject
 
 
 def test_sweep_methods_on_a_tiny_saved_model(

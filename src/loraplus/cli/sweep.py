@@ -47,14 +47,12 @@ def run(args: argparse.Namespace) -> int:
     require("sweep", "loraplus sweep")
     from loraplus import sweep
     from loraplus.sweep import SweepConfig
-    from loraplus.sweep.run import train_subject
 
     cfg = SweepConfig(
         **_config.passed(args, SweepConfig), overrides=_config.passed(args, TrainConfig)
     )
     if args.summarize_only:
         summary = sweep.summarize(cfg.storage_url, cfg.study_name)
-        summary.subject = train_subject(cfg)
         sweep.write_outputs(summary, cfg.out_dir)
     else:
         summary = sweep.run_sweep(cfg, n_trials=args.n_trials)

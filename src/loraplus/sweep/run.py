@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from loraplus.sweep.alive import fail_dead_workers
 from loraplus.sweep.config import SweepConfig
 from loraplus.sweep.grid import Grid, open_study
-from loraplus.sweep.summary import SweepSummary, subject, summarize, write_outputs
+from loraplus.sweep.summary import SUBJECT_ATTR, SweepSummary, subject, summarize, write_outputs
 from loraplus.sweep.trial import TrainFn, TrialSpec, objective, train_trial
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,8 @@ def run_sweep(
     if n_trials is not None and n_trials < 1:
         raise ValueError(f"n_trials must be >= 1 or None, got {n_trials}.")
     study, grid = open_study(cfg)  # creates tables, the study and its queue before workers race
+    if train_fn is None:  # an injected train_fn (tests) takes settings no TrainConfig has
+        study.set_user_attr(SUBJECT_ATTR, train_subject(cfg))  # the heatmap's title
     resume(study, grid)
     failed: list[str] = []
     if workers == 1:
@@ -146,8 +148,6 @@ def run_sweep(
     else:
         failed = _spawn(cfg, workers, n_trials, train_fn)
     summary = summarize(study)
-    if train_fn is None:  # an injected train_fn (tests) takes settings no TrainConfig has
-        summary.subject = train_subject(cfg)
     if write:
         write_outputs(summary, cfg.out_dir)
     if failed:

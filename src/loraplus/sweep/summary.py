@@ -19,6 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from loraplus.sweep.config import as_url
 from loraplus.sweep.grid import HOLDING, SKIPPED, STUDY_ATTR, cell_of, status_of
 
+SUBJECT_ATTR = "loraplus_subject"  # study user attr: what the cells train (model, data, steps)
+
 
 @dataclass
 class SweepSummary:
@@ -290,6 +292,7 @@ def summarize(
         gain=gain,
         budget=_budget({**record, "lr_a": lr_a, "seeds": seeds}, cells, best_lora, sign),
         counts=dict(Counter(r["status"] for r in rows)),
+        subject=str(study.user_attrs.get(SUBJECT_ATTR, "")),
     )
 
 
