@@ -361,7 +361,7 @@ def draw_demo(runs: Mapping[str, Mapping[str, Any]], *, title: str = "") -> Figu
                 _floats(run.get("train_steps", [])), _smooth(loss, window), label=label, **line
             )
     ax_acc.set_ylabel("eval accuracy")
-    ax_acc.legend(fontsize=8, loc="lower right")
+    ax_acc.legend(fontsize=8, loc="best")  # not over the last points
     ax_loss.set_ylabel(
         "train loss" if window == 1 else f"train loss, mean of the last {window} logged"
     )
