@@ -109,3 +109,24 @@ def batch_ids(batch: dict[str, object]) -> list[list[int]]:
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert isinstance(ids, torch.Tensor) and isinstance(mask, torch.Tensor)
     return [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+
+
+def test_an_adapter_whose_base_is_gone_is_refused_in_one_line(
+    trained: tuple[Path, torch.Tensor, dict[str, object]],
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import shutil
+
+    moved = tmp_path / "adapter"
+    shutil.copytree(trained[0] / "adapter", moved)
+    config = json.loads((moved / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    (tmp_path / "gone").mkdir()  # its config is left, its weights are gone
+    shutil.copy(tiny_files["bert"] / "config.json", tmp_path / "gone" / "config.json")
+    assert cli.main(["merge", str(moved), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Cannot load the base model '{tmp_path / 'gone'}' of {moved} (")
+    assert err.count("\n") == 1 and not (tmp_path / "m").exists()

@@ -113,18 +113,24 @@ def load_adapter(path: str | Path) -> tuple[Any, Any]:
         raise ValueError(f"{folder / ADAPTER_CONFIG} names no base_model_name_or_path.")
     base = resolve_model(base_name)
     task = config.task_type
-    if task == "SEQ_CLS":
-        labels = read_labels(folder)
-        # the base's own head (if any) may have another size: the adapter's saved head replaces it
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base, **labels, ignore_mismatched_sizes=bool(labels), use_safetensors=True
-        )
-    elif task == "CAUSAL_LM":
-        model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
-    else:
+    if task not in ("SEQ_CLS", "CAUSAL_LM"):
         raise ValueError(
             f"{folder} is a {task} adapter; loraplus loads classification and causal-LM adapters."
         )
+    try:
+        if task == "SEQ_CLS":
+            labels = read_labels(folder)
+            # the base's own head may have another size: the adapter's saved head replaces it
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base, **labels, ignore_mismatched_sizes=bool(labels), use_safetensors=True
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
+    except OSError as err:
+        raise ValueError(
+            f"Cannot load the base model {base_name!r} of {folder} ({err}). It must be a built-in "
+            "model, a local folder with safetensors weights, or a hub id in the local cache."
+        ) from None
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id  # as training set it
