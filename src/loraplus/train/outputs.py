@@ -35,22 +35,32 @@ def _number(value: Any) -> str:
     return value if isinstance(value, str) else f"{value:g}"  # "auto" or 16
 
 
-def curves_title(cfg: Any, lrs: Mapping[str, float], resumed_from: Path | None = None) -> str:
-    """The curves' title: model, data and every group's learning rate; for a run resumed with
-    another lr or ratio, a second line with the settings the checkpoint's steps trained at."""
+def resumed_settings(checkpoint: Path | None) -> tuple[str, dict[str, Any]] | None:
+    """(step, config) of the checkpoint a run resumes from, read when it starts: the checkpoint
+    may be rotated away (--save-total-limit) before the run writes its curves."""
+    if checkpoint is None:
+        return None
+    from loraplus.train.checkpoint import saved_config
+
+    return checkpoint.name.removeprefix("checkpoint-"), saved_config(checkpoint)
+
+
+def curves_title(
+    cfg: Any, lrs: Mapping[str, float], resumed: tuple[str, Mapping[str, Any]] | None = None
+) -> str:
+    """The curves' title: model, data and every group's learning rate; for a run resumed
+    (`resumed_settings`) with another lr or ratio, a second line with the settings the
+    checkpoint's steps trained at."""
     groups = ", ".join(f"{role} {lr:.3g}" for role, lr in lrs.items())
     title = f"{cfg.model} on {cfg.data} (ratio {_number(cfg.ratio)}): lr {groups}"
-    if resumed_from is not None:
-        from loraplus.train.checkpoint import saved_config
-
-        saved = saved_config(resumed_from)
+    if resumed is not None:
+        step, saved = resumed
         before = [
             f"{key} {_number(saved[key])}"
             for key in ("lr", "ratio")
             if key in saved and saved[key] != getattr(cfg, key)
         ]
         if before:
-            step = resumed_from.name.removeprefix("checkpoint-")
             title += f"\nsteps 1-{step} trained at {', '.join(before)} (resumed from {step})"
     return title
 

@@ -16,7 +16,7 @@ from loraplus.train.checks import load_checked
 from loraplus.train.config import TrainConfig, TrainResult, make_config
 from loraplus.train.data import _by_length, collator, tokenize
 from loraplus.train.history import eval_rows, final_metrics, train_losses
-from loraplus.train.outputs import curves_title, write_outputs
+from loraplus.train.outputs import curves_title, resumed_settings, write_outputs
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -233,6 +233,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
     args = _training_args(cfg, output_dir, report_to)
     main = args.process_index == 0
     resume = _prepare_output(cfg, output_dir, main)
+    resumed = resumed_settings(resume)  # for the curves' title, before rotation may remove it
     args.eval_on_start = resume is None  # a checkpoint's history has the step-0 eval already
     args.distributed_state.wait_for_everyone()
     model, tokenizer = load_model(cfg, data)
@@ -330,7 +331,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
                 "eval_metric": [r.get(metric) for r in rows],
                 "eval_loss": [r.get("eval_loss") for r in rows],
                 "metric_name": metric,
-                "title": curves_title(cfg, lrs, resume),
+                "title": curves_title(cfg, lrs, resumed),
             },
             trainer.model,
             tokenizer,
