@@ -61,6 +61,7 @@ class DataclassParser(HfArgumentParser):
         return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        message = re.sub(r"(--[\w-]+)/--\w+", r"\1", message)  # --max-steps, not also --max_steps
         raise ValueError(f"{message} (see {self.prog} --help)")
 
 
