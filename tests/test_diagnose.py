@@ -13,6 +13,7 @@ from loraplus import cli
 from loraplus._io import write_json
 from loraplus.diagnose import (
     BALANCED_LOG2,
+    draw_probe,
     format_balance,
     judge,
     kind_scalars,
@@ -187,3 +188,49 @@ def test_a_damaged_metrics_json_is_one_line_naming_the_file(
     write_json(tmp_path / "ok" / "metrics.json", {"probe": rows()})
     assert cli.main(["diagnose", str(tmp_path / "ok"), "--out", str(tmp_path)]) == 2
     assert "is a folder: pass a .png file path" in capsys.readouterr().err
+
+
+def test_probe_figure_states_title_verdicts_layers_and_kinds() -> None:
+    fig = draw_probe(rows(), title="runs/x: minilm on rotten-tomatoes, ratio 16")
+    suptitle = fig._suptitle.get_text()  # type: ignore[union-attr]
+    assert suptitle.startswith("runs/x: minilm on rotten-tomatoes, ratio 16\n")
+    assert "δ¹: how far A's step moved the layer's output, δ²: how far B's did" in suptitle
+    left = fig.axes[0::2]
+    right = fig.axes[1::2]
+    assert [ax.get_title() for ax in left] == [
+        "q: balanced (median +1.0)",
+        "v: B barely learns: raise the ratio (median -6.0)",
+        "mlp: A barely learns: lower the ratio (median +5.5)",
+    ]
+    assert [t.get_text() for t in left[0].get_legend().texts] == [
+        "0.self_attn.q_proj",
+        "1.self_attn.q_proj",
+    ]
+    assert [ax.get_title() for ax in right] == [
+        "q: median over its 2 layers",
+        "v: median over its 1 layer",
+        "mlp: median over its 1 layer",
+    ]
+    assert [t.get_text() for t in right[0].get_legend().texts] == ["δ¹ (A's step)", "δ² (B's step)"]
+
+
+def test_a_run_with_ratio_auto_is_advised_what_it_can_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loraplus import cli
+
+    got = {v.kind: v.verdict for v in verdicts(rows(), auto=True)}
+    assert (
+        got["mlp"] == "A barely learns: train longer (the auto ratio falls) or fix a lower --ratio"
+    )
+    assert (
+        got["v"] == "B barely learns: train longer (the auto ratio rises) or fix a higher --ratio"
+    )
+    assert got["q"] == "balanced"
+    config = {"model": "minilm", "data": "rotten-tomatoes", "ratio": "auto"}
+    write_json(tmp_path / "metrics.json", {"config": config, "probe": rows()})
+    assert cli.main(["diagnose", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mlp   A barely learns: train longer (the auto ratio falls)" in out
+    assert "lower the ratio:" not in out
+    assert (tmp_path / "probe.png").is_file()

@@ -207,3 +207,25 @@ def test_curves_title_names_every_groups_lr(
         "lr lora_A 0.001, lora_B 0.016, vector 0.016, head 0.001"
     )
     assert curves_title(mult, {**lrs, "head": 0.016}) != curves_title(plain, lrs)
+
+
+def test_curves_title_of_a_run_resumed_with_another_ratio_says_what_trained_before(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from loraplus._io import write_json
+    from loraplus.train.checkpoint import MARKER
+    from loraplus.train.outputs import curves_title, resumed_settings
+
+    now = tiny_cls_config(tiny_files, tmp_path, ratio=4)
+    checkpoint = tmp_path / "checkpoint-8"
+    write_json(checkpoint / MARKER, {"config": {**now.to_dict(), "ratio": 16.0}})
+    lrs = {"lora_A": 1e-3, "lora_B": 0.004}
+    title = curves_title(now, lrs, resumed_settings(checkpoint))
+    assert title == (
+        f"{now.model} on {now.data} (ratio 4): lr lora_A 0.001, lora_B 0.004\n"
+        "steps 1-8 trained at ratio 16 (resumed from 8)"
+    )
+    write_json(checkpoint / MARKER, {"config": now.to_dict()})  # resumed unchanged: one line
+    assert curves_title(now, lrs, resumed_settings(checkpoint)) == curves_title(now, lrs)
+    assert resumed_settings(None) is None

@@ -75,8 +75,8 @@ def test_core_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
         refused = _run([script, command])
         assert refused.returncode == 2, (command, refused.stderr)
         assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
-        assert f'pip install "loraplus[{extra}]"' in refused.stderr
+        assert f'pip install -e ".[{extra}]" in the loraplus clone' in refused.stderr
     plots = _run([str(env / "bin" / "python"), "-c", "import loraplus.plots"])
-    assert plots.returncode == 1 and 'pip install "loraplus[train]"' in plots.stderr
+    assert plots.returncode == 1 and 'pip install -e ".[train]"' in plots.stderr
     sweep_import = _run([str(env / "bin" / "python"), "-c", "import loraplus.sweep"])
-    assert 'pip install "loraplus[sweep]"' in sweep_import.stderr
+    assert 'pip install -e ".[sweep]"' in sweep_import.stderr

@@ -264,6 +264,42 @@ def test_summary_table() -> None:
     assert rows["vector"] == ["1", "3", "0.0016", "0"]
 
 
+def test_summary_after_a_schedule_says_it_ended() -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    opt = create_optimizer(lora_bert(), "adamw", lr=1e-4)
+    schedule = get_linear_schedule_with_warmup(opt, num_warmup_steps=0, num_training_steps=4)
+    before = summary(opt)
+    assert "lr now" not in before  # a scheduler alone changes nothing yet
+    opt.step()
+    schedule.step()  # 3/4 of the way left
+    during = summary(opt).splitlines()
+    assert during[0].split() == [
+        "role",
+        "tensors",
+        "parameters",
+        "lr",
+        "lr",
+        "now",
+        "weight",
+        "decay",
+    ]
+    rows = {line.split()[0]: line.split()[1:] for line in during[2:-1]}
+    assert rows["lora_A"][2:4] == ["0.0001", "7.5e-05"] and rows["lora_B"][2:4] == [
+        "0.0016",
+        "0.0012",
+    ]
+    assert during[-1] == "lr now: the lr scheduler's current value (lr: each group's lr before it)"
+    for _ in range(3):
+        opt.step()
+        schedule.step()
+    ended = summary(opt).splitlines()
+    assert {line.split()[4] for line in ended[2:-1]} == {"0"}
+    assert ended[-1] == (
+        "lr now is 0: the lr schedule has ended (lr: each group's lr before the schedule)"
+    )
+
+
 def test_accelerate_prepare_keeps_roles_and_rates() -> None:
     from accelerate import Accelerator
 

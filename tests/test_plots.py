@@ -160,3 +160,109 @@ def test_draw_lr_heatmap_returns_what_it_drew() -> None:
     assert star.get_label() == "paper"
     narrow = plots.draw_lr_heatmap(fig, fig.add_subplot(2, 1, 2), _panel(loss), margin=0.001)
     assert sorted(map(tuple, narrow.band.tolist())) == [(0, 2), (2, 0)]
+
+
+def _ticks(ax: object, axis: str) -> list[tuple[float, str]]:
+    """(position, label) of an axis's ticks."""
+    get = getattr(ax, f"get_{axis}ticks")
+    labels = getattr(ax, f"get_{axis}ticklabels")()
+    return [(float(v), t.get_text()) for v, t in zip(get(), labels, strict=True)]
+
+
+def test_tick_labels_say_the_values_passed() -> None:
+    assert [plots.tick_label(v) for v in (1e-4, 4e-4, 1e-5, 2.5e-6, 1.0, 16.0, 0.0064)] == [
+        "0.0001",
+        "0.0004",
+        "1e-5",
+        "2.5e-6",
+        "1",
+        "16",
+        "0.0064",
+    ]
+
+
+def test_sweep_heatmap_ticks_are_the_lrs_and_ratios_and_its_title_names_the_run() -> None:
+    data = {
+        "lr_a": [1e-4, 1e-3],
+        "y": [1.0, 16.0],
+        "y_label": "ratio",
+        "values": [[0.61, 0.7], [0.6, 0.655]],
+        "states": [["complete"] * 2] * 2,
+        "best": [0, 1],
+        "baseline_row": 0,
+        "metric": "eval_accuracy",
+        "title": "minilm on rotten-tomatoes, 150 steps: eval_accuracy",
+    }
+    ax = plots.draw_sweep_heatmap(data).axes[0]
+    assert _ticks(ax, "x") == [(np.log2(1e-4), "0.0001"), (np.log2(1e-3), "0.001")]
+    assert _ticks(ax, "y") == [(0.0, "1"), (4.0, "16")]  # not log2's 0 and 4
+    assert ax.get_xlabel() == "lr_A (log scale)"
+    assert ax.get_ylabel() == "ratio = lr_B / lr_A (log scale)"
+    assert ax.get_title() == data["title"]
+    box = ax.get_legend()
+    legend = {t.get_text(): h for t, h in zip(box.texts, box.legend_handles, strict=True)}
+    frame = next(p for p in ax.patches if p.get_linestyle() == "--")  # the ratio-1 row
+    assert frame.get_edgecolor()[:3] == (1.0, 1.0, 1.0) and frame.get_path_effects()
+    handle = legend["ratio = 1 (LoRA)"]
+    assert handle.get_color() == "w" and handle.get_path_effects()  # white, black-edged: seen
+
+
+def test_lr_heatmap_ticks_and_the_diagonal_drawn_as_its_legend_says() -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    ax = fig.add_subplot()
+    lrs = list(np.logspace(-4, 1, 16))  # 16 values, too many to label: the powers of ten
+    loss = np.arange(256, dtype=float).reshape(16, 16) + 1.0
+    plots.draw_lr_heatmap(fig, ax, {"lr_a": lrs, "lr_b": lrs, "loss": loss})
+    labels = ["0.0001", "0.001", "0.01", "0.1", "1", "10"]
+    assert [label for _, label in _ticks(ax, "x")] == labels
+    assert _ticks(ax, "y")[1] == pytest.approx((np.log2(1e-3), "0.001"))
+    narrow = [2 ** (k / 4) for k in range(12)]  # 1 to 6.7: one power of ten, so every second
+    ax2 = fig.add_subplot(2, 1, 2)
+    plots.draw_lr_heatmap(fig, ax2, {"lr_a": narrow, "lr_b": narrow, "loss": loss[:12, :12]})
+    assert [label for _, label in _ticks(ax2, "x")] == ["1", "1.41", "2", "2.83", "4", "5.66"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("lr_A (log scale)", "lr_B (log scale)")
+    diagonal = next(ln for ln in ax.lines if ln.get_linestyle() == "--")
+    legend = ax.get_legend()
+    handle = legend.legend_handles[[t.get_text() for t in legend.texts].index("lr_A = lr_B (LoRA)")]
+    assert handle.get_color() == diagonal.get_color() == "w"
+    assert handle.get_path_effects() and diagonal.get_path_effects()  # black edge: visible on white
+
+
+def test_training_curves_of_a_causal_lm_share_one_loss_axis_with_whole_steps() -> None:
+    data = {
+        "train_steps": [1, 2, 3, 4],
+        "train_loss": [2.0, 1.8, 1.7, 1.5],
+        "eval_steps": [0, 2, 4],
+        "eval_metric": [2.1, 1.9, 1.6],
+        "eval_loss": [2.1, 1.9, 1.6],
+        "metric_name": "eval_loss",
+    }
+    fig = plots.draw_training_curves(data)
+    (ax,) = fig.axes  # train and eval loss on one axis: comparable
+    train, evaluated = ax.lines
+    assert train.get_label() == "train loss" and train.get_alpha() >= 0.7
+    assert evaluated.get_label() == "eval loss" and list(evaluated.get_ydata()) == [2.1, 1.9, 1.6]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())  # no step 0.5
+    longer = plots.draw_training_curves(
+        {**data, "train_steps": list(range(1, 21)), "train_loss": [1.0] * 20}
+    )
+    smooth = longer.axes[0].lines[1]
+    assert smooth.get_label() == "train loss, mean of the last 2 logged"
+
+
+def test_demo_styles_keep_an_equal_lora_line_visible_and_say_how_the_loss_is_smoothed() -> None:
+    same = {"steps": [0, 2, 4], "accuracy": [0.5, 0.6, 0.6]}
+    loss = {"train_steps": list(range(1, 21)), "train_loss": [0.7] * 20}
+    fig = plots.draw_demo({"LoRA": {**same, **loss}, "LoRA+": {**same, **loss}}, title="t")
+    ax_acc, ax_loss = fig.axes
+    lora, plus = ax_acc.lines
+    assert list(lora.get_ydata()) == list(plus.get_ydata())
+    assert lora.get_markersize() > plus.get_markersize() and lora.get_markerfacecolor() == "none"
+    assert lora.get_linestyle() != plus.get_linestyle()  # the one below still shows
+    assert ax_loss.get_ylabel() == "train loss, mean of the last 2 logged"
+    assert ax_loss.lines[0].get_linestyle() != ax_loss.lines[1].get_linestyle()

@@ -91,6 +91,9 @@ def test_every_cell_trains_its_method_and_each_method_gets_its_best_lr(tmp_path:
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == METHODS
     assert ax.get_ylabel() == "method"
+    assert ax.get_title().startswith(f"{summary.study_name}: eval_accuracy")  # no subject known
+    back.subject = "minilm on 20newsgroups, 150 steps"
+    assert back.heatmap()["title"].startswith("minilm on 20newsgroups, 150 steps\neval_accuracy;")
 
 
 def test_method_grids_are_checked() -> None:

@@ -459,3 +459,17 @@ def test_builtin_as_causal_lm(rotten: TaskData) -> None:
         "Verdict:"
     )
     assert {r["response"] for r in data.train} <= {" rotten", " fresh"}
+
+
+def test_prompt_response_data_for_a_classifier_names_task_causal_lm(tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text(
+        "".join(f'{{"prompt": "What is {i} plus 1?", "response": "{i + 1}"}}\n' for i in range(8))
+    )
+    with pytest.raises(ValueError) as caught:
+        load_data(path, task="classification")
+    assert str(caught.value) == (
+        f"{path}: No text column found (looked for text, sentence, review, content, document); "
+        "columns found: prompt, response. Pass --text-column NAME (text_column= in Python), or "
+        "--task causal-lm to fine-tune on its prompt and response."
+    )

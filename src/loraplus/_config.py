@@ -23,19 +23,28 @@ class DataclassParser(HfArgumentParser):
     """HfArgumentParser that can leave unpassed flags out (suppress) and raises on bad input.
 
     A usage error raises ValueError (one line, with the --help to read) instead of printing the
-    whole usage and exiting, so the CLI reports it like any other bad input.
+    whole usage and exiting, so the CLI reports it like any other bad input. --help names each
+    flag's default, lists the dashed spelling first (--max-steps, as README writes it), and says
+    what each --no-x does; `hide` keeps fields out of --help (a command that sets them itself).
     """
 
-    def __init__(self, dataclass_types: Any = None, *, suppress: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        dataclass_types: Any = None,
+        *,
+        suppress: bool = False,
+        hide: Sequence[str] = (),
+        **kwargs: Any,
+    ):
         self._suppress = suppress
+        self._hide = set(hide)
+        kwargs.setdefault("formatter_class", argparse.HelpFormatter)  # defaults: _describe
         super().__init__(dataclass_types, **kwargs)
         for cls in self.dataclass_types:  # --no-x for every bool, not only those defaulting to True
             for f in dataclasses.fields(cls):
                 if f.init and f.type in (bool, "bool") and f.default is False:
                     flag = f"--no-{f.name.replace('_', '-')}"
-                    self.add_argument(
-                        flag, action="store_false", dest=f.name, help=f"not --{f.name}"
-                    )
+                    self.add_argument(flag, action="store_false", dest=f.name)
         self._suppress = False  # flags added later keep their own defaults
 
     def add_argument(self, *args: Any, **kwargs: Any) -> Any:
@@ -43,12 +52,54 @@ class DataclassParser(HfArgumentParser):
             return None
         if "argtype" in kwargs:  # a field's metadata can name its own parser (e.g. "auto" or 16)
             kwargs["type"] = kwargs.pop("argtype")
+        args = tuple(sorted(args, key=lambda flag: "_" in flag))  # --max-steps, then --max_steps
+        _describe(args, kwargs)
+        if kwargs.get("dest", _dest(args)) in self._hide:
+            kwargs["help"] = argparse.SUPPRESS
         if self._suppress:
             kwargs["default"] = argparse.SUPPRESS
         return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        message = re.sub(r"(--[\w-]+)/--\w+", r"\1", message)  # --max-steps, not also --max_steps
         raise ValueError(f"{message} (see {self.prog} --help)")
+
+
+def _dest(flags: Sequence[str]) -> str:
+    """argparse's destination of a flag: --max-steps -> max_steps."""
+    long = next((f for f in flags if f.startswith("--")), flags[0] if flags else "")
+    return long.lstrip("-").replace("-", "_")
+
+
+def _shown(value: Any) -> str:
+    """A default as --help shows it: 0.0002, 16, true, tensorboard."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def _describe(flags: Sequence[str], kwargs: dict[str, Any]) -> None:
+    """Help text that says what a flag does by default: "(default: 16)"; a --no-x flag says it
+    turns --x off (HfArgumentParser would give it --x's own help)."""
+    help_text = kwargs.get("help")
+    if help_text == argparse.SUPPRESS or not flags or not flags[0].startswith("--"):
+        return
+    if kwargs.get("action") == "store_false":
+        on = "--" + str(kwargs.get("dest", _dest(flags))).replace("_", "-")
+        kwargs["help"] = f"turn {on} off"
+        return
+    if kwargs.get("action") in ("store_true", "version", "help"):
+        return
+    if kwargs.get("nargs") == "?" and kwargs.get("const") is True:  # a bool field: --x [BOOL]
+        kwargs.setdefault("metavar", "true|false")
+    default = kwargs.get("default")
+    if help_text is None or "default" in help_text or default in (None, argparse.SUPPRESS, []):
+        return
+    kwargs["help"] = f"{help_text} (default: {_shown(default)})"
 
 
 def field_names(cls: Any) -> list[str]:

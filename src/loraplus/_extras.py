@@ -1,8 +1,9 @@
 """The optional parts of the install: which extra brings which packages, and a one-line refusal.
 
-`pip install loraplus` is the core (torch and peft); `loraplus[train]` adds what runs and records
-training (datasets, tensorboard, matplotlib), `loraplus[sweep]` what sweeps need (optuna,
-matplotlib). A command or module that needs a missing package says which extra to install.
+`pip install -e .` (in a clone; loraplus is not on PyPI) is the core (torch and peft); the extra
+`[train]` adds what runs and records training (datasets, tensorboard, matplotlib), `[sweep]` what
+sweeps need (optuna, matplotlib). A command or module that needs a missing package names the
+packages and the extra to install.
 """
 
 from __future__ import annotations
@@ -28,6 +29,6 @@ def require(extra: str, what: str) -> None:
     absent = missing(extra)
     if absent:
         raise ImportError(
-            f"{what} needs {', '.join(absent)} (not installed): "
-            f'pip install "loraplus[{_PIP_EXTRA.get(extra, extra)}]"'
+            f"{what} needs {', '.join(absent)} (not installed): pip install {' '.join(absent)}, "
+            f'or pip install -e ".[{_PIP_EXTRA.get(extra, extra)}]" in the loraplus clone'
         )

@@ -98,13 +98,18 @@ class Verdict:
         )
 
 
-def judge(balance: float | None, threshold: float = BALANCED_LOG2) -> str:
-    """The verdict for a median log2(δ²/δ¹): balanced within ±threshold, else who lags."""
+def judge(balance: float | None, threshold: float = BALANCED_LOG2, *, auto: bool = False) -> str:
+    """The verdict for a median log2(δ²/δ¹): balanced within ±threshold, else who lags and what
+    to do; a run with `--ratio auto` (`auto`) sets its own ratio, so it is told what it can do."""
     if balance is None:
         return "no data"
     if balance < -threshold:
+        if auto:
+            return "B barely learns: train longer (the auto ratio rises) or fix a higher --ratio"
         return "B barely learns: raise the ratio"
     if balance > threshold:
+        if auto:
+            return "A barely learns: train longer (the auto ratio falls) or fix a lower --ratio"
         return "A barely learns: lower the ratio"
     return "balanced"
 
@@ -117,8 +122,11 @@ def _kind(rec: Mapping[str, Any]) -> str:
     return str(rec.get("kind") or module_kind(str(rec["layer"])))
 
 
-def verdicts(rows: Sequence[Mapping[str, Any]], threshold: float = BALANCED_LOG2) -> list[Verdict]:
-    """One verdict per module kind, from the late half of the probed steps (training has settled).
+def verdicts(
+    rows: Sequence[Mapping[str, Any]], threshold: float = BALANCED_LOG2, *, auto: bool = False
+) -> list[Verdict]:
+    """One verdict per module kind, from the late half of the probed steps (training has settled);
+    `auto`: the run chose its own ratio (`--ratio auto`), which changes the advice.
 
     The balance is the median of the finite per-layer balances; where every one is infinite
     (δ¹ or δ² exactly 0 throughout), it is log2 of the ratio of the δ medians, ±inf if one is 0.
@@ -144,7 +152,8 @@ def verdicts(rows: Sequence[Mapping[str, Any]], threshold: float = BALANCED_LOG2
             balance = None
         layers = len({_layer_key(r) for r in recs})
         steps = (float(late[0]["step"]), float(late[-1]["step"]))
-        out.append(Verdict(kind, layers, steps, balance, d1, d2, judge(balance, threshold)))
+        verdict = judge(balance, threshold, auto=auto)
+        out.append(Verdict(kind, layers, steps, balance, d1, d2, verdict))
     return out
 
 
@@ -222,40 +231,104 @@ def _check_row(path: Path, row: Mapping[str, Any]) -> None:
             )
 
 
-def probe_figure(rows: Sequence[Mapping[str, Any]], path: str | Path) -> dict[str, Any]:
-    """PNG: per module kind, each layer's log2(δ²/δ¹) over steps and the kind's median δ¹, δ².
+def run_config(run: str | Path) -> dict[str, Any]:
+    """The training config recorded in a run's metrics.json ({} when there is none)."""
+    path = Path(run)
+    path = path / "metrics.json" if path.is_dir() else path
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text(encoding="utf-8")).get("config")
+    return dict(config) if isinstance(config, Mapping) else {}
+
+
+def probe_figure(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "", auto: bool = False
+) -> dict[str, Any]:
+    """draw_probe(rows, title=, auto=) written as PNG to `path`.
 
     Returns what was drawn, {kind: {"steps", "balance": {layer: [...]}, "delta_a", "delta_b"}},
     with NaN where a balance was not finite; those and δ = 0 (log axis) are drawn as gaps.
     """
-    from matplotlib.figure import Figure
-
     from loraplus.plots import save_png
 
+    save_png(draw_probe(rows, title=title, auto=auto), path)
+    return _series(rows)
+
+
+_EXPLAIN = (
+    "δ¹: how far A's step moved the layer's output, δ²: how far B's did (RMS); "
+    f"balanced: |log2(δ²/δ¹)| ≤ {BALANCED_LOG2:g} (grey band)"
+)
+
+
+def draw_probe(rows: Sequence[Mapping[str, Any]], *, title: str = "", auto: bool = False) -> Any:
+    """The probe figure: per module kind, each layer's log2(δ²/δ¹) over steps (left; the panel's
+    title is the kind's verdict) and the kind's median δ¹, δ² (right). Returns the Figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
     drawn = _series(rows)
-    fig = Figure(figsize=(11.0, 2.8 * max(1, len(drawn))))
+    verdict_of = {v.kind: v for v in verdicts(rows, auto=auto)}
+    fig = Figure(figsize=(12.0, 1.2 + 2.9 * max(1, len(drawn))))
     for k, (kind, data) in enumerate(drawn.items()):
         left = fig.add_subplot(len(drawn), 2, 2 * k + 1)
-        for layer, values in data["balance"].items():
-            left.plot(data["steps"], values, lw=0.9, alpha=0.7, label=layer)
+        layers = list(data["balance"].items())
+        colours = [_depth_colour(i, len(layers)) for i in range(len(layers))]
+        for (layer, values), colour in zip(layers, colours, strict=True):
+            left.plot(data["steps"], values, lw=0.9, color=colour, label=_short(layer))
         left.axhspan(-BALANCED_LOG2, BALANCED_LOG2, color="0.9", zorder=0)
         left.axhline(0.0, color="k", lw=0.8, ls="--")
         left.set_ylabel("log2(δ²/δ¹)")
-        left.set_title(f"{kind}: {len(data['balance'])} layers (grey: balanced band)", fontsize=9)
+        verdict = verdict_of.get(kind)
+        left.set_title(
+            f"{kind}: {verdict.verdict if verdict else 'no data'}"
+            + (f" (median {format_balance(verdict.balance_log2)})" if verdict else ""),
+            fontsize=9,
+        )
+        shown = layers if len(layers) <= 6 else [layers[0], layers[-1]]
+        handles = [
+            Line2D([], [], color=colours[layers.index(item)], label=_short(item[0]))
+            for item in shown
+        ]
+        left.legend(
+            handles=handles,
+            title=f"{len(layers)} layers, light = first" if len(layers) > 6 else None,
+            fontsize=6,
+            title_fontsize=6,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+        )
         right = fig.add_subplot(len(drawn), 2, 2 * k + 2)
         positive = [[v if v > 0 else math.nan for v in data[k]] for k in ("delta_a", "delta_b")]
-        right.plot(data["steps"], positive[0], "o-", ms=3, label="δ¹ (A's step), median")
-        right.plot(data["steps"], positive[1], "s--", ms=3, label="δ² (B's step), median")
+        right.plot(data["steps"], positive[0], "o-", ms=3, label="δ¹ (A's step)")
+        right.plot(data["steps"], positive[1], "s--", ms=3, label="δ² (B's step)")
         if any(v > 0 for v in data["delta_a"] + data["delta_b"]):
             right.set_yscale("log")
         right.set_ylabel("RMS feature update")
+        many = "s" if len(layers) != 1 else ""
+        right.set_title(f"{kind}: median over its {len(layers)} layer{many}", fontsize=9)
+        left.set_xlim(right.get_xlim())  # the same steps, though the first balance may be n/a
         right.legend(fontsize=7)
         if k == len(drawn) - 1:
             left.set_xlabel("step")
             right.set_xlabel("step")
+    fig.suptitle((title + "\n" if title else "") + _EXPLAIN, fontsize=9)
     fig.tight_layout()
-    save_png(fig, path)
-    return drawn
+    return fig
+
+
+def _depth_colour(index: int, count: int) -> Any:
+    """The colour of the index-th of `count` layers: light (first) to dark (last)."""
+    from matplotlib import colormaps
+
+    return colormaps["viridis_r"](0.1 + 0.8 * index / max(1, count - 1))
+
+
+def _short(layer: str) -> str:
+    """A layer's name for a legend: from its layer number on ("3.self_attn.q_proj")."""
+    parts = layer.split(".")
+    first = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    return ".".join(parts[first:]) if first is not None else parts[-1]
 
 
 def _layer_key(rec: Mapping[str, Any]) -> str:

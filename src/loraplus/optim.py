@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -415,13 +416,18 @@ def group_sizes(optimizer: Optimizer, model: nn.Module | None = None) -> list[tu
 def summary(optimizer: Optimizer, model: nn.Module | None = None) -> str:
     """A text table of the optimizer's groups: role, (fan-in,) tensors, parameters, lr, decay.
 
-    Pass `model` under DeepSpeed, whose groups hold partitions (group_sizes)."""
-    width_aware = any("fan_in" in g for g in optimizer.param_groups)
+    Pass `model` under DeepSpeed, whose groups hold partitions (group_sizes). Once a scheduler
+    has moved the lrs (after or during training), "lr" is each group's lr as built (the
+    scheduler's `initial_lr`) and a column "lr now" the current one, with a line saying so;
+    when every lr is 0 the line says the schedule has ended."""
+    groups = optimizer.param_groups
+    width_aware = any("fan_in" in g for g in groups)
+    moved = any(not math.isclose(g["lr"], g.get("initial_lr", g["lr"])) for g in groups)
     rows: list[tuple[str, ...]] = [
-        ("role", "fan-in", "tensors", "parameters", "lr", "weight decay")
+        ("role", "fan-in", "tensors", "parameters", "lr", "lr now", "weight decay")
     ]
     sizes = group_sizes(optimizer, model)
-    for i, group in enumerate(optimizer.param_groups):
+    for i, group in enumerate(groups):
         fan_in = group.get("fan_in")
         tensors, parameters = sizes[i]
         rows.append(
@@ -430,12 +436,14 @@ def summary(optimizer: Optimizer, model: nn.Module | None = None) -> str:
                 "-" if fan_in is None else str(fan_in),
                 str(tensors),
                 f"{parameters:,}",
+                f"{group.get('initial_lr', group['lr']):.3g}",
                 f"{group['lr']:.3g}",
                 f"{group.get('weight_decay', 0.0):.3g}",
             )
         )
-    if not width_aware:
-        rows = [(row[0], *row[2:]) for row in rows]
+    drop = {1} if not width_aware else set()
+    drop |= set() if moved else {5}
+    rows = [tuple(cell for c, cell in enumerate(row) if c not in drop) for row in rows]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = [
         "  ".join(
@@ -445,6 +453,13 @@ def summary(optimizer: Optimizer, model: nn.Module | None = None) -> str:
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
+    if moved:
+        ended = all(g["lr"] == 0 for g in groups)
+        lines.append(
+            "lr now is 0: the lr schedule has ended (lr: each group's lr before the schedule)"
+            if ended
+            else "lr now: the lr scheduler's current value (lr: each group's lr before it)"
+        )
     auto = controller(optimizer)
     lines += auto.ratio_lines() if auto is not None else []  # ratio="auto": the ratios chosen
     return "\n".join(lines)

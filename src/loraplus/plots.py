@@ -24,17 +24,55 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.patheffects import withStroke  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from loraplus._io import atomic_file  # noqa: E402
 
 DPI = 90
+# The lr_A = lr_B line and the LoRA baseline: white dashes with a black edge, which read on the
+# colour map and in the legend's white box alike (the legend's handle is drawn the same way).
+BASELINE_STYLE: dict[str, Any] = {
+    "color": "w",
+    "ls": "--",
+    "lw": 1.4,
+    "path_effects": [withStroke(linewidth=2.8, foreground="k")],
+}
+
+
+def tick_label(value: float) -> str:
+    """A learning rate or ratio as a tick label: 0.0004, 1e-05 -> 1e-5, 16."""
+    text = f"{value:.3g}"
+    mantissa, sep, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if sep else text
+
+
+def value_ticks(ax: Axes, axis: str, values: Sequence[float], most: int = 9) -> list[float]:
+    """Ticks of a log2 axis labelled with values, not their log2: the cells sit at log2(value),
+    so that a grid of x4 steps is evenly spaced, and the labels say the learning rates and
+    ratios passed. Up to `most` values, each is labelled; a denser grid gets ticks at the powers
+    of ten it spans (every k-th value where it spans fewer than two). Returns the tick values."""
+    numbers = sorted(float(v) for v in values)
+    shown = numbers
+    if len(numbers) > most:
+        low, high = math.ceil(math.log10(numbers[0])), math.floor(math.log10(numbers[-1]))
+        shown = [10.0**k for k in range(low, high + 1)]
+        if len(shown) < 2:
+            shown = numbers[:: math.ceil(len(numbers) / most)]
+    where = [math.log2(v) for v in shown]
+    labels = [tick_label(v) for v in shown]
+    if axis == "x":
+        ax.set_xticks(where, labels, fontsize=8, rotation=30 if len(shown) > 5 else 0)
+    else:
+        ax.set_yticks(where, labels, fontsize=8)
+    return shown
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Write `fig` as PNG to `path` atomically."""
     FigureCanvasAgg(fig)
     with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=dpi)
+        fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")  # legends below axes
     return Path(path)
 
 
@@ -59,7 +97,7 @@ class HeatmapDrawn:
 def draw_lr_heatmap(
     fig: Figure, ax: Axes, panel: Mapping[str, Any], margin: float = 0.01
 ) -> HeatmapDrawn:
-    """One log2(lr_A) x log2(lr_B) heatmap: diagonal, near-best '+' band, diverged cells grey.
+    """One lr_A x lr_B heatmap on log axes: diagonal, near-best '+' band, diverged cells grey.
 
     `panel`: lr_a, lr_b, loss[len(lr_a), len(lr_b)], optional diverged (bool, default:
     non-finite loss; drawn grey), title, cbar_label, reference (list of dicts lr_a, lr_b,
@@ -83,8 +121,8 @@ def draw_lr_heatmap(
     lo_d, hi_d = max(xe[0], ye[0]), min(xe[-1], ye[-1])
     handles: list[Any] = []
     if lo_d < hi_d:
-        ax.plot([lo_d, hi_d], [lo_d, hi_d], "w--", lw=1.3)
-        handles.append(Line2D([], [], color="k", ls="--", label="lr_A = lr_B"))
+        ax.plot([lo_d, hi_d], [lo_d, hi_d], **BASELINE_STYLE)
+        handles.append(Line2D([], [], **BASELINE_STYLE, label="lr_A = lr_B (LoRA)"))
     near = np.zeros((0, 2), dtype=np.int64)
     best: tuple[int, int] | None = None
     if finite.any():
@@ -106,8 +144,10 @@ def draw_lr_heatmap(
         handles.append(Patch(facecolor=(0.86, 0.86, 0.86), label="diverged"))
     ax.set_xlim(xe[0], xe[-1])
     ax.set_ylim(ye[0], ye[-1])
-    ax.set_xlabel("log2(lr_A)")
-    ax.set_ylabel("log2(lr_B)")
+    value_ticks(ax, "x", panel["lr_a"])
+    value_ticks(ax, "y", panel["lr_b"])
+    ax.set_xlabel("lr_A (log scale)")
+    ax.set_ylabel("lr_B (log scale)")
     ax.set_title(str(panel.get("title", "")), fontsize=10)
     if handles:  # below the axes: the band, the stars and the grid corners stay visible
         ax.legend(
@@ -235,34 +275,46 @@ def draw_training_curves(data: Mapping[str, Any]) -> Figure:
     """Training loss and the eval metric against step, one training run.
 
     `data`: train_steps, train_loss (logged losses), eval_steps, eval_metric (one per eval),
-    metric_name ("eval_accuracy" or "eval_loss"), optional eval_loss (drawn on the loss panel
-    when the metric is not the loss) and title.
+    metric_name ("eval_accuracy" or "eval_loss"), optional eval_loss and title. The eval loss is
+    drawn on the train loss's axes, so the two compare on one scale; with metric eval_loss (a
+    causal LM) that is the only panel. Steps are whole numbers on the axes.
     """
-    fig = Figure(figsize=(10.0, 3.8))
-    ax_loss, ax_metric = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    metric_name = str(data.get("metric_name", "eval_metric"))
+    loss_only = metric_name == "eval_loss"
+    fig = Figure(figsize=(6.0 if loss_only else 10.0, 3.8))
+    ax_loss = fig.add_subplot(1, 1 if loss_only else 2, 1)
     steps, loss = _floats(data.get("train_steps", [])), _floats(data.get("train_loss", []))
     if loss.size:
-        ax_loss.plot(steps, loss, color="tab:blue", alpha=0.35, lw=1, label="train loss")
+        ax_loss.plot(steps, loss, color="tab:blue", alpha=0.7, lw=1.2, label="train loss")
         if loss.size >= 10:
-            smooth = _smooth(loss, max(2, loss.size // 10))
-            ax_loss.plot(steps, smooth, color="tab:blue", lw=2, label="train loss (smoothed)")
-    metric_name = str(data.get("metric_name", "eval_metric"))
+            window = max(2, loss.size // 10)
+            ax_loss.plot(
+                steps,
+                _smooth(loss, window),
+                color="navy",
+                lw=2,
+                label=f"train loss, mean of the last {window} logged",
+            )
     eval_steps = _floats(data.get("eval_steps", []))
-    eval_loss = _floats(data.get("eval_loss", []))
-    if metric_name != "eval_loss" and eval_loss.size and np.isfinite(eval_loss).any():
+    eval_loss = _floats(data.get("eval_metric" if loss_only else "eval_loss", []))
+    if eval_loss.size and np.isfinite(eval_loss).any():
         ax_loss.plot(eval_steps, eval_loss, "o-", color="tab:orange", ms=3, label="eval loss")
-    ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
-    ax_loss.grid(True, alpha=0.3)
+    axes = [ax_loss]
+    if not loss_only:
+        ax_metric = fig.add_subplot(1, 2, 2)
+        metric = _floats(data.get("eval_metric", []))
+        if metric.size:
+            ax_metric.plot(eval_steps, metric, "o-", color="tab:green", ms=3)
+        ax_metric.set_ylabel(metric_name.removeprefix("eval_").replace("_", " "))
+        ax_metric.set_title(metric_name, fontsize=10)
+        axes.append(ax_metric)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
     if ax_loss.lines:
         ax_loss.legend(fontsize=8)
-    metric = _floats(data.get("eval_metric", []))
-    if metric.size:
-        ax_metric.plot(eval_steps, metric, "o-", color="tab:green", ms=3)
-    ax_metric.set_xlabel("step")
-    ax_metric.set_ylabel(metric_name.removeprefix("eval_").replace("_", " "))
-    ax_metric.set_title(metric_name, fontsize=10)
-    ax_metric.grid(True, alpha=0.3)
     if data.get("title"):
         fig.suptitle(str(data["title"]), fontsize=10)
     fig.tight_layout()
@@ -274,31 +326,49 @@ def plot_demo(path: str | Path, runs: Mapping[str, Mapping[str, Any]], *, title:
     return save_png(draw_demo(runs, title=title), path)
 
 
+# One look per method: a line drawn first stays visible under a later one with the same values
+# (a --quick demo's LoRA and LoRA+ often agree): large hollow markers and a solid line first,
+# then small filled markers and dashes.
+_DEMO_STYLES: tuple[dict[str, Any], ...] = (
+    {"marker": "o", "ms": 8, "mfc": "none", "ls": "-", "lw": 2.4},
+    {"marker": "s", "ms": 4, "ls": "--", "lw": 1.4},
+    {"marker": "^", "ms": 4, "ls": ":", "lw": 1.4},
+    {"marker": "D", "ms": 4, "ls": "-.", "lw": 1.4},
+)
+
+
 def draw_demo(runs: Mapping[str, Mapping[str, Any]], *, title: str = "") -> Figure:
     """Eval accuracy (left) and training loss (right) against step, one line per method.
 
     `runs`: {label: {"steps": [...], "accuracy": [...], optional "train_steps", "train_loss"}}.
+    The train loss is a trailing mean over one tenth of the longest run's logged values.
     """
     if not runs:
         raise ValueError("plot_demo needs at least one run.")
     fig = Figure(figsize=(10.0, 3.9))
     ax_acc, ax_loss = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     colors = ("tab:gray", "tab:red", "tab:blue", "tab:green", "tab:purple")
+    longest = max(len(run.get("train_loss", [])) for run in runs.values())
+    window = max(1, longest // 10)
     for k, (label, run) in enumerate(runs.items()):
-        color = colors[k % len(colors)]
+        style = {"color": colors[k % len(colors)], **_DEMO_STYLES[k % len(_DEMO_STYLES)]}
         acc = _floats(run.get("accuracy", []))
-        ax_acc.plot(_floats(run.get("steps", [])), acc, "o-", ms=3, color=color, label=label)
+        ax_acc.plot(_floats(run.get("steps", [])), acc, label=label, **style)
         loss = _floats(run.get("train_loss", []))
         if loss.size:
-            smooth = _smooth(loss, max(1, loss.size // 10))
-            ax_loss.plot(_floats(run.get("train_steps", [])), smooth, color=color, label=label)
-    ax_acc.set_xlabel("step")
+            line = {key: v for key, v in style.items() if key not in ("marker", "ms", "mfc")}
+            ax_loss.plot(
+                _floats(run.get("train_steps", [])), _smooth(loss, window), label=label, **line
+            )
     ax_acc.set_ylabel("eval accuracy")
-    ax_acc.grid(True, alpha=0.3)
-    ax_acc.legend(fontsize=8, loc="lower right")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("train loss (smoothed)")
-    ax_loss.grid(True, alpha=0.3)
+    ax_acc.legend(fontsize=8, loc="best")  # not over the last points
+    ax_loss.set_ylabel(
+        "train loss" if window == 1 else f"train loss, mean of the last {window} logged"
+    )
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
     if ax_loss.lines:
         ax_loss.legend(fontsize=8)
     if title:
@@ -320,7 +390,7 @@ def plot_sweep_heatmap(path: str | Path, data: Mapping[str, Any]) -> Path:
 
 
 def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
-    """Figure 3-style sweep heatmap: log2(lr_A) x log2(ratio or lr_B), the metric in each cell.
+    """Figure 3-style sweep heatmap: lr_A x ratio (or lr_B) on log axes, the metric in each cell.
 
     `data`: lr_a, y (ratios, lr_B values or method names), y_label ("ratio", "lr_B" or "method":
     one row per method, evenly spaced), values[len(lr_a)][len(y)]
@@ -328,6 +398,7 @@ def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     running, pending), best ([i, j] or None; red frame), baseline ("ratio": the row
     `baseline_row` (ratio 1, standard LoRA) is framed; "diagonal": the line lr_A = lr_B), metric,
     direction (maximize/minimize: brighter is better), title. Accuracies are shown in percent.
+    Cells sit at log2 of the values (a x4 grid is evenly spaced); ticks name the values.
     """
     x = np.log2(np.asarray(data["lr_a"], dtype=float))
     names = [str(v) for v in data["y"]] if data.get("y_label") == "method" else None
@@ -352,12 +423,19 @@ def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     handles += _sweep_frames(ax, xe, ye, data)
     ax.set_xlim(xe[0], xe[-1])
     ax.set_ylim(ye[0], ye[-1])
-    ax.set_xticks(x, [f"{v:.3g}" for v in x], fontsize=8)
-    ax.set_yticks(y, names or [f"{v:.3g}" for v in y], fontsize=8)
-    ax.set_xlabel("log2(lr_A)")
+    value_ticks(ax, "x", data["lr_a"], most=len(data["lr_a"]))
+    if names:
+        ax.set_yticks(y, names, fontsize=8)
+    else:
+        value_ticks(ax, "y", data["y"], most=len(data["y"]))
+    ax.set_xlabel("lr_A (log scale)")
     y_label = str(data.get("y_label", "ratio"))
     ax.set_ylabel(
-        "method" if names else "log2(lr_B / lr_A)" if y_label == "ratio" else f"log2({y_label})"
+        "method"
+        if names
+        else "ratio = lr_B / lr_A (log scale)"
+        if y_label == "ratio"
+        else f"{y_label} (log scale)"
     )
     ax.set_title(str(data.get("title", "")), fontsize=9)
     if handles:
@@ -437,12 +515,13 @@ def _sweep_frames(ax: Axes, xe: np.ndarray, ye: np.ndarray, data: Mapping[str, A
     if data.get("baseline") == "diagonal":
         lo_d, hi_d = max(xe[0], ye[0]), min(xe[-1], ye[-1])
         if lo_d < hi_d:
-            ax.plot([lo_d, hi_d], [lo_d, hi_d], color="w", ls="--", lw=1.4)
-            handles.append(Line2D([], [], color="0.3", ls="--", label="lr_A = lr_B (LoRA)"))
+            ax.plot([lo_d, hi_d], [lo_d, hi_d], **BASELINE_STYLE)
+            handles.append(Line2D([], [], **BASELINE_STYLE, label="lr_A = lr_B (LoRA)"))
     elif data.get("baseline_row") is not None:
         j = int(data["baseline_row"])
-        _box(ax, (xe[0], xe[-1]), (ye[j], ye[j + 1]), fill=False, edgecolor="w", linestyle="--")
-        handles.append(Line2D([], [], color="0.3", ls="--", label="ratio = 1 (LoRA)"))
+        frame = {k: v for k, v in BASELINE_STYLE.items() if k != "color"}
+        _box(ax, (xe[0], xe[-1]), (ye[j], ye[j + 1]), fill=False, edgecolor="w", **frame)
+        handles.append(Line2D([], [], **BASELINE_STYLE, label="ratio = 1 (LoRA)"))
     if data.get("best") is not None:
         bi, bj = (int(k) for k in data["best"])
         _box(ax, (xe[bi], xe[bi + 1]), (ye[bj], ye[bj + 1]), fill=False, edgecolor="r", lw=2.6)

@@ -19,14 +19,17 @@ from collections.abc import Iterator, Sequence
 if not {"-v", "--verbose"} & set(sys.argv[1:]):
     # bitsandbytes (imported with peft, below) warns about an optional CPU kernel package
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # deepspeed (imported by the Trainer when installed) warns on every machine without a GPU
+    # that it "set the accelerator to CPU"; its logger resets its own level, so a filter
+    logging.getLogger("DeepSpeed").addFilter(lambda rec: rec.filename != "real_accelerator.py")
 
 from loraplus._config import DataclassParser
-from loraplus.cli import demo, diagnose, experiment, sweep, train
+from loraplus.cli import demo, diagnose, experiment, merge, sweep, train
 from loraplus.cli.common import EXIT_USAGE, CLIError
 
 __all__ = ["COMMANDS", "CLIError", "build_parser", "main"]
 
-COMMANDS = (train, demo, diagnose, sweep, experiment)
+COMMANDS = (train, demo, diagnose, merge, sweep, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:

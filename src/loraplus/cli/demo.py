@@ -159,14 +159,19 @@ def add_parser(subparsers: Subparsers) -> None:
 
 
 def demo_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
-    """Eval accuracy against step, one column per method, then the best row."""
+    """Eval accuracy against step, one column per method, then the best row: the best value in
+    the column above it (step 0, the untrained model, included, so the row never contradicts
+    the rows it sums up)."""
     headers = ["step", *(str(run["label"]) for run in runs.values())]
     by_step: dict[int, dict[str, Any]] = {}
     for method, run in runs.items():
         for row in run["history"]:
             by_step.setdefault(int(row["step"]), {})[method] = row.get("eval_accuracy")
     rows = [[str(step), *(fmt(by_step[step].get(m)) for m in runs)] for step in sorted(by_step)]
-    best = [fmt(run["final"].get("best_eval_accuracy")) for run in runs.values()]
+    best = [
+        fmt(max((v for row in by_step.values() if (v := row.get(m)) is not None), default=None))
+        for m in runs
+    ]
     rows.append(["best", *best])
     widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
@@ -174,10 +179,23 @@ def demo_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join([head, "-" * len(head), *lines[:-1], "-" * len(head), lines[-1]])
 
 
+def demo_title(source: str, quick: bool) -> str:
+    """The figure's title: what was trained, and where the lrs came from (the record's file
+    name, not its path or the command that made it, which is printed on the console)."""
+    settings = {**DEMO_SETTINGS, **(DEMO_QUICK if quick else {})}
+    what = f"MiniLM on Rotten Tomatoes, rank {settings['rank']}, {settings['max_steps']} steps"
+    if quick:
+        what += f" (--quick: {settings['max_train']} train rows, {settings['max_eval']} eval)"
+    origin = re.sub(r" by `[^`]*`", "", source)
+    origin = re.sub(r"\S*/([^/\s]+\.json)", r"\1", origin)  # the file's name, not its full path
+    return f"{what}\nlearning rates {origin}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `loraplus demo`."""
     DemoOptions(**_config.passed(args, DemoOptions))  # validates the lrs: > 0 and finite
     require("train", "loraplus demo")
+    from loraplus.cli.train import eval_printer
     from loraplus.plots import plot_demo
     from loraplus.train import train
 
@@ -199,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         )
         label = f"{spec['label']} (ratio {ratios[method]:g}, lr {lrs[method]:g})"
         print(f"\n{label}: {cfg.max_steps} steps, eval every {cfg.eval_steps} on {cfg.max_eval}")
-        result = train(cfg)
+        result = train(cfg, callbacks=[] if args.progress else [eval_printer()])
         metrics = json.loads((result.output_dir / "metrics.json").read_text(encoding="utf-8"))
         runs[method] = {
             "label": label,
@@ -228,8 +246,7 @@ def run(args: argparse.Namespace) -> int:
             }
             for run in runs.values()
         },
-        title="MiniLM on Rotten Tomatoes, rank 8\nlearning rates "
-        + re.sub(r"\S*/([^/\s]+\.json)", r"\1", source),  # the file's name, not its full path
+        title=demo_title(source, args.quick),
     )
     print(f"\nwrote {out / 'demo.json'}, {out / 'demo.png'}; adapters in")
     for run in runs.values():

@@ -29,10 +29,12 @@ def add_parser(subparsers: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the verdicts and write the figure."""
-    from loraplus.diagnose import probe_figure, read_probe_records, verdicts
+    from loraplus.diagnose import probe_figure, read_probe_records, run_config, verdicts
 
     rows = read_probe_records(args.run_dir)
-    for verdict in verdicts(rows):
+    config = run_config(args.run_dir)
+    auto = config.get("ratio") == "auto"
+    for verdict in verdicts(rows, auto=auto):
         print(verdict.line())
     require("plots", "the figure of loraplus diagnose")
     run_dir = Path(args.run_dir)
@@ -43,8 +45,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder: pass a .png file path.")
+    title = str(args.run_dir)
+    if config:
+        title += f": {config.get('model')} on {config.get('data')}, ratio {config.get('ratio')}"
     try:
-        probe_figure(rows, out)
+        probe_figure(rows, out, title=title, auto=auto)
     except OSError as err:
         raise ValueError(f"Cannot write the figure {out}: {err.strerror or err}.") from None
     print(f"figure: {out}")

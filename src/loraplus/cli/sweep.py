@@ -25,6 +25,7 @@ def add_parser(subparsers: Subparsers) -> None:
         "sweep",
         dataclass_types=configs,
         suppress=True,
+        hide=("lr", "ratio", "seed", "output_dir"),  # set per cell (--lr-a, --ratios, --out-dir)
         help="grid of lr_A x ratio (or lr_B) on any training config, with a heatmap",
         description="Train every cell of an lr_A x ratio (or lr_A x lr_B) grid with Optuna "
         "(SQLite by default, so a sweep resumes after a crash and several --workers or machines "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,12 @@ def validate(cfg: TrainConfig, *, run: bool = True) -> None:
 
     (The data's columns, labels and row counts are checked by `train` before the model loads.)
     """
+    if run:  # a missing extra first: it is what a fresh install lacks before any model
+        require("train", "loraplus train")
     check_paths(cfg)
     if run:
         from loraplus.train.model import check_machine
 
-        require("train", "loraplus train")
         check_machine(cfg)
         if not cfg.preview_data:
             check_output_dir(cfg)
@@ -106,7 +108,7 @@ def _outputs(folder: Path) -> list[str]:
     return found + ([f"{len(checkpoints)} checkpoints"] if checkpoints else [])
 
 
-def _eval_printer() -> Any:
+def eval_printer() -> Any:
     """A callback printing one line per evaluation (main process): --no-progress is not mute."""
     from transformers import TrainerCallback
 
@@ -121,6 +123,19 @@ def _eval_printer() -> Any:
             print(f"step {state.global_step}/{state.max_steps}: {values}", flush=True)
 
     return EvalLines()
+
+
+def _announce_resume(cfg: TrainConfig) -> None:
+    """With --resume: say which checkpoint the run continues from, or that it starts fresh."""
+    if cfg.resume is None or os.environ.get("RANK", "0") != "0":  # one line, from rank 0
+        return
+    from loraplus.train.checkpoint import resolve_resume
+
+    found = resolve_resume(cfg.resume, Path(cfg.output_dir).expanduser())
+    if found is None:
+        print(f"--resume {cfg.resume}: no complete checkpoint in {cfg.output_dir}; starting fresh")
+    else:
+        print(f"resuming from {found} (step {found.name.removeprefix('checkpoint-')})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             print(dumps(row))
         return 0
-    result = train(cfg, callbacks=[] if cfg.progress else [_eval_printer()])
+    _announce_resume(cfg)
+    result = train(cfg, callbacks=[] if cfg.progress else [eval_printer()])
     if result.main_process:
         _print_run(result)
     return EXIT_DIVERGED if result.diverged else 0

@@ -144,7 +144,7 @@ def _paper_marks(cfg: ToyConfig) -> list[dict[str, Any]]:
     a, b = PAPER_CAPTION_OPTIMUM
     return [
         {"lr_a": a, "lr_b": b, "label": f"paper caption optimum ({a:g}, {b:g})"},
-        {"lr_a": b, "lr_b": a, "label": "the same, axes swapped"},
+        {"lr_a": b, "lr_b": a, "label": f"caption optimum, lr_A and lr_B exchanged ({b:g}, {a:g})"},
         {"lr_a": PAPER_BEST_DIAGONAL, "lr_b": PAPER_BEST_DIAGONAL, "label": "paper best diagonal"},
     ]
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from loraplus.sweep.alive import fail_dead_workers
 from loraplus.sweep.config import SweepConfig
 from loraplus.sweep.grid import Grid, open_study
-from loraplus.sweep.summary import SweepSummary, summarize, write_outputs
+from loraplus.sweep.summary import SUBJECT_ATTR, SweepSummary, subject, summarize, write_outputs
 from loraplus.sweep.trial import TrainFn, TrialSpec, objective, train_trial
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,12 @@ def _worker_main(cfg: SweepConfig, n_trials: int | None, train_fn: TrainFn | Non
     _work(cfg, study, grid, n_trials, train_fn)
 
 
+def train_subject(cfg: SweepConfig) -> str:
+    """Model, data and steps of the sweep's cells, for the heatmap's title."""
+    spec = TrialSpec(0, cfg.lr_a[0], 1.0, cfg.seeds[0], Path(cfg.out_dir), cfg.config)
+    return subject(dataclasses.replace(spec, overrides=cfg.overrides).train_config())
+
+
 def _check_task(cfg: SweepConfig) -> None:
     """Fail before the first run when the metric cannot come from the task."""
     spec = TrialSpec(0, cfg.lr_a[0], 1.0, cfg.seeds[0], Path(cfg.out_dir), cfg.config)
@@ -136,6 +142,8 @@ def run_sweep(
     if n_trials is not None and n_trials < 1:
         raise ValueError(f"n_trials must be >= 1 or None, got {n_trials}.")
     study, grid = open_study(cfg)  # creates tables, the study and its queue before workers race
+    if train_fn is None:  # an injected train_fn (tests) takes settings no TrainConfig has
+        study.set_user_attr(SUBJECT_ATTR, train_subject(cfg))  # the heatmap's title
     resume(study, grid)
     failed: list[str] = []
     if workers == 1:

@@ -19,6 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from loraplus.sweep.config import as_url, make_storage
 from loraplus.sweep.grid import HOLDING, SKIPPED, STUDY_ATTR, cell_of, status_of
 
+SUBJECT_ATTR = "loraplus_subject"  # study user attr: what the cells train (model, data, steps)
+
 
 @dataclass
 class SweepSummary:
@@ -45,6 +47,7 @@ class SweepSummary:
     gain: float | None
     budget: dict[str, Any] | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    subject: str = ""  # what was swept, for the heatmap's title: "minilm on rotten-tomatoes, ..."
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (SweepSummary.from_dict rebuilds it)."""
@@ -88,7 +91,11 @@ class SweepSummary:
             best = [self.lr_a.index(self.best["lr_a"]), self.y.index(self.best[self.axis])]
         lora = ("lora", "ratio=1") if self.axis == "method" else (1.0,)
         baseline_row = next((j for j, v in enumerate(self.y) if v in lora), None)
-        title = f"{self.study_name}: {self.metric}"
+        title = (
+            f"{self.subject}\n{self.metric}"
+            if self.subject
+            else f"{self.study_name}: {self.metric}"
+        )
         if self.gain is not None:
             points = "accuracy" in self.metric
             gain = f"{100 * self.gain:+.1f} points" if points else f"{self.gain:+.4g}"
@@ -294,7 +301,14 @@ def summarize(
         gain=gain,
         budget=_budget({**record, "lr_a": lr_a, "seeds": seeds}, cells, best_lora, sign),
         counts=dict(Counter(r["status"] for r in rows)),
+        subject=str(study.user_attrs.get(SUBJECT_ATTR, "")),
     )
+
+
+def subject(train: Any) -> str:
+    """What a sweep trains, for its heatmap's title: model, data and steps of a TrainConfig."""
+    steps = f"{train.max_steps} steps" if train.max_steps > 0 else f"{train.epochs:g} epochs"
+    return f"{train.model} on {train.data}, {steps}"
 
 
 def write_outputs(summary: SweepSummary, out_dir: str | os.PathLike[str]) -> dict[str, Path]:

