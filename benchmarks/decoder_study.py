@@ -48,6 +48,7 @@ from loraplus.sweep import (
     summarize,
     write_outputs,
 )
+from loraplus.train.record import read_record
 
 COMMAND = "python benchmarks/decoder_study.py"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -147,7 +148,7 @@ def train_with_exact_match(spec: TrialSpec, reporter: Reporter) -> Any:
     into the run's metrics.json (final.eval_exact_match and the last history row)."""
     from transformers import TrainerCallback
 
-    from loraplus.train import train
+    from loraplus.train import train, write_record
 
     cfg = spec.train_config()
     scores: dict[int, float] = {}
@@ -161,15 +162,12 @@ def train_with_exact_match(spec: TrialSpec, reporter: Reporter) -> Any:
                 scores[state.global_step] = exact_match(kwargs["model"], loader)
 
     result = train(cfg, callbacks=[reporter.callback(), ExactMatchCallback()])
-    path = Path(cfg.output_dir) / "metrics.json"
-    metrics = json.loads(path.read_text())
-    for row in metrics["history"]:
+    for row in result.history:
         if row["step"] in scores:
             row["eval_exact_match"] = scores[row["step"]]
     if scores:
-        metrics["final"]["eval_exact_match"] = scores[max(scores)]
         result.final["eval_exact_match"] = scores[max(scores)]
-    write_json(path, metrics)
+    write_record(result)
     return result
 
 
@@ -247,7 +245,7 @@ def finish(study: Study, cfg: SweepConfig, poll_s: float = 15.0) -> SweepSummary
         path = root / "trials" / f"trial_{trial['number']:04d}" / "metrics.json"
         if trial.get("status") in ("complete", "diverged") and path.exists():
             key = (trial["lr_a"], trial["ratio"], trial["seed"], init)
-            study.runs[key] = json.loads(path.read_text())
+            study.runs[key] = read_record(path).to_dict()
     study.after_sweep()
     return summary
 

@@ -41,6 +41,7 @@ from paper_study import mean_std
 
 from loraplus._io import atomic_file, write_json
 from loraplus.sweep import SweepSummary
+from loraplus.train.record import read_record
 
 Row = dict[str, Any]  # method, line {lr: seed-0 value}, lr_a, values (seeds 0, 1, 2), runs
 
@@ -170,7 +171,7 @@ def ratios_at_end(runs: Path, method: str, lr: float) -> dict[str, dict[str, flo
     method at lr_A (read from the runs' metrics.json)."""
     found = {}
     for path in sorted(runs.glob(f"{key(method)}-*/trials/*/metrics.json")):
-        metrics = json.loads(path.read_text())
+        metrics = read_record(path).to_dict()
         if metrics["config"]["lr"] != lr:
             continue
         ends = decoder_study.final_ratios(metrics)

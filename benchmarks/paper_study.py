@@ -14,7 +14,6 @@ and sweep.json. Usage: python benchmarks/paper_study.py [--mpnet] [--smoke]
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -29,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from loraplus._io import write_json
 from loraplus.cli.demo import DEMO_SETTINGS
 from loraplus.sweep import SweepConfig, SweepSummary, run_sweep
+from loraplus.train.record import RECORD_FILE, read_record
 
 COMMAND = "python benchmarks/paper_study.py --mpnet"
 TASKS = ("rotten-tomatoes", "20newsgroups")
@@ -75,9 +75,9 @@ def histories(summary: SweepSummary, runs: Path, name: str) -> dict[tuple[float,
     """(lr_a, ratio, seed) -> eval history rows, read from each trial's metrics.json."""
     found = {}
     for trial in summary.trials:
-        path = runs / name / "trials" / f"trial_{trial['number']:04d}" / "metrics.json"
-        if trial.get("status") == "complete" and path.exists():
-            rows = json.loads(path.read_text())["history"]
+        path = runs / name / "trials" / f"trial_{trial['number']:04d}"
+        if trial.get("status") == "complete" and (path / RECORD_FILE).exists():
+            rows = read_record(path).history
             found[(trial["lr_a"], trial["ratio"], trial["seed"])] = rows
     return found
 

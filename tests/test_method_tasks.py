@@ -14,6 +14,7 @@ from test_decoder_study import write_verdicts
 from test_train import save_tiny_llama
 
 from loraplus.sweep import TrialSpec
+from loraplus.train import TrainResult, write_record
 
 
 def row(method: str, lr: float, values: list[float], runs: int = 5) -> dict[str, Any]:
@@ -102,8 +103,7 @@ def test_ratios_at_end_reads_autos_last_ratios_at_the_chosen_lr(tmp_path: Path) 
             {"step": 20, "auto_ratio/q": ends, "auto_ratio/mlp": ends / 2},
             {"step": 20, "eval_loss": 0.5},
         ]
-        metrics = {"config": {"lr": lr, "seed": seed}, "history": history}
-        (trial / "metrics.json").write_text(json.dumps(metrics))
+        write_record(TrainResult(history, {}, trial, False, config={"lr": lr, "seed": seed}))
     found = tasks.ratios_at_end(tmp_path, "auto", 1e-3)
     assert found == {"0": {"q": 8.0, "mlp": 4.0}, "1": {"q": 5.66, "mlp": 2.83}}
 

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from loraplus._io import atomic_dir, write_json
+from loraplus._io import atomic_dir
+from loraplus.train.record import RECORD_FILE, TrainResult, write_record
 
-FINAL_FILES = ("metrics.json", "curves.png", "adapter", "merged")
+FINAL_FILES = (RECORD_FILE, "curves.png", "adapter", "merged")
 LOGS = ("tensorboard",)  # a new run would append to these instead of replacing them
 
 
@@ -39,8 +40,7 @@ def curves_title(cfg: Any, lrs: Mapping[str, float]) -> str:
 
 
 def write_outputs(
-    output_dir: Path,
-    metrics: dict[str, Any],
+    result: TrainResult,
     curves: dict[str, Any],
     model: Any,
     tokenizer: Any,
@@ -48,10 +48,11 @@ def write_outputs(
     save_adapter: bool,
     merge: bool,
 ) -> None:
-    """Write the adapter (and merged model) unless the run diverged, the curves, then metrics."""
+    """Write the adapter (and merged model) unless the run diverged, the curves, then the record."""
     from loraplus.plots import plot_training_curves
 
-    if not metrics["diverged"]:
+    output_dir = result.output_dir
+    if not result.diverged:
         if save_adapter:
 
             def save_adapter_to(folder: Path) -> None:
@@ -68,4 +69,4 @@ def write_outputs(
 
             atomic_dir(output_dir / "merged", save_merged_to)
     plot_training_curves(output_dir / "curves.png", curves)
-    write_json(output_dir / "metrics.json", metrics)
+    write_record(result)

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 from loraplus._extras import require
 from loraplus.init import SCHEMES
 from loraplus.train.checks import load_checked
-from loraplus.train.config import TrainConfig, TrainResult, make_config
+from loraplus.train.config import TrainConfig, make_config
 from loraplus.train.data import _by_length, collator, tokenize
 from loraplus.train.history import eval_rows, final_metrics, train_losses
 from loraplus.train.outputs import curves_title, write_outputs
+from loraplus.train.record import TrainResult
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -296,35 +297,37 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
         str(g.get("role")): float(g.get("initial_lr", g["lr"]))
         for g in trainer.optimizer.param_groups
     }
-    metrics = {
-        "config": cfg.to_dict(),
-        "history": rows,
-        "final": final,
-        "diverged": diverged is not None,
-        "diverged_at_step": diverged.step if diverged else None,
-        "diverged_reason": diverged.message() if diverged else None,
-        "warnings": warnings,
-        "world_size": args.world_size,
-        "global_batch_size": global_batch,
-        "resumed_from": str(resume) if resume is not None else None,
-        "train_loss_log": train_losses(trainer.state.log_history),
-        "feature_updates": probe.history if probe is not None else [],
-        "param_groups": _param_groups(trainer.optimizer),
-        "data": {
+    losses = train_losses(trainer.state.log_history)
+    result = TrainResult(
+        history=rows,
+        final=final,
+        output_dir=output_dir,
+        diverged=diverged is not None,
+        diverged_reason=diverged.message() if diverged else None,
+        diverged_at_step=diverged.step if diverged else None,
+        warnings=warnings,
+        config=cfg.to_dict(),
+        world_size=args.world_size,
+        global_batch_size=global_batch,
+        resumed_from=str(resume) if resume is not None else None,
+        train_loss_log=losses,
+        feature_updates=probe.history if probe is not None else [],
+        param_groups=_param_groups(trainer.optimizer),
+        data={
             "source": data.source,
             "split": data.split,
             "train_rows": len(data.train),
             "eval_rows": len(data.eval),
             "label_names": data.label_names,
         },
-    }
+        main_process=main,
+    )
     if main:
         write_outputs(
-            output_dir,
-            metrics,
+            result,
             {
-                "train_steps": [e["step"] for e in metrics["train_loss_log"]],
-                "train_loss": [e["loss"] for e in metrics["train_loss_log"]],
+                "train_steps": [e["step"] for e in losses],
+                "train_loss": [e["loss"] for e in losses],
                 "eval_steps": [r["step"] for r in rows],
                 "eval_metric": [r.get(metric) for r in rows],
                 "eval_loss": [r.get("eval_loss") for r in rows],
@@ -337,15 +340,7 @@ def train(cfg: TrainConfig, *, callbacks: list[TrainerCallback] | None = None) -
             merge=cfg.merge,
         )
     trainer.accelerator.wait_for_everyone()
-    return TrainResult(
-        history=rows,
-        final=final,
-        output_dir=output_dir,
-        diverged=diverged is not None,
-        diverged_reason=diverged.message() if diverged else None,
-        warnings=warnings,
-        main_process=main,
-    )
+    return result
 
 
 def _param_groups(optimizer: Any) -> list[dict[str, Any]]:
