@@ -455,3 +455,47 @@ def _box(ax: Axes, xs: tuple[float, float], ys: tuple[float, float], **style: An
     style.setdefault("edgecolor", "0.5")
     style.setdefault("lw", 1.6 if style.get("fill") is False else 0.0)
     ax.add_patch(Rectangle((xs[0], ys[0]), xs[1] - xs[0], ys[1] - ys[0], **style))
+
+
+def plot_tune(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """draw_tune(data), written as PNG to `path`."""
+    return save_png(draw_tune(data), path)
+
+
+def draw_tune(data: Mapping[str, Any]) -> Figure:
+    """The metric against lr_A (log axis), one colour per method: the first seed's line, every
+    run as a point (the other seeds at the chosen lr_A), the chosen lr_A's mean as a star.
+
+    `data`: metric, title, methods [{"method", "line": [[lr, value|None]], "points":
+    [[lr, value]], "chosen": [lr, mean] | None}] (TuneSummary.figure()).
+    """
+    methods = list(data.get("methods", []))
+    if not methods:
+        raise ValueError("plot_tune needs at least one method.")
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for k, row in enumerate(methods):
+        color = f"C{k % 10}"
+        line = [(lr, v) for lr, v in row.get("line", []) if v is not None and math.isfinite(v)]
+        if line:
+            xs, ys = zip(*line, strict=True)
+            ax.plot(xs, ys, "-", color=color, lw=1.5, label=str(row["method"]))
+        points = row.get("points", [])
+        if points:
+            px, py = zip(*points, strict=True)
+            ax.plot(px, py, "o", color=color, ms=4, alpha=0.7, ls="none")
+        chosen = row.get("chosen")
+        if chosen is not None and chosen[1] is not None:
+            ax.plot([chosen[0]], [chosen[1]], "*", color=color, ms=14, mec="black", ls="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("lr_A")
+    ax.set_ylabel(str(data.get("metric", "metric")).removeprefix("eval_").replace("_", " "))
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], marker="*", color="0.3", mec="black", ms=12, ls="none"))
+    labels.append("chosen lr_A (mean over seeds)")
+    ax.legend(handles, labels, fontsize=8)
+    if data.get("title"):
+        ax.set_title(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -21,12 +21,12 @@ if not {"-v", "--verbose"} & set(sys.argv[1:]):
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 from loraplus._config import DataclassParser
-from loraplus.cli import demo, diagnose, experiment, sweep, train
+from loraplus.cli import demo, diagnose, experiment, sweep, train, tune
 from loraplus.cli.common import EXIT_USAGE, CLIError
 
 __all__ = ["COMMANDS", "CLIError", "build_parser", "main"]
 
-COMMANDS = (train, demo, diagnose, sweep, experiment)
+COMMANDS = (train, demo, diagnose, sweep, tune, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -159,7 +159,7 @@ def _rates(a: float, b: Any, axis: str) -> dict[str, Any]:
     return {"method": b, "ratio": ratio, "lr_b": lr_b}
 
 
-def _trial_row(t: FrozenTrial, axis: str) -> dict[str, Any]:
+def trial_row(t: FrozenTrial, axis: str) -> dict[str, Any]:
     """One trial as a row of sweep.json."""
     cell, status = _cell(t, axis), status_of(t)
     a, b, seed = cell if cell is not None else (None, None, None)
@@ -252,7 +252,7 @@ def summarize(
     metric = record.get("metric") or ("eval_accuracy" if direction == "maximize" else "eval_loss")
     sign = 1.0 if direction == "maximize" else -1.0
 
-    rows = [_trial_row(t, axis) for t in trials]
+    rows = [trial_row(t, axis) for t in trials]
     by_cell: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for t, row in zip(trials, rows, strict=True):
         cell = _cell(t, axis)
