@@ -195,6 +195,7 @@ def test_readme_tune_command_on_a_tiny_model(
     """README "Find your learning rate": the command as shown, on a tiny model and budget."""
     out = tmp_path / "tune"
     readme = ["tune", "--method", "lora", "loraplus", "--centre", "1e-3", "--seeds", "0", "1"]
+    # README's --model minilm --data rotten-tomatoes --max-steps 150, at a tiny size:
     small = [
         *("--model", str(tiny_files["bert"]), "--data", str(tiny_files["cls"])),
         *("--max-steps", "2", "--eval-steps", "2", "--batch-size", "8", "--max-length", "32"),
