@@ -322,15 +322,17 @@ def plot_sweep_heatmap(path: str | Path, data: Mapping[str, Any]) -> Path:
 def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     """Figure 3-style sweep heatmap: log2(lr_A) x log2(ratio or lr_B), the metric in each cell.
 
-    `data`: lr_a, y (ratios, lr_B values or method names), y_label ("ratio", "lr_B" or "method":
-    one row per method, evenly spaced), values[len(lr_a)][len(y)]
+    `data`: lr_a, y (ratios, lr_B values, method names or a field's values), y_label ("ratio",
+    "lr_B", "method" or the field), categorical (one evenly spaced row per y value; default: a
+    method grid's), values[len(lr_a)][len(y)]
     (None where there is no value), states of the same shape (complete, pruned, diverged, error,
     running, pending), best ([i, j] or None; red frame), baseline ("ratio": the row
     `baseline_row` (ratio 1, standard LoRA) is framed; "diagonal": the line lr_A = lr_B), metric,
     direction (maximize/minimize: brighter is better), title. Accuracies are shown in percent.
     """
     x = np.log2(np.asarray(data["lr_a"], dtype=float))
-    names = [str(v) for v in data["y"]] if data.get("y_label") == "method" else None
+    categorical = data.get("categorical", data.get("y_label") == "method")
+    names = [str(v) for v in data["y"]] if categorical else None
     y = np.arange(len(names), dtype=float) if names else np.log2(np.asarray(data["y"], dtype=float))
     values = np.array(
         [[np.nan if v is None else float(v) for v in row] for row in data["values"]], dtype=float
@@ -357,7 +359,7 @@ def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("log2(lr_A)")
     y_label = str(data.get("y_label", "ratio"))
     ax.set_ylabel(
-        "method" if names else "log2(lr_B / lr_A)" if y_label == "ratio" else f"log2({y_label})"
+        y_label if names else "log2(lr_B / lr_A)" if y_label == "ratio" else f"log2({y_label})"
     )
     ax.set_title(str(data.get("title", "")), fontsize=9)
     if handles:

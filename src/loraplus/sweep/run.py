@@ -87,6 +87,11 @@ def _check_task(cfg: SweepConfig) -> None:
     """Fail before the first run when the metric cannot come from the task."""
     spec = TrialSpec(0, cfg.lr_a[0], 1.0, cfg.seeds[0], Path(cfg.out_dir), cfg.config)
     train_cfg = spec.train_config()
+    if cfg.axis not in ("ratio", "lr_b", "method"):  # --axis: every value makes a valid config
+        for value in cfg.y:
+            setting = {cfg.axis: value}
+            replace = dataclasses.replace
+            replace(spec, ratio=None, overrides=cfg.overrides, setting=setting).train_config()
     if train_cfg.task != "classification" and cfg.metric == "eval_accuracy":
         raise ValueError(f"metric eval_accuracy needs task classification (got {train_cfg.task}).")
 

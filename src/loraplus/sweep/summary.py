@@ -87,7 +87,8 @@ class SweepSummary:
         if self.best is not None:
             best = [self.lr_a.index(self.best["lr_a"]), self.y.index(self.best[self.axis])]
         lora = ("lora", "ratio=1") if self.axis == "method" else (1.0,)
-        baseline_row = next((j for j, v in enumerate(self.y) if v in lora), None)
+        field = self.axis not in ("ratio", "lr_b", "method")  # --axis FIELD=...: no LoRA row
+        baseline_row = None if field else next((j for j, v in enumerate(self.y) if v in lora), None)
         title = f"{self.study_name}: {self.metric}"
         if self.gain is not None:
             points = "accuracy" in self.metric
@@ -96,7 +97,8 @@ class SweepSummary:
         return {
             "lr_a": self.lr_a,
             "y": self.y,
-            "y_label": {"ratio": "ratio", "lr_b": "lr_B", "method": "method"}[self.axis],
+            "y_label": {"ratio": "ratio", "lr_b": "lr_B"}.get(self.axis, self.axis),
+            "categorical": self.axis not in ("ratio", "lr_b"),  # one row per value
             "values": values,
             "states": states,
             "best": best,
@@ -147,11 +149,14 @@ def _cell(t: FrozenTrial, axis: str) -> tuple[Any, ...] | None:
 
 def _rates(a: float, b: Any, axis: str) -> dict[str, Any]:
     """The ratio and lr_B of a cell (lr_a, b); a method cell also names its method (the ratio is
-    "auto" for auto, and lr_B None)."""
+    "auto" for auto, and lr_B None); an --axis cell names its field's value (ratio, lr_B: None,
+    the training config's)."""
     if axis == "lr_b":
         return {"ratio": b / a, "lr_b": b}
     if axis == "ratio":
         return {"ratio": b, "lr_b": a * b}
+    if axis != "method":
+        return {axis: b, "ratio": None, "lr_b": None}
     from loraplus.train.methods import method_settings
 
     ratio = method_settings(b)["ratio"]
@@ -263,6 +268,8 @@ def summarize(
     ]
 
     def is_lora(c: dict[str, Any]) -> bool:
+        if axis not in ("method", "ratio", "lr_b"):
+            return False  # an --axis grid: every cell has the config's ratio
         if axis == "method":
             return bool(c["method"] in ("lora", "ratio=1"))
         return _isclose(c["ratio"], 1.0) if axis == "ratio" else _isclose(c["lr_b"], c["lr_a"])
