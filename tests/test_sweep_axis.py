@@ -44,7 +44,7 @@ def test_sweep_over_init_at_one_ratio_on_a_tiny_model(
 ) -> None:
     out = tmp_path / "init"
     args = _tiny_train_args(tiny_files, tmp_path / "unused")[1:-2]
-    argv = ["sweep", "--axis", "init=init1,init2", "--ratio", "4", "--lr-a", "1e-3"]
+    argv = ["sweep", "--lr-a", "1e-3", "--axis", "init=init1,init2", "--ratio", "16"]  # README's
     assert cli.main([*argv, *args, "--out-dir", str(out)]) == 0
     text = capsys.readouterr().out
     data = json.loads((out / "sweep.json").read_text())
@@ -55,7 +55,7 @@ def test_sweep_over_init_at_one_ratio_on_a_tiny_model(
     )
     for trial in data["trials"]:
         record = read_record(out / "trials" / f"trial_{trial['number']:04d}")
-        assert record.config["init"] == trial["init"] and record.config["ratio"] == 4.0
+        assert record.config["init"] == trial["init"] and record.config["ratio"] == 16.0
         assert trial["ratio"] is None  # the config's, not the grid's
     summary = load_summary(out / "sweep.json")
     best = summary.best
