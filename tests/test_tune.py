@@ -7,6 +7,7 @@ Runs use test_sweep's analytic `fake_train`: LoRA (ratio 1) peaks at lr_A = 2^-1
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -17,6 +18,7 @@ from typing import Any
 
 import optuna
 import pytest
+from postgres import postgres_url  # noqa: F401  (fixture)
 from test_sweep import calls, fake_train, score, wait_for_calls
 from test_train import tiny_files  # noqa: F401  (a fixture)
 
@@ -149,15 +151,6 @@ def test_an_interrupted_tune_resumes_and_a_larger_budget_goes_on_from_the_same_r
     assert [r["runs"] for r in full.methods] == [5, 6] and full.method("loraplus")["n"] == 3
 
 
-def test_two_workers_run_every_cell_once(tmp_path: Path) -> None:
-    cfg = config(tmp_path, workers=2, seeds=[0, 1], overrides={"barrier": 2})
-    summary = tune(cfg, train_fn=fake_train)
-    ran = cells(tmp_path / "calls.log")
-    assert len(ran) == len(set(ran)) == 9  # 3 + 3 line, 1 extension, 1 + 1 seeds
-    assert len({c[3] for c in calls(tmp_path / "calls.log")}) == 2  # both workers trained
-    assert [r["lr_a"] for r in summary.methods] == [LINE[1], LINE[2]]
-
-
 def test_tune_json_figure_and_errors(tmp_path: Path) -> None:
     methods = ["loraplus", "ratio=4"]
     cfg = config(tmp_path, method=methods, seeds=[0], extend=0, centres=["ratio=4=1e-3"])
@@ -214,3 +207,30 @@ def test_readme_tune_command_on_a_tiny_model(
     trials = len(list((out / "trials").iterdir()))
     assert cli.main([*readme, *small]) == 0  # again: trains nothing
     assert len(list((out / "trials").iterdir())) == trials
+
+
+def test_two_workers_share_one_tune_on_postgres(
+    postgres_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """--workers 2 on a PostgreSQL study (what two machines running `loraplus tune` on one
+    --storage are: each worker plans the same search from the study): every cell runs once."""
+    cfg = config(tmp_path, storage=postgres_url, workers=2, overrides={"barrier": 2})
+    summary = tune(cfg, train_fn=fake_train, poll_s=0.05)
+    log = calls(tmp_path / "calls.log")
+    assert sorted(c[:3] for c in log) == sorted(EXPECTED)  # every cell exactly once
+    assert len({c[3] for c in log}) == 2  # both workers trained
+    assert [r["lr_a"] for r in summary.methods] == [LINE[1], LINE[2]]
+    again = tune(dataclasses.replace(cfg, workers=1), train_fn=fake_train)  # nothing to train
+    assert len(calls(tmp_path / "calls.log")) == len(EXPECTED)
+    assert again.methods == summary.methods
+
+
+def test_bad_tune_flags_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["tune", "--lr", "1e-3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: tune sets lr per cell: drop --lr and give the line's middle as --centre "
+        "(or --centres METHOD=LR)."
+    )
+    assert cli.main(["tune", "--step", "0.5"]) == 2
+    assert "step must be > 1" in capsys.readouterr().err
