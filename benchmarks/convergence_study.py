@@ -35,10 +35,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from paper_study import best_acc, final_acc, histories, mean_std, steps_to_reach, sweep
+from paper_study import best_acc, final_acc, histories, sweep
 
 from loraplus._io import atomic_file, write_json
 from loraplus.sweep import SweepSummary
+from loraplus.sweep.tune import mean_std
+from loraplus.train.history import steps_to_reach
 
 COMMAND = "python benchmarks/convergence_study.py"
 TASKS = ("rotten-tomatoes", "20newsgroups")
@@ -165,11 +167,11 @@ def compare(converge: dict[str, Any]) -> dict[str, Any]:
     for seed, lora_rows in converge["lora"]["runs"].items():
         plus_rows = converge["loraplus"]["runs"].get(seed)
         if plus_rows is not None:
-            lora_at = steps_to_reach(lora_rows, final_acc(lora_rows))
+            lora_at = steps_to_reach(lora_rows, "eval_accuracy", final_acc(lora_rows))
             reach[seed] = {
                 "lora_final": final_acc(lora_rows),
                 "lora_steps": lora_at,
-                "loraplus_steps": steps_to_reach(plus_rows, final_acc(lora_rows)),
+                "loraplus_steps": steps_to_reach(plus_rows, "eval_accuracy", final_acc(lora_rows)),
             }
     summary["reach"] = reach
     return summary

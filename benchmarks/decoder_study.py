@@ -48,6 +48,8 @@ from loraplus.sweep import (
     summarize,
     write_outputs,
 )
+from loraplus.sweep.tune import mean_std
+from loraplus.train.history import steps_to_reach
 from loraplus.train.record import read_record
 
 COMMAND = "python benchmarks/decoder_study.py"
@@ -310,24 +312,6 @@ def final_loss(metrics: dict[str, Any]) -> float:
     return curve(metrics)[-1][1]
 
 
-def steps_to_reach(points: list[tuple[int, float]], target: float) -> int | None:
-    """First step > 0 whose eval loss is at or below `target` (None if never)."""
-    for step, value in points:
-        if step > 0 and value <= target + 1e-12:
-            return step
-    return None
-
-
-def mean_std(values: list[float], digits: int = 3) -> str:
-    """'mean ± std' over seeds ('n/a' when empty)."""
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "n/a"
-    if len(finite) == 1:
-        return f"{finite[0]:.{digits}f}"
-    return f"{statistics.mean(finite):.{digits}f} ± {statistics.stdev(finite):.{digits}f}"
-
-
 def compare(cells: dict[str, dict[str, Any]], runs: Runs, steps: int) -> dict[str, Any]:
     """LoRA vs LoRA+ at their chosen cells over every seed run there: best/final eval loss,
     perplexity, exact match, and the steps LoRA+ needs to reach LoRA's final eval loss."""
@@ -356,7 +340,7 @@ def compare(cells: dict[str, dict[str, Any]], runs: Runs, steps: int) -> dict[st
     for seed, lora in per.get("lora", {}).items():
         plus = per.get("loraplus", {}).get(seed)
         if plus is not None:
-            reach.append(steps_to_reach(curve(plus), final_loss(lora)))
+            reach.append(steps_to_reach(plus["history"], "eval_loss", final_loss(lora)))
     out["reach_steps"] = reach  # per seed; None = never within the run
     return out
 

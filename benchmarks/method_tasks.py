@@ -38,11 +38,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import convergence_study
 import decoder_study
 import paper_study
-from paper_study import mean_std
 
 from loraplus._io import atomic_file, write_json
 from loraplus.sweep import TuneConfig
 from loraplus.sweep import tune as run_tune
+from loraplus.sweep.tune import mean_std
 from loraplus.train.record import read_record
 
 Row = dict[str, Any]  # method, line {lr: seed-0 value}, lr_a, values (seeds 0, 1, 2), runs

@@ -25,7 +25,7 @@ from test_train import tiny_files  # noqa: F401  (a fixture)
 from loraplus import cli
 from loraplus.plots import draw_tune
 from loraplus.sweep import TuneConfig, load_tune, plan, tune
-from loraplus.sweep.tune import Search
+from loraplus.sweep.tune import Search, mean_std
 from loraplus.train import read_record
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -145,6 +145,9 @@ def test_an_interrupted_tune_resumes_and_a_larger_budget_goes_on_from_the_same_r
     assert [(r["runs"], r["budget_reached"]) for r in budget.methods] == [(4, True), (4, True)]
     assert budget.method("lora")["n"] == 2  # line + one more seed: the budget ends it
     assert "5 (budget)" not in budget.table() and "4 (budget)" in budget.table()
+    lora = budget.method("lora")
+    assert f"{lora['mean']:.4f} ± {lora['std']:.4f}" in budget.table()  # over its 2 seeds
+    assert mean_std([0.5, None, math.nan]) == "0.500" and mean_std([]) == "n/a"
 
     full = tune(config(tmp_path), train_fn=fake_train)  # no budget: on from the 8 runs done
     assert sorted(cells(log)) == sorted([*EXPECTED, EXPECTED[2]])

@@ -49,6 +49,16 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+def mean_std(values: Sequence[float | None], digits: int = 3) -> str:
+    """'mean ± std' of the finite values (over seeds); one value alone; 'n/a' if none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    if len(finite) == 1:
+        return f"{finite[0]:.{digits}f}"
+    return f"{statistics.mean(finite):.{digits}f} ± {statistics.stdev(finite):.{digits}f}"
+
+
 def _lr(value: float) -> float:
     """An lr_A of the search, to 6 significant digits (4 * 1e-4 is 4e-4, as in a table)."""
     return float(f"{value:.6g}")
@@ -481,7 +491,7 @@ class TuneSummary:
         lines = [head]
         for row in self.methods:
             lr = "-" if row["lr_a"] is None else f"{row['lr_a']:.3g}"
-            value = "-" if row["mean"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}"
+            value = mean_std(row["values"], 4)
             runs = f"{row['runs']}{' (budget)' if row['budget_reached'] else ''}"
             lines.append((row["method"], lr, value, str(row["n"]), runs))
         widths = [max(len(line[k]) for line in lines) for k in range(len(head))]
