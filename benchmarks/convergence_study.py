@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from paper_study import best_acc, final_acc, histories, sweep
 
 from loraplus._io import atomic_file, write_json
-from loraplus.sweep import SweepSummary
+from loraplus.sweep import SweepSummary, best_cell
 from loraplus.sweep.tune import mean_std
 from loraplus.train.history import steps_to_reach
 
@@ -66,10 +66,10 @@ SMOKE_LONG = {"max_steps": -1, "epochs": 1, "eval_steps": 4, "early_stopping_pat
 
 def best_value(summary: SweepSummary) -> float:
     """The best complete cell's mean of a one-cell (or one-line) sweep."""
-    cells = [c for c in summary.cells if c["state"] == "complete"]
-    if not cells:
+    best = best_cell(summary.cells)
+    if best is None:
         raise RuntimeError(f"{summary.study_name}: no complete cell")
-    return float(max(c["mean"] for c in cells))
+    return float(best["mean"])
 
 
 def head_stage(task: str, base: dict[str, Any], runs: Path, out: Path) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from loraplus.sweep import (
     SweepConfig,
     SweepSummary,
     TrialSpec,
+    best_cell,
     run_sweep,
     summarize,
     write_outputs,
@@ -252,12 +253,12 @@ def finish(study: Study, cfg: SweepConfig, poll_s: float = 15.0) -> SweepSummary
     return summary
 
 
-def best_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
+def lowest(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The complete cell with the lowest eval loss."""
-    done = [c for c in cells if c["state"] == "complete" and c["mean"] is not None]
-    if not done:
+    best = best_cell(cells, "minimize")
+    if best is None:
         raise RuntimeError("no complete cell")
-    return min(done, key=lambda c: c["mean"])
+    return best
 
 
 def tuned(
@@ -268,7 +269,7 @@ def tuned(
     Returns the best cell and all cells."""
     ratio = RATIO[method]
     cells = list(sweep(study, f"grid-{method}", lrs, [ratio], [0]).cells)
-    best = best_cell(cells)
+    best = lowest(cells)
     for _ in range(extend):
         tried = sorted(c["lr_a"] for c in cells)
         if best["lr_a"] == tried[-1]:
@@ -279,7 +280,7 @@ def tuned(
             break
         ext = sweep(study, f"grid-{method}-lr{new:.3g}", [new], [ratio], [0])
         cells += ext.cells
-        best = best_cell(cells)
+        best = lowest(cells)
     return best, sorted(cells, key=lambda c: c["lr_a"])
 
 

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from loraplus._io import write_json
 from loraplus.cli.demo import DEMO_SETTINGS
-from loraplus.sweep import SweepConfig, SweepSummary, run_sweep
+from loraplus.sweep import SweepConfig, SweepSummary, best_cell, run_sweep
 from loraplus.sweep.tune import mean_std
 from loraplus.train.history import steps_to_reach
 from loraplus.train.record import RECORD_FILE, read_record
@@ -86,10 +86,10 @@ def histories(summary: SweepSummary, runs: Path, name: str) -> dict[tuple[float,
 
 def best_in_row(summary: SweepSummary, ratio: float) -> dict[str, Any]:
     """The best complete cell with this ratio."""
-    cells = [c for c in summary.cells if c["ratio"] == ratio and c["state"] == "complete"]
-    if not cells:
+    best = best_cell([c for c in summary.cells if c["ratio"] == ratio])
+    if best is None:
         raise RuntimeError(f"{summary.study_name}: no complete cell with ratio {ratio}")
-    return max(cells, key=lambda c: c["mean"])
+    return best
 
 
 def best_acc(rows: list[dict]) -> float:
@@ -132,7 +132,7 @@ def row_best(
         extension += summary.cells
         cells += [c for c in summary.cells if c["state"] == "complete"]
         tried.append(new)
-        best = max(cells, key=lambda c: c["mean"])
+        best = best_cell(cells) or best
     return best, found, extension
 
 

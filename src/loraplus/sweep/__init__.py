@@ -23,7 +23,13 @@ require("sweep", "loraplus.sweep")
 from loraplus.sweep.config import SweepConfig, make_storage  # noqa: E402
 from loraplus.sweep.grid import STUDY_ATTR, Grid, open_study  # noqa: E402
 from loraplus.sweep.run import run_sweep, run_worker  # noqa: E402
-from loraplus.sweep.summary import SweepSummary, load_summary, summarize, write_outputs  # noqa: E402
+from loraplus.sweep.summary import (  # noqa: E402
+    SweepSummary,
+    best_cell,
+    load_summary,
+    summarize,
+    write_outputs,
+)
 from loraplus.sweep.trial import Reporter, TrialSpec, train_trial  # noqa: E402
 from loraplus.sweep.tune import (  # noqa: E402
     TuneConfig,
@@ -44,6 +50,7 @@ __all__ = [
     "TrialSpec",
     "TuneConfig",
     "TuneSummary",
+    "best_cell",
     "load_summary",
     "load_tune",
     "make_storage",

@@ -129,12 +129,21 @@ def _isclose(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
 
 
-def _pick(cells: Sequence[dict[str, Any]], sign: float) -> dict[str, Any] | None:
-    """The best complete cell (first in grid order on ties)."""
+def best_cell(
+    cells: Sequence[dict[str, Any]], direction: str = "maximize"
+) -> dict[str, Any] | None:
+    """The best complete cell of `cells` (sweep.json cell rows; the first on ties), None if
+    none is complete."""
+    sign = 1.0 if direction == "maximize" else -1.0
     done = [c for c in cells if c["state"] == "complete" and c["mean"] is not None]
     if not done:
         return None
     return max(done, key=lambda c: sign * c["mean"])  # max keeps the first of equal keys
+
+
+def _pick(cells: Sequence[dict[str, Any]], sign: float) -> dict[str, Any] | None:
+    """best_cell with the direction as a sign (+1 maximize)."""
+    return best_cell(cells, "maximize" if sign > 0 else "minimize")
 
 
 def _cell(t: FrozenTrial, axis: str) -> tuple[Any, ...] | None:
