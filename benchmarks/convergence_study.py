@@ -12,7 +12,7 @@ Stages per task (each a resumable Optuna study under --runs; rerun the command t
             step past an edge that holds the best); the head lr with the best mean of the two
             best accuracies is chosen.
   2. lines  150 steps, seed 0, chosen head lr: each method's lr_A on a x4 line around its cell
-            (extended by one x4 step past an edge that holds the best); each method's lr_A chosen.
+            (extended by one x4 step past an edge that holds the best): `loraplus.sweep.tune`.
   3. runs   the chosen cells, seeds 0, 1, 2, 3 epochs (750 steps) with eval every 25 steps and
             early stopping after 4 evaluations without a better accuracy; also, as a control,
             any line cell within NEAR (1 point) of its method's chosen cell.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -35,10 +36,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from paper_study import best_acc, final_acc, histories, mean_std, steps_to_reach, sweep
+from paper_study import best_acc, final_acc, histories, sweep
 
 from loraplus._io import atomic_file, write_json
-from loraplus.sweep import SweepSummary
+from loraplus.sweep import SweepSummary, TuneConfig, best_cell, tune
+from loraplus.sweep.tune import mean_std
+from loraplus.train.history import steps_to_reach
 
 COMMAND = "python benchmarks/convergence_study.py"
 TASKS = ("rotten-tomatoes", "20newsgroups")
@@ -64,10 +67,10 @@ SMOKE_LONG = {"max_steps": -1, "epochs": 1, "eval_steps": 4, "early_stopping_pat
 
 def best_value(summary: SweepSummary) -> float:
     """The best complete cell's mean of a one-cell (or one-line) sweep."""
-    cells = [c for c in summary.cells if c["state"] == "complete"]
-    if not cells:
+    best = best_cell(summary.cells)
+    if best is None:
         raise RuntimeError(f"{summary.study_name}: no complete cell")
-    return float(max(c["mean"] for c in cells))
+    return float(best["mean"])
 
 
 def head_stage(task: str, base: dict[str, Any], runs: Path, out: Path) -> dict[str, Any]:
@@ -92,21 +95,26 @@ def head_stage(task: str, base: dict[str, Any], runs: Path, out: Path) -> dict[s
 def line_stage(
     task: str, base: dict[str, Any], head: float, runs: Path, out: Path
 ) -> dict[str, Any]:
-    """Each method's lr_A on a x4 line around its start cell, one x4 step past a best edge."""
+    """Each method's lr_A on a x4 line around its start cell (seed 0), one x4 step past a best
+    edge: loraplus.sweep.tune, one study for both methods; its tune.json copied to out."""
+    overrides = {**base, "data": task, "lr_roles": [f"head={head:g}"]}
+    name = f"{task}-line-head{head:g}"
+    cfg = TuneConfig(
+        method=list(START),
+        centres=[f"{method}={lr:g}" for method, (lr, _) in START.items()],
+        step=4.0,
+        extend=1,
+        seeds=[0],
+        overrides=overrides,
+        study_name=name,
+        out_dir=str(runs / name),
+    )
+    summary = tune(cfg)
+    shutil.copyfile(runs / name / "tune.json", out / f"{name}_tune.json")
     found: dict[str, Any] = {}
-    for method, (lr, ratio) in START.items():
-        overrides = {**base, "data": task, "lr_roles": [f"head={head:g}"]}
-        lrs = [lr / 4, lr, lr * 4]
-        name = f"{task}-line-{method}-head{head:g}"
-        summary = sweep(name, overrides, lrs, [ratio], [0], runs, out)
-        cells = {c["lr_a"]: c["mean"] for c in summary.cells if c["state"] == "complete"}
-        best = max(cells, key=lambda k: cells[k])
-        if best in (min(lrs), max(lrs)):
-            extra = best / 4 if best == min(lrs) else best * 4
-            more = sweep(f"{name}-edge", overrides, [extra], [ratio], [0], runs, out)
-            cells.update({c["lr_a"]: c["mean"] for c in more.cells if c["state"] == "complete"})
-            best = max(cells, key=lambda k: cells[k])
-        found[method] = {"ratio": ratio, "line": cells, "lr_a": best}
+    for row in summary.methods:
+        line = {p["lr_a"]: p["value"] for p in row["line"] if p["status"] == "complete"}
+        found[row["method"]] = {"ratio": row["ratio"], "line": line, "lr_a": row["lr_a"]}
     return found
 
 
@@ -165,11 +173,11 @@ def compare(converge: dict[str, Any]) -> dict[str, Any]:
     for seed, lora_rows in converge["lora"]["runs"].items():
         plus_rows = converge["loraplus"]["runs"].get(seed)
         if plus_rows is not None:
-            lora_at = steps_to_reach(lora_rows, final_acc(lora_rows))
+            lora_at = steps_to_reach(lora_rows, "eval_accuracy", final_acc(lora_rows))
             reach[seed] = {
                 "lora_final": final_acc(lora_rows),
                 "lora_steps": lora_at,
-                "loraplus_steps": steps_to_reach(plus_rows, final_acc(lora_rows)),
+                "loraplus_steps": steps_to_reach(plus_rows, "eval_accuracy", final_acc(lora_rows)),
             }
     summary["reach"] = reach
     return summary

@@ -44,10 +44,14 @@ from loraplus.sweep import (
     SweepConfig,
     SweepSummary,
     TrialSpec,
+    best_cell,
     run_sweep,
     summarize,
     write_outputs,
 )
+from loraplus.sweep.tune import mean_std
+from loraplus.train.history import steps_to_reach
+from loraplus.train.record import read_record
 
 COMMAND = "python benchmarks/decoder_study.py"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -147,7 +151,7 @@ def train_with_exact_match(spec: TrialSpec, reporter: Reporter) -> Any:
     into the run's metrics.json (final.eval_exact_match and the last history row)."""
     from transformers import TrainerCallback
 
-    from loraplus.train import train
+    from loraplus.train import train, write_record
 
     cfg = spec.train_config()
     scores: dict[int, float] = {}
@@ -161,15 +165,12 @@ def train_with_exact_match(spec: TrialSpec, reporter: Reporter) -> Any:
                 scores[state.global_step] = exact_match(kwargs["model"], loader)
 
     result = train(cfg, callbacks=[reporter.callback(), ExactMatchCallback()])
-    path = Path(cfg.output_dir) / "metrics.json"
-    metrics = json.loads(path.read_text())
-    for row in metrics["history"]:
+    for row in result.history:
         if row["step"] in scores:
             row["eval_exact_match"] = scores[row["step"]]
     if scores:
-        metrics["final"]["eval_exact_match"] = scores[max(scores)]
         result.final["eval_exact_match"] = scores[max(scores)]
-    write_json(path, metrics)
+    write_record(result)
     return result
 
 
@@ -247,17 +248,17 @@ def finish(study: Study, cfg: SweepConfig, poll_s: float = 15.0) -> SweepSummary
         path = root / "trials" / f"trial_{trial['number']:04d}" / "metrics.json"
         if trial.get("status") in ("complete", "diverged") and path.exists():
             key = (trial["lr_a"], trial["ratio"], trial["seed"], init)
-            study.runs[key] = json.loads(path.read_text())
+            study.runs[key] = read_record(path).to_dict()
     study.after_sweep()
     return summary
 
 
-def best_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
+def lowest(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The complete cell with the lowest eval loss."""
-    done = [c for c in cells if c["state"] == "complete" and c["mean"] is not None]
-    if not done:
+    best = best_cell(cells, "minimize")
+    if best is None:
         raise RuntimeError("no complete cell")
-    return min(done, key=lambda c: c["mean"])
+    return best
 
 
 def tuned(
@@ -268,7 +269,7 @@ def tuned(
     Returns the best cell and all cells."""
     ratio = RATIO[method]
     cells = list(sweep(study, f"grid-{method}", lrs, [ratio], [0]).cells)
-    best = best_cell(cells)
+    best = lowest(cells)
     for _ in range(extend):
         tried = sorted(c["lr_a"] for c in cells)
         if best["lr_a"] == tried[-1]:
@@ -279,7 +280,7 @@ def tuned(
             break
         ext = sweep(study, f"grid-{method}-lr{new:.3g}", [new], [ratio], [0])
         cells += ext.cells
-        best = best_cell(cells)
+        best = lowest(cells)
     return best, sorted(cells, key=lambda c: c["lr_a"])
 
 
@@ -312,24 +313,6 @@ def final_loss(metrics: dict[str, Any]) -> float:
     return curve(metrics)[-1][1]
 
 
-def steps_to_reach(points: list[tuple[int, float]], target: float) -> int | None:
-    """First step > 0 whose eval loss is at or below `target` (None if never)."""
-    for step, value in points:
-        if step > 0 and value <= target + 1e-12:
-            return step
-    return None
-
-
-def mean_std(values: list[float], digits: int = 3) -> str:
-    """'mean ± std' over seeds ('n/a' when empty)."""
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "n/a"
-    if len(finite) == 1:
-        return f"{finite[0]:.{digits}f}"
-    return f"{statistics.mean(finite):.{digits}f} ± {statistics.stdev(finite):.{digits}f}"
-
-
 def compare(cells: dict[str, dict[str, Any]], runs: Runs, steps: int) -> dict[str, Any]:
     """LoRA vs LoRA+ at their chosen cells over every seed run there: best/final eval loss,
     perplexity, exact match, and the steps LoRA+ needs to reach LoRA's final eval loss."""
@@ -358,7 +341,7 @@ def compare(cells: dict[str, dict[str, Any]], runs: Runs, steps: int) -> dict[st
     for seed, lora in per.get("lora", {}).items():
         plus = per.get("loraplus", {}).get(seed)
         if plus is not None:
-            reach.append(steps_to_reach(curve(plus), final_loss(lora)))
+            reach.append(steps_to_reach(plus["history"], "eval_loss", final_loss(lora)))
     out["reach_steps"] = reach  # per seed; None = never within the run
     return out
 

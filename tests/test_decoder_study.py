@@ -13,6 +13,8 @@ from scripts import load_benchmark
 from test_train import NEGATIVE, POSITIVE, WORDS, save_tiny_llama
 from tiny import tiny_llama
 
+from loraplus.train.history import steps_to_reach
+
 
 def load_study() -> Any:
     return load_benchmark("decoder_study")
@@ -44,9 +46,9 @@ def test_steps_to_reach_and_losses() -> None:
     }
     assert study.best_loss(metrics) == 1.5  # step 0 (before training) never counts
     assert study.final_loss(metrics) == 1.5
-    points = study.curve(metrics)
-    assert study.steps_to_reach(points, 1.6) == 10
-    assert study.steps_to_reach(points, 1.0) is None
+    assert study.curve(metrics) == [(0, 1.0), (5, 2.0), (10, 1.5)]
+    assert steps_to_reach(metrics["history"], "eval_loss", 1.6) == 10
+    assert steps_to_reach(metrics["history"], "eval_loss", 1.0) is None
 
 
 def test_scan_line_brackets_the_interpolated_lr() -> None:

@@ -71,7 +71,8 @@ def test_core_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
     script = str(env / "bin" / "loraplus")
     helped = _run([script, "--help"])
     assert helped.returncode == 0 and "train" in helped.stdout, helped.stderr
-    for command, extra in (("train", "train"), ("sweep", "sweep"), ("demo", "train")):
+    commands = (("train", "train"), ("sweep", "sweep"), ("tune", "sweep"), ("demo", "train"))
+    for command, extra in commands:
         refused = _run([script, command])
         assert refused.returncode == 2, (command, refused.stderr)
         assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr

@@ -13,7 +13,11 @@ from scripts import load_benchmark as load
 from test_decoder_study import write_verdicts
 from test_train import save_tiny_llama
 
-from loraplus.sweep import TrialSpec
+from loraplus.sweep import TrialSpec, plan
+from loraplus.sweep.tune import Search
+from loraplus.train import TrainResult, read_record, write_record
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def row(method: str, lr: float, values: list[float], runs: int = 5) -> dict[str, Any]:
@@ -102,8 +106,7 @@ def test_ratios_at_end_reads_autos_last_ratios_at_the_chosen_lr(tmp_path: Path) 
             {"step": 20, "auto_ratio/q": ends, "auto_ratio/mlp": ends / 2},
             {"step": 20, "eval_loss": 0.5},
         ]
-        metrics = {"config": {"lr": lr, "seed": seed}, "history": history}
-        (trial / "metrics.json").write_text(json.dumps(metrics))
+        write_record(TrainResult(history, {}, trial, False, config={"lr": lr, "seed": seed}))
     found = tasks.ratios_at_end(tmp_path, "auto", 1e-3)
     assert found == {"0": {"q": 8.0, "mlp": 4.0}, "1": {"q": 5.66, "mlp": 2.83}}
 
@@ -136,9 +139,10 @@ def test_smoke_encoder(tmp_path: Path) -> None:
     runs, out = tmp_path / "runs", tmp_path / "out"
     argv = ["--head-lr", "0.016", "--methods", "lorafa", "--smoke", "--runs", str(runs)]
     assert tasks.main([*argv, "--out", str(out)]) == 0  # never the repo's docs/
-    seeds = json.loads((runs / "lorafa-seeds" / "sweep.json").read_text())
-    assert seeds["y"] == ["lorafa"] and seeds["seeds"] == [1, 2]
-    assert (out / "lorafa-seeds_sweep.json").is_file()  # each sweep is copied to --out
+    tuned = json.loads((runs / "lorafa-tune" / "tune.json").read_text())
+    assert [r["method"] for r in tuned["methods"]] == ["lorafa"]
+    assert tuned["search"]["seeds"] == [0, 1, 2] and tuned["search"]["extend"] == 1
+    assert (out / "lorafa-tune.json").is_file()  # each tune is copied to --out
 
 
 @pytest.mark.slow
@@ -158,10 +162,30 @@ def test_smoke_decoder_report(tmp_path: Path) -> None:
     assert len(best["values"]) == 3 and best["runs"] == 7 + 2  # seeds 1, 2 of ratio 2 were run
     assert json.loads((runs / "ratio2-seeds" / "sweep.json").read_text())["y"] == ["ratio=2"]
     assert len(aware["values"]) == 3 and aware["runs"] in (5, 6)
-    assert json.loads((runs / "width-aware-line" / "sweep.json").read_text())["metric"] == (
+    assert json.loads((runs / "width-aware-tune" / "tune.json").read_text())["metric"] == (
         "eval_loss"
     )
-    trial = next((runs / "width-aware-seeds" / "trials").iterdir())
-    config = json.loads((trial / "metrics.json").read_text())["config"]
+    trial = next((runs / "width-aware-tune" / "trials").iterdir())
+    config = read_record(trial).config
     assert config["width_aware"] is True and config["model"] == str(model)
     assert "best eval loss" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("task", ["encoder", "decoder"])
+def test_the_tune_asks_for_exactly_the_committed_runs(task: str) -> None:
+    """Each committed method row (docs/study/method-tasks*/results.json, made by the study's own
+    search before it called loraplus.sweep.tune) is what tune's plan asks for given those results:
+    the same lr_A line and extension, the same chosen lr_A, the same runs, nothing more."""
+    tasks = load("method_tasks")
+    spec = tasks.TASKS[task]
+    suffix = "" if task == "encoder" else "-decoder"
+    rows = json.loads((ROOT / f"docs/study/method-tasks{suffix}/results.json").read_text())["rows"]
+    tuned = [r for r in rows if r["method"] in spec.centres and "source" not in r]
+    assert len(tuned) >= 6
+    for r in tuned:
+        centre, sign = spec.centres[r["method"]], 1.0 if spec.metric == "eval_accuracy" else -1.0
+        results = {(float(lr), 0): v for lr, v in r["line"].items()}
+        results.update({(r["lr_a"], s): v for s, v in enumerate(r["values"]) if s > 0})
+        done = plan(Search(centre, 4.0, 1, False, (0, 1, 2), None, sign), results)
+        assert done.todo == [] and done.chosen == r["lr_a"], r["method"]
+        assert sorted(done.runs) == sorted(results) and len(done.runs) == r["runs"], r["method"]

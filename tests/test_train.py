@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from loraplus.train import (
     TrainConfig,
     make_config,
+    read_record,
     train,
 )
 
@@ -276,9 +277,12 @@ def test_train_tiny_bert_writes_everything_and_the_adapter_reloads(
     assert result.final["best_eval_accuracy"] == max(trained)  # the step-0 eval is no result
 
     metrics = json.loads((result.output_dir / "metrics.json").read_text())
+    assert metrics == result.to_dict()  # the record is the file: every field, nothing else
+    assert "output_dir" not in metrics and "main_process" not in metrics
+    assert read_record(result.output_dir) == result  # read back as the same record
     assert make_config(**metrics["config"]) == cfg
-    assert metrics["history"] == result.history and metrics["final"] == result.final
     assert {g["role"] for g in metrics["param_groups"]} >= {"lora_A", "lora_B", "head"}
+    assert result.data["train_rows"] > 0 and result.global_batch_size == cfg.batch_size
     assert (result.output_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (result.output_dir / "merged").exists()
     assert not list(result.output_dir.glob(".*"))  # no temp files left behind

@@ -392,8 +392,9 @@ def plot_sweep_heatmap(path: str | Path, data: Mapping[str, Any]) -> Path:
 def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     """Figure 3-style sweep heatmap: lr_A x ratio (or lr_B) on log axes, the metric in each cell.
 
-    `data`: lr_a, y (ratios, lr_B values or method names), y_label ("ratio", "lr_B" or "method":
-    one row per method, evenly spaced), values[len(lr_a)][len(y)]
+    `data`: lr_a, y (ratios, lr_B values, method names or a field's values), y_label ("ratio",
+    "lr_B", "method" or the field), categorical (one evenly spaced row per y value; default: a
+    method grid's), values[len(lr_a)][len(y)]
     (None where there is no value), states of the same shape (complete, pruned, diverged, error,
     running, pending), best ([i, j] or None; red frame), baseline ("ratio": the row
     `baseline_row` (ratio 1, standard LoRA) is framed; "diagonal": the line lr_A = lr_B), metric,
@@ -401,7 +402,8 @@ def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     Cells sit at log2 of the values (a x4 grid is evenly spaced); ticks name the values.
     """
     x = np.log2(np.asarray(data["lr_a"], dtype=float))
-    names = [str(v) for v in data["y"]] if data.get("y_label") == "method" else None
+    categorical = data.get("categorical", data.get("y_label") == "method")
+    names = [str(v) for v in data["y"]] if categorical else None
     y = np.arange(len(names), dtype=float) if names else np.log2(np.asarray(data["y"], dtype=float))
     values = np.array(
         [[np.nan if v is None else float(v) for v in row] for row in data["values"]], dtype=float
@@ -431,7 +433,7 @@ def draw_sweep_heatmap(data: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("lr_A (log scale)")
     y_label = str(data.get("y_label", "ratio"))
     ax.set_ylabel(
-        "method"
+        y_label
         if names
         else "ratio = lr_B / lr_A (log scale)"
         if y_label == "ratio"
@@ -534,3 +536,47 @@ def _box(ax: Axes, xs: tuple[float, float], ys: tuple[float, float], **style: An
     style.setdefault("edgecolor", "0.5")
     style.setdefault("lw", 1.6 if style.get("fill") is False else 0.0)
     ax.add_patch(Rectangle((xs[0], ys[0]), xs[1] - xs[0], ys[1] - ys[0], **style))
+
+
+def plot_tune(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """draw_tune(data), written as PNG to `path`."""
+    return save_png(draw_tune(data), path)
+
+
+def draw_tune(data: Mapping[str, Any]) -> Figure:
+    """The metric against lr_A (log axis), one colour per method: the first seed's line, every
+    run as a point (the other seeds at the chosen lr_A), the chosen lr_A's mean as a star.
+
+    `data`: metric, title, methods [{"method", "line": [[lr, value|None]], "points":
+    [[lr, value]], "chosen": [lr, mean] | None}] (TuneSummary.figure()).
+    """
+    methods = list(data.get("methods", []))
+    if not methods:
+        raise ValueError("plot_tune needs at least one method.")
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for k, row in enumerate(methods):
+        color = f"C{k % 10}"
+        line = [(lr, v) for lr, v in row.get("line", []) if v is not None and math.isfinite(v)]
+        if line:
+            xs, ys = zip(*line, strict=True)
+            ax.plot(xs, ys, "-", color=color, lw=1.5, label=str(row["method"]))
+        points = row.get("points", [])
+        if points:
+            px, py = zip(*points, strict=True)
+            ax.plot(px, py, "o", color=color, ms=4, alpha=0.7, ls="none")
+        chosen = row.get("chosen")
+        if chosen is not None and chosen[1] is not None:
+            ax.plot([chosen[0]], [chosen[1]], "*", color=color, ms=14, mec="black", ls="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("lr_A")
+    ax.set_ylabel(str(data.get("metric", "metric")).removeprefix("eval_").replace("_", " "))
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], marker="*", color="0.3", mec="black", ms=12, ls="none"))
+    labels.append("chosen lr_A (mean over seeds)")
+    ax.legend(handles, labels, fontsize=8)
+    if data.get("title"):
+        ax.set_title(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    return fig

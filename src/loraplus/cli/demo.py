@@ -218,14 +218,13 @@ def run(args: argparse.Namespace) -> int:
         label = f"{spec['label']} (ratio {ratios[method]:g}, lr {lrs[method]:g})"
         print(f"\n{label}: {cfg.max_steps} steps, eval every {cfg.eval_steps} on {cfg.max_eval}")
         result = train(cfg, callbacks=[] if args.progress else [eval_printer()])
-        metrics = json.loads((result.output_dir / "metrics.json").read_text(encoding="utf-8"))
         runs[method] = {
             "label": label,
             "config": cfg.to_dict(),
             "history": result.history,
             "final": result.final,
             "diverged": result.diverged,
-            "train_loss_log": metrics.get("train_loss_log", []),
+            "train_loss_log": result.train_loss_log,
             "adapter": str(result.output_dir / "adapter"),
         }
     seconds = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""`loraplus sweep`: every cell of an lr_A x ratio (or lr_B) grid on one Optuna study."""
+"""`loraplus sweep`: every cell of an lr_A x ratio (lr_B, method, or --axis FIELD) grid on one
+Optuna study."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def add_parser(subparsers: Subparsers) -> None:
         "(SQLite by default, so a sweep resumes after a crash and several --workers or machines "
         "share one study), then write sweep.json and a Figure-3-style heatmap into --out-dir "
         "and print the best cell, the best standard-LoRA cell (ratio 1) and the gain. "
+        "--axis FIELD=V1,V2 makes any training setting the second axis (e.g. --axis "
+        "init=init1,init2 --ratio 16). "
         "Training flags (--model, --max-steps, ...) apply to every cell.",
     )
     if len(configs) == 1:
@@ -58,11 +61,11 @@ def run(args: argparse.Namespace) -> int:
         summary = sweep.run_sweep(cfg, n_trials=args.n_trials)
     for row in summary.methods():
         cell = row["best"]
-        got = "no complete cell" if cell is None else _cell_text(cell, summary.metric)
+        got = "no complete cell" if cell is None else _cell_text(cell, summary.metric, "method")
         print(f"{row['method']}: {got} ({row['runs']} runs)")
     for label, cell in (("best", summary.best), ("best LoRA (ratio 1)", summary.best_lora)):
         if cell is not None:
-            print(f"{label}: {_cell_text(cell, summary.metric)}")
+            print(f"{label}: {_cell_text(cell, summary.metric, summary.axis)}")
     if summary.gain is not None:
         print(f"gain of the best cell over standard LoRA: {summary.gain:+.4f}")
     if summary.budget:
@@ -71,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cell_text(cell: dict[str, Any], metric: str) -> str:
-    """lr_A, the ratio or method, and the metric (± std over seeds) of one cell."""
-    ratio = cell["ratio"] if isinstance(cell["ratio"], str) else f"{cell['ratio']:.3g}"
+def _cell_text(cell: dict[str, Any], metric: str, axis: str = "ratio") -> str:
+    """lr_A, the ratio, method or --axis value, and the metric (± std over seeds) of a cell."""
+    ratio = (
+        cell["ratio"] if isinstance(cell["ratio"], (str, type(None))) else f"{cell['ratio']:.3g}"
+    )
     what = f"method={cell['method']}" if "method" in cell else f"ratio={ratio}"
+    if axis not in ("ratio", "lr_b", "method"):
+        what = f"{axis}={cell[axis]}"
     spread = f" ± {cell['std']:.4f} over {cell['n']} seeds" if cell["n"] > 1 else ""
     return f"lr_A={cell['lr_a']:.3g} {what} {metric}={cell['mean']:.4f}{spread}"

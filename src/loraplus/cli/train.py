@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -62,18 +61,16 @@ def validate(cfg: TrainConfig, *, run: bool = True) -> None:
 
 
 def _print_run(result: TrainResult) -> None:
-    metrics = json.loads((result.output_dir / "metrics.json").read_text(encoding="utf-8"))
     final = result.final
     metric = str(final.get("metric", "eval_accuracy"))
     best = final.get(f"best_{metric}")
     print(
         f"{final.get('steps')} steps in {final.get('seconds', 0.0):.1f} s; "
         f"final {metric} {fmt(final.get(metric))}, best {fmt(best)}"
-        + (f" (world size {metrics['world_size']})" if metrics.get("world_size", 1) > 1 else "")
+        + (f" (world size {result.world_size})" if result.world_size > 1 else "")
     )
-    groups = metrics.get("param_groups", [])
-    if groups:
-        print("  ".join(f"lr[{g['role']}]={g['lr']:.3g}" for g in groups))
+    if result.param_groups:
+        print("  ".join(f"lr[{g['role']}]={g['lr']:.3g}" for g in result.param_groups))
     last = result.history[-1] if result.history else {}
     chosen = {k.removeprefix("auto_ratio/"): v for k, v in last.items() if "auto_ratio/" in k}
     if chosen:  # --ratio auto: lr_B = chosen ratio x lr_A (the groups above hold ratio 16)
@@ -81,7 +78,7 @@ def _print_run(result: TrainResult) -> None:
             "ratio chosen per layer (median by kind): "
             + ", ".join(f"{kind} {value:.3g}" for kind, value in sorted(chosen.items()))
         )
-    probes = metrics.get("feature_updates", [])
+    probes = result.feature_updates
     if probes:
         print(
             "feature-update balance log2(δ²/δ¹), B's share over A's (0 = balanced), by step: "

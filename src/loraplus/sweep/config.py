@@ -66,6 +66,26 @@ def _methods(methods: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _field_axis(text: str) -> tuple[str, list[Any]]:
+    """FIELD=V1,V2,... as the TrainConfig field and its distinct values, typed as its flag."""
+    from loraplus import _config
+    from loraplus.train import TrainConfig
+
+    name, sep, raw = str(text).partition("=")
+    name = name.strip().replace("-", "_")
+    items = [v for v in raw.replace(",", " ").split() if v]
+    if not sep or not name or not items:
+        raise ValueError(f"axis takes FIELD=V1,V2,... (e.g. init=init1,init2), got {text!r}.")
+    if name in ("lr", "seed", "output_dir"):
+        raise ValueError(f"axis {name}: the sweep sets it per cell (use lr_a / seeds / out_dir).")
+    if name == "ratio":
+        raise ValueError("axis ratio: use ratios (the default second axis).")
+    values = [_config.parse_settings(TrainConfig, {name: v}, "axis")[name] for v in items]
+    if any(isinstance(v, (list, dict)) for v in values):
+        raise ValueError(f"axis {name}: takes one value per cell, not a list.")
+    return name, list(dict.fromkeys(values))
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -104,6 +124,14 @@ class SweepConfig:
             "methods instead of ratios, each at every lr_a: lora loraplus auto width-aware lorafa "
             "riemannian rslora pissa loraplus+rslora, or ratio=X"
         ),
+    )
+    field_axis: str | None = field(
+        default=None,
+        metadata={
+            "help": "instead of ratios, any training setting FIELD=V1,V2,... (e.g. "
+            "init=init1,init2 or rank=4,16); the ratio is --ratio's",
+            "aliases": ["--axis"],
+        },
     )
     seeds: list[int] = field(default_factory=lambda: [0], metadata=_help("seeds of every cell"))
     config: str | None = field(default=None, metadata=_help("YAML/TOML training settings"))
@@ -152,6 +180,13 @@ class SweepConfig:
             self.ratios = _floats("ratios", self.ratios)
         if self.lr_b is not None:
             self.lr_b = _floats("lr_b", self.lr_b)
+        self._field: tuple[str, list[Any]] | None = None
+        if self.field_axis is not None:
+            if self.method is not None or self.ratios is not None or self.lr_b is not None:
+                raise ValueError("axis is the grid's second axis: drop ratios / lr_b / method.")
+            if self.budget:
+                raise ValueError("axis and budget both set the second axis: drop one.")
+            self._field = _field_axis(self.field_axis)
         self.seeds = _seeds(self.seeds)
         self._check_settings()
 
@@ -173,7 +208,8 @@ class SweepConfig:
             raise ValueError("study_name must not be empty.")
         self.publish_timeout_s = as_float(self.publish_timeout_s, "publish_timeout_s")
         self.overrides = {k.replace("-", "_"): v for k, v in dict(self.overrides).items()}
-        swept = sorted(set(self.overrides) & set(_SWEPT))
+        per_cell = set(_SWEPT) - ({"ratio"} if self._field else set())  # an axis keeps the ratio
+        swept = sorted(set(self.overrides) & (per_cell | ({self.axis} if self._field else set())))
         if self.method is not None:
             from loraplus.train.methods import method_settings
 
@@ -198,14 +234,19 @@ class SweepConfig:
 
     @property
     def axis(self) -> str:
-        """The grid's second axis: 'ratio', 'lr_b' or 'method'."""
+        """The grid's second axis: 'ratio', 'lr_b', 'method' or the TrainConfig field of
+        `field_axis`."""
+        if self._field is not None:
+            return self._field[0]
         if self.method is not None:
             return "method"
         return "lr_b" if self.lr_b is not None else "ratio"
 
     @property
     def y(self) -> list[Any]:
-        """The values of the second axis (ratios, lr_B or method names)."""
+        """The values of the second axis (ratios, lr_B, method names or field values)."""
+        if self._field is not None:
+            return list(self._field[1])
         if self.method is not None:
             return list(self.method)
         if self.budget:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 STUDY_ATTR = "loraplus_sweep"  # study user attr: the grid, metric and mode of the sweep
 HOLDING = ("complete", "pruned", "diverged", "error")  # finished statuses that keep a cell taken
 SKIPPED = ("idle", "duplicate")  # trials that ran no cell
-Cell = tuple[float, float | str, int]  # (lr_a, ratio | lr_b | method, seed)
+Cell = tuple[float, Any, int]  # (lr_a, ratio | lr_b | method | a field's value, seed)
 
 
 def status_of(trial: FrozenTrial) -> str:
@@ -61,7 +61,9 @@ def cell_of(attrs: Mapping[str, Any]) -> Cell | None:
     """The cell in a trial's user attrs, None if it has none (an idle trial)."""
     cell = attrs.get("cell")
     if isinstance(cell, (list, tuple)) and len(cell) == 3:
-        second = cell[1] if isinstance(cell[1], str) else float(cell[1])  # a method is a name
+        second = cell[
+            1
+        ]  # a ratio / lr_B (float), method name, or --axis value: JSON keeps its type
         return (float(cell[0]), second, int(cell[2]))
     return None
 

@@ -6,7 +6,9 @@ import dataclasses
 import logging
 import multiprocessing
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -33,14 +35,14 @@ def run_worker(
     return _work(cfg, study, grid, n_trials, train_fn)
 
 
-def resume(study: optuna.Study, grid: Grid) -> None:
+def resume(study: optuna.Study, grid: Grid, retry_errors_before: int = 0) -> None:
     """Fail trials whose worker on this machine is gone or whose heartbeat went stale, then
-    queue every cell no trial holds."""
+    queue every cell of `grid` no trial holds (see Grid.requeue)."""
     fail_dead_workers(study, grid.out_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    grid.requeue(study)
+    grid.requeue(study, retry_errors_before)
 
 
 def _waiting(study: optuna.Study) -> bool:
@@ -94,20 +96,21 @@ def _check_task(cfg: SweepConfig) -> None:
     from loraplus.train.checks import check_paths
 
     check_paths(train_cfg)  # --model / --data exist, before any trial is recorded
+    if cfg.axis not in ("ratio", "lr_b", "method"):  # --axis: every value makes a valid config
+        for value in cfg.y:
+            setting = {cfg.axis: value}
+            replace = dataclasses.replace
+            replace(spec, ratio=None, overrides=cfg.overrides, setting=setting).train_config()
     if train_cfg.task != "classification" and cfg.metric == "eval_accuracy":
         raise ValueError(f"metric eval_accuracy needs task classification (got {train_cfg.task}).")
 
 
-def _spawn(
-    cfg: SweepConfig, workers: int, n_trials: int | None, train_fn: TrainFn | None
-) -> list[str]:
-    """Run `workers` spawned worker processes to the end; the names of those that failed."""
+def spawn(target: Callable[..., None], args: tuple[Any, ...], workers: int) -> list[str]:
+    """Run `workers` spawned processes of target(*args) (a module-level function) to the end;
+    the names of those that failed. Ctrl-C waits for them (30 s), then stops them."""
     context = multiprocessing.get_context("spawn")
     procs = [
-        context.Process(
-            target=_worker_main, args=(cfg, n_trials, train_fn), name=f"sweep-worker-{k}"
-        )
-        for k in range(workers)
+        context.Process(target=target, args=args, name=f"sweep-worker-{k}") for k in range(workers)
     ]
     for proc in procs:
         proc.start()
@@ -149,7 +152,7 @@ def run_sweep(
     if workers == 1:
         _work(cfg, study, grid, n_trials, train_fn)
     else:
-        failed = _spawn(cfg, workers, n_trials, train_fn)
+        failed = spawn(_worker_main, (cfg, n_trials, train_fn), workers)
     summary = summarize(study)
     if write:
         write_outputs(summary, cfg.out_dir)

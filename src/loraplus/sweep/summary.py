@@ -90,7 +90,8 @@ class SweepSummary:
         if self.best is not None:
             best = [self.lr_a.index(self.best["lr_a"]), self.y.index(self.best[self.axis])]
         lora = ("lora", "ratio=1") if self.axis == "method" else (1.0,)
-        baseline_row = next((j for j, v in enumerate(self.y) if v in lora), None)
+        field = self.axis not in ("ratio", "lr_b", "method")  # --axis FIELD=...: no LoRA row
+        baseline_row = None if field else next((j for j, v in enumerate(self.y) if v in lora), None)
         title = (
             f"{self.subject}\n{self.metric}"
             if self.subject
@@ -103,7 +104,8 @@ class SweepSummary:
         return {
             "lr_a": self.lr_a,
             "y": self.y,
-            "y_label": {"ratio": "ratio", "lr_b": "lr_B", "method": "method"}[self.axis],
+            "y_label": {"ratio": "ratio", "lr_b": "lr_B"}.get(self.axis, self.axis),
+            "categorical": self.axis not in ("ratio", "lr_b"),  # one row per value
             "values": values,
             "states": states,
             "best": best,
@@ -143,12 +145,21 @@ def _isclose(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
 
 
-def _pick(cells: Sequence[dict[str, Any]], sign: float) -> dict[str, Any] | None:
-    """The best complete cell (first in grid order on ties)."""
+def best_cell(
+    cells: Sequence[dict[str, Any]], direction: str = "maximize"
+) -> dict[str, Any] | None:
+    """The best complete cell of `cells` (sweep.json cell rows; the first on ties), None if
+    none is complete."""
+    sign = 1.0 if direction == "maximize" else -1.0
     done = [c for c in cells if c["state"] == "complete" and c["mean"] is not None]
     if not done:
         return None
     return max(done, key=lambda c: sign * c["mean"])  # max keeps the first of equal keys
+
+
+def _pick(cells: Sequence[dict[str, Any]], sign: float) -> dict[str, Any] | None:
+    """best_cell with the direction as a sign (+1 maximize)."""
+    return best_cell(cells, "maximize" if sign > 0 else "minimize")
 
 
 def _cell(t: FrozenTrial, axis: str) -> tuple[Any, ...] | None:
@@ -163,11 +174,14 @@ def _cell(t: FrozenTrial, axis: str) -> tuple[Any, ...] | None:
 
 def _rates(a: float, b: Any, axis: str) -> dict[str, Any]:
     """The ratio and lr_B of a cell (lr_a, b); a method cell also names its method (the ratio is
-    "auto" for auto, and lr_B None)."""
+    "auto" for auto, and lr_B None); an --axis cell names its field's value (ratio, lr_B: None,
+    the training config's)."""
     if axis == "lr_b":
         return {"ratio": b / a, "lr_b": b}
     if axis == "ratio":
         return {"ratio": b, "lr_b": a * b}
+    if axis != "method":
+        return {axis: b, "ratio": None, "lr_b": None}
     from loraplus.train.methods import method_settings
 
     ratio = method_settings(b)["ratio"]
@@ -175,7 +189,7 @@ def _rates(a: float, b: Any, axis: str) -> dict[str, Any]:
     return {"method": b, "ratio": ratio, "lr_b": lr_b}
 
 
-def _trial_row(t: FrozenTrial, axis: str) -> dict[str, Any]:
+def trial_row(t: FrozenTrial, axis: str) -> dict[str, Any]:
     """One trial as a row of sweep.json."""
     cell, status = _cell(t, axis), status_of(t)
     a, b, seed = cell if cell is not None else (None, None, None)
@@ -268,7 +282,7 @@ def summarize(
     metric = record.get("metric") or ("eval_accuracy" if direction == "maximize" else "eval_loss")
     sign = 1.0 if direction == "maximize" else -1.0
 
-    rows = [_trial_row(t, axis) for t in trials]
+    rows = [trial_row(t, axis) for t in trials]
     by_cell: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for t, row in zip(trials, rows, strict=True):
         cell = _cell(t, axis)
@@ -279,6 +293,8 @@ def summarize(
     ]
 
     def is_lora(c: dict[str, Any]) -> bool:
+        if axis not in ("method", "ratio", "lr_b"):
+            return False  # an --axis grid: every cell has the config's ratio
         if axis == "method":
             return bool(c["method"] in ("lora", "ratio=1"))
         return _isclose(c["ratio"], 1.0) if axis == "ratio" else _isclose(c["lr_b"], c["lr_a"])

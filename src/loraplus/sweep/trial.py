@@ -44,17 +44,18 @@ class TrialSpec:
 
     number: int
     lr_a: float
-    ratio: float | str  # "auto" for the auto method
+    ratio: float | str | None  # "auto" for the auto method; None: the training config's
     seed: int
     output_dir: Path
     config: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
     method: str | None = None  # a method cell (loraplus.train.methods): its settings apply
+    setting: Mapping[str, Any] = field(default_factory=dict)  # an --axis cell's field and value
 
     @property
     def lr_b(self) -> float | None:
-        """lr_B = ratio * lr_A (None when the ratio is set online)."""
-        return None if isinstance(self.ratio, str) else self.ratio * self.lr_a
+        """lr_B = ratio * lr_A (None when the ratio is set online or by the config)."""
+        return self.ratio * self.lr_a if isinstance(self.ratio, (int, float)) else None
 
     def train_config(self) -> TrainConfig:
         """The TrainConfig of this cell: file, then sweep defaults and overrides, then the cell."""
@@ -65,9 +66,10 @@ class TrialSpec:
             from loraplus.train.methods import method_settings
 
             values.update(method_settings(self.method))
-        values.update(
-            lr=self.lr_a, ratio=self.ratio, seed=self.seed, output_dir=str(self.output_dir)
-        )
+        values.update(lr=self.lr_a, seed=self.seed, output_dir=str(self.output_dir))
+        values.update(self.setting)
+        if self.ratio is not None:
+            values["ratio"] = self.ratio
         if self.config is not None:  # the file's own settings win over the sweep's defaults
             from loraplus.train import read_config_file
 
@@ -216,14 +218,18 @@ def objective(
             return float("nan")
         lr_a = trial.suggest_float("lr_a", min(cfg.lr_a), max(cfg.lr_a), log=True)
         method: str | None = None
+        setting: dict[str, Any] = {}
+        ratio: float | str | None = None
         if cfg.axis == "method":
             from loraplus.train.methods import method_settings
 
             method = str(trial.suggest_categorical("method", cfg.y))
-            ratio: float | str = method_settings(method)["ratio"]
-        else:
+            ratio = method_settings(method)["ratio"]
+        elif cfg.axis in ("ratio", "lr_b"):
             second = trial.suggest_float(cfg.axis, min(cfg.y), max(cfg.y), log=True)
             ratio = second / lr_a if cfg.axis == "lr_b" else second
+        else:  # --axis FIELD=...: the field's value; the ratio is the training config's
+            setting = {cfg.axis: trial.suggest_categorical(cfg.axis, cfg.y)}
         seed = trial.suggest_int("seed", min(cfg.seeds), max(cfg.seeds))
         spec = TrialSpec(
             number=trial.number,
@@ -234,11 +240,19 @@ def objective(
             config=cfg.config,
             overrides=dict(cfg.overrides),
             method=method,
+            setting=setting,
         )
         ran.append(trial.number)
         return _train(trial, spec, train_fn, cfg)
 
     return run
+
+
+def _describe(spec: TrialSpec) -> str:
+    """The cell's second axis for a log line: its field setting, else its ratio."""
+    if spec.setting:
+        return ", ".join(f"{k} {v}" for k, v in spec.setting.items())
+    return f"ratio {spec.ratio}"
 
 
 def _train(trial: optuna.Trial, spec: TrialSpec, train_fn: TrainFn, cfg: SweepConfig) -> float:
@@ -270,7 +284,7 @@ def _train(trial: optuna.Trial, spec: TrialSpec, train_fn: TrainFn, cfg: SweepCo
             "Trial %d diverged (lr_A %g, %s): %s.",
             trial.number,
             spec.lr_a,
-            f"method {spec.method}" if spec.method else f"ratio {spec.ratio:g}",
+            f"method {spec.method}" if spec.method else _describe(spec),
             result.cause,
         )
         return float("nan")  # Optuna stores NaN as FAIL

@@ -356,19 +356,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class TrainResult:
-    """What one run produced: eval history, final metrics, where the files are, divergence."""
-
-    history: list[dict[str, Any]]  # one row per eval: step, eval metrics, train_loss, lr/<role>
-    final: dict[str, Any]  # last eval metrics, best_eval_*, steps, seconds
-    output_dir: Path
-    diverged: bool  # the divergence guard stopped the run (NaN/inf, or loss above the bound)
-    diverged_reason: str | None = None  # one line: step, cause, every group's lr, the fix
-    warnings: list[str] = field(default_factory=list)  # e.g. collapse to one class
-    main_process: bool = True  # False on the other ranks of a distributed run (they print nothing)
-
-
 def _check_optimizer(name: str) -> None:
     """optimizer is one of transformers' TrainingArguments.optim names."""
     from transformers.training_args import OptimizerNames

@@ -72,3 +72,16 @@ def final_metrics(
     final["steps"] = steps
     final["seconds"] = round(seconds, 3)
     return final
+
+
+def steps_to_reach(rows: Sequence[Mapping[str, Any]], metric: str, target: float) -> int | None:
+    """The first evaluated step after 0 whose `metric` reaches `target` (eval_accuracy: at or
+    above it; a loss: at or below it), None if none does."""
+    higher = "accuracy" in metric
+    for row in rows:
+        value = row.get(metric)
+        if int(row["step"]) <= 0 or value is None:
+            continue
+        if (value >= target - 1e-12) if higher else (value <= target + 1e-12):
+            return int(row["step"])
+    return None

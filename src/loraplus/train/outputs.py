@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from loraplus._io import write_json
+from loraplus.train.record import RECORD_FILE, TrainResult, write_record
 
-FINAL_FILES = ("metrics.json", "curves.png", "adapter", "merged")
+FINAL_FILES = (RECORD_FILE, "curves.png", "adapter", "merged")
 LOGS = ("tensorboard",)  # a new run would append to these instead of replacing them
 
 
@@ -66,8 +66,7 @@ def curves_title(
 
 
 def write_outputs(
-    output_dir: Path,
-    metrics: dict[str, Any],
+    result: TrainResult,
     curves: dict[str, Any],
     model: Any,
     tokenizer: Any,
@@ -76,17 +75,18 @@ def write_outputs(
     merge: bool,
     base: str,
 ) -> None:
-    """Write the adapter (and merged model) unless the run diverged, the curves, then metrics.
+    """Write the adapter (and merged model) unless the run diverged, the curves, then the record.
 
     The adapter names its base as `base` (adapter.portable_base: a built-in's name, not its
     cache folder) and carries a classifier's labels (labels.json)."""
     from loraplus import adapter
     from loraplus.plots import plot_training_curves
 
-    if not metrics["diverged"]:
+    output_dir = result.output_dir
+    if not result.diverged:
         if save_adapter:
             adapter.save_adapter(model, tokenizer, output_dir / "adapter", base=base)
         if merge:
             adapter.save_merged(model, tokenizer, output_dir / "merged")
     plot_training_curves(output_dir / "curves.png", curves)
-    write_json(output_dir / "metrics.json", metrics)
+    write_record(result)

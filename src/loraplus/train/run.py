@@ -14,7 +14,7 @@ from loraplus._extras import require
 from loraplus.adapter import portable_base
 from loraplus.init import SCHEMES
 from loraplus.train.checks import load_checked
-from loraplus.train.config import TrainConfig, TrainResult, make_config
+from loraplus.train.config import TrainConfig, make_config
 from loraplus.train.data import (
     _by_length,
     check_chat_template,
@@ -29,6 +29,7 @@ from loraplus.train.data import (
 )
 from loraplus.train.history import eval_rows, final_metrics, train_losses
 from loraplus.train.outputs import curves_title, resumed_settings, write_outputs
+from loraplus.train.record import TrainResult
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -266,23 +267,16 @@ def _resume_point(cfg: TrainConfig, output_dir: Path, label_names: list[str]) ->
 
 
 def _finished(metrics: dict[str, Any], output_dir: Path, main: bool) -> TrainResult:
-    """The result of a finished run that --resume found with these very settings (a no-op)."""
-    final = dict(metrics.get("final") or {})
+    """The record of a finished run that --resume found with these very settings (a no-op)."""
+    result = TrainResult.from_dict(metrics, output_dir)
+    result.main_process = main
     if main:
         log.warning(
             "%s holds this run, finished at step %s: nothing to resume (its files are kept).",
             output_dir,
-            final.get("steps"),
+            result.final.get("steps"),
         )
-    return TrainResult(
-        history=list(metrics.get("history") or []),
-        final=final,
-        output_dir=output_dir,
-        diverged=bool(metrics.get("diverged")),
-        diverged_reason=metrics.get("diverged_reason"),
-        warnings=list(metrics.get("warnings") or []),
-        main_process=main,
-    )
+    return result
 
 
 @dataclass
@@ -500,30 +494,32 @@ def _train(
         str(g.get("role")): float(g.get("initial_lr", g["lr"]))
         for g in trainer.optimizer.param_groups
     }
-    metrics = {
-        "config": cfg.to_dict(),
-        "history": rows,
-        "final": final,
-        "diverged": diverged is not None,
-        "diverged_at_step": diverged.step if diverged else None,
-        "diverged_reason": diverged.message() if diverged else None,
-        "warnings": warnings,
-        "world_size": args.world_size,
-        "global_batch_size": global_batch,
-        "resumed_from": str(resume) if resume is not None else None,
-        "train_loss_log": train_losses(trainer.state.log_history),
-        "feature_updates": probe.history if probe is not None else [],
-        "param_groups": _param_groups(trainer.optimizer, trainer.model),
-        "max_length": prep.max_length,
-        "truncation": truncation or None,
-        "precision": {
+    losses = train_losses(trainer.state.log_history)
+    result = TrainResult(
+        history=rows,
+        final=final,
+        output_dir=output_dir,
+        diverged=diverged is not None,
+        diverged_reason=diverged.message() if diverged else None,
+        diverged_at_step=diverged.step if diverged else None,
+        warnings=warnings,
+        config=cfg.to_dict(),
+        world_size=args.world_size,
+        global_batch_size=global_batch,
+        resumed_from=str(resume) if resume is not None else None,
+        train_loss_log=losses,
+        feature_updates=probe.history if probe is not None else [],
+        param_groups=_param_groups(trainer.optimizer, trainer.model),
+        max_length=prep.max_length,
+        truncation=truncation or None,
+        precision={
             "bf16": cfg.bf16,
             "fp16": cfg.fp16,
             "gradient_checkpointing": cfg.gradient_checkpointing,
             "torch_compile": cfg.torch_compile,
             **precision(trainer.model),
         },
-        "data": {
+        data={
             "source": data.source,
             "split": data.split,
             "train_rows": len(data.train),
@@ -531,14 +527,14 @@ def _train(
             "train_examples": len(trainer.train_dataset),
             "label_names": data.label_names,
         },
-    }
+        main_process=main,
+    )
     if main:
         write_outputs(
-            output_dir,
-            metrics,
+            result,
             {
-                "train_steps": [e["step"] for e in metrics["train_loss_log"]],
-                "train_loss": [e["loss"] for e in metrics["train_loss_log"]],
+                "train_steps": [e["step"] for e in losses],
+                "train_loss": [e["loss"] for e in losses],
                 "eval_steps": [r["step"] for r in rows],
                 "eval_metric": [r.get(metric) for r in rows],
                 "eval_loss": [r.get("eval_loss") for r in rows],
@@ -552,15 +548,7 @@ def _train(
             base=portable_base(cfg.model),
         )
     trainer.accelerator.wait_for_everyone()
-    return TrainResult(
-        history=rows,
-        final=final,
-        output_dir=output_dir,
-        diverged=diverged is not None,
-        diverged_reason=diverged.message() if diverged else None,
-        warnings=warnings,
-        main_process=main,
-    )
+    return result
 
 
 def _param_groups(optimizer: Any, model: Any) -> list[dict[str, Any]]:
