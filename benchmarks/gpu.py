@@ -189,6 +189,7 @@ def run_variant(
         "peak": peak,
         "lr_spread": lrs[-1] / lrs[0],
         "optimizer": type(opt).__name__,
+        "auto": getattr(opt, "auto_ratio", None) is not None,  # ratio="auto"'s controller attached
         "probed": probed,
     }
     if probe is not None:

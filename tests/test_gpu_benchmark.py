@@ -45,7 +45,9 @@ def test_gpu_lane_runs_every_variant_at_tiny_size(capsys: pytest.CaptureFixture[
             assert row["variant"] in out
     assert rows["LoRA+, adamw_bnb_8bit"]["optimizer"] == "AdamW8bit"
     assert rows["LoRA+, paged_adamw_8bit"]["optimizer"] == "PagedAdamW8bit"
-    assert rows["LoRA+ ratio auto"]["optimizer"] != "AdamW"  # the ratio controller's class
+    # ratio="auto" keeps the user's AdamW and attaches its controller through optimizer hooks
+    assert rows["LoRA+ ratio auto"]["optimizer"] == "AdamW" and rows["LoRA+ ratio auto"]["auto"]
+    assert not any(r["auto"] for name, r in rows.items() if name != "LoRA+ ratio auto")
     # the probe measured every LoRA layer (2 layers x 7 projections) once
     assert rows["LoRA+ probe/10"]["probed"] == 14
     assert all(r["probed"] == 0 for name, r in rows.items() if name != "LoRA+ probe/10")
