@@ -119,14 +119,20 @@ def line_stage(
 
 
 def run_stage(
-    task: str, base: dict[str, Any], head: float, chosen: dict[str, Any], runs: Path, out: Path
+    task: str,
+    base: dict[str, Any],
+    head: float,
+    chosen: dict[str, Any],
+    runs: Path,
+    out: Path,
+    seeds: list[int] = SEEDS,
 ) -> dict[str, Any]:
-    """The chosen cells to convergence, 3 seeds; each run's eval history."""
+    """The chosen cells to convergence, 3 seeds (--smoke: 1); each run's eval history."""
     result: dict[str, Any] = {}
     for method, cell in chosen.items():
         overrides = {**base, "data": task, "lr_roles": [f"head={head:g}"]}
         name = f"{task}-converge-{method}-head{head:g}"
-        summary = sweep(name, overrides, [cell["lr_a"]], [cell["ratio"]], SEEDS, runs, out)
+        summary = sweep(name, overrides, [cell["lr_a"]], [cell["ratio"]], seeds, runs, out)
         rows = histories(summary, runs, name)
         result[method] = {
             "lr_a": cell["lr_a"],
@@ -285,10 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.task or TASKS:
         head = head_stage(task, short, runs, out)
         lines = line_stage(task, short, head["chosen"], runs, out)
-        converge = run_stage(task, long, head["chosen"], lines, runs, out)
+        seeds = SEEDS[:1] if args.smoke else SEEDS
+        converge = run_stage(task, long, head["chosen"], lines, runs, out, seeds)
         if task in (args.controls if args.controls is not None else TASKS):
             near = runners_up(lines, args.near)
-            extra = run_stage(task, long, head["chosen"], near, runs, out)
+            extra = run_stage(task, long, head["chosen"], near, runs, out, seeds)
             converge.update(extra)
         report["tasks"][task] = {
             "head": head,

@@ -387,7 +387,7 @@ def test_help_shows_defaults_and_what_each_flag_does(capsys: pytest.CaptureFixtu
         "--lr LR learning rate of LoRA A (lr_A) (default: 0.0002)",
         "(experimental) (default: 16)",
         "--max-length MAX_LENGTH, --max_length MAX_LENGTH truncate examples to this many "
-        "tokens (default: 64)",
+        "tokens (default: 64 for classification; 1024 for causal-lm",
         "--epochs EPOCHS epochs (ignored when max-steps > 0) (default: 1)",
         "--save-adapter [true|false], --save_adapter [true|false] save the adapter (PEFT "
         "format) (default: true)",
@@ -433,7 +433,10 @@ def test_resume_auto_says_which_checkpoint_it_continues(
     assert f"--resume auto: no complete checkpoint in {tmp_path / 'run'}; starting fresh" in (
         capsys.readouterr().out
     )
-    assert cli.main([*argv, "--resume", "auto", "--max-steps", "6"]) == 0
+    # a finished run continued with other settings (more steps) needs --overwrite (issue 20)
+    assert cli.main([*argv, "--resume", "auto", "--max-steps", "6"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main([*argv, "--resume", "auto", "--max-steps", "6", "--overwrite"]) == 0
     out = capsys.readouterr().out
     assert f"resuming from {tmp_path / 'run' / 'checkpoint-4'} (step 4)\n" in out
     assert "6 steps" in out

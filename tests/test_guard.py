@@ -219,13 +219,13 @@ def test_curves_title_of_a_run_resumed_with_another_ratio_says_what_trained_befo
 
     now = tiny_cls_config(tiny_files, tmp_path, ratio=4)
     checkpoint = tmp_path / "checkpoint-8"
-    write_json(checkpoint / MARKER, {"config": {**now.to_dict(), "ratio": 16.0}})
+    write_json(checkpoint / MARKER, {"config": {**now.to_dict(), "ratio": 16.0}, "files": {}})
     lrs = {"lora_A": 1e-3, "lora_B": 0.004}
     title = curves_title(now, lrs, resumed_settings(checkpoint))
     assert title == (
         f"{now.model} on {now.data} (ratio 4): lr lora_A 0.001, lora_B 0.004\n"
         "steps 1-8 trained at ratio 16 (resumed from 8)"
     )
-    write_json(checkpoint / MARKER, {"config": now.to_dict()})  # resumed unchanged: one line
+    write_json(checkpoint / MARKER, {"config": now.to_dict(), "files": {}})  # unchanged: one line
     assert curves_title(now, lrs, resumed_settings(checkpoint)) == curves_title(now, lrs)
     assert resumed_settings(None) is None
