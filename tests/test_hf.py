@@ -107,6 +107,23 @@ def test_trainer_trains_with_loraplus_groups(tmp_path: Path) -> None:
     assert logged[0]["lr/lora_A"] == pytest.approx(logged[0]["learning_rate"])
 
 
+def test_ratio_auto_logs_its_ratios_in_the_log_history(tmp_path: Path) -> None:
+    """auto_ratio/<kind> reaches state.log_history beside lr/<role> (not only the printed logs),
+    at the values the controller holds after each logged step."""
+    from loraplus.autoratio import auto_ratio_logs
+
+    args = targs(tmp_path, max_steps=12, loraplus_lr_ratio="auto")
+    trainer = LoraPlusTrainer(model=lora_bert(), args=args, train_dataset=cls_data())
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logged) == 12
+    assert all("lr/lora_A" in e and "auto_ratio/q" in e for e in logged)
+    assert logged[0]["auto_ratio/q"] == 16.0  # the start, before the first update at step 10
+    final = auto_ratio_logs(trainer.optimizer)
+    assert final["auto_ratio/q"] != 16.0  # step 10 measured a balance and moved it
+    assert {k: v for k, v in logged[-1].items() if k.startswith("auto_ratio/")} == final
+
+
 def test_scheduler_and_grad_accumulation_keep_the_ratio(tmp_path: Path) -> None:
     args = targs(
         tmp_path,

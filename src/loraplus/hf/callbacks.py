@@ -70,13 +70,13 @@ class LoraPlusLogCallback(TrainerCallback):
             logs.update(lrs)
         elif not any(k.startswith("eval_") for k in logs):
             return
-        if last is not None and last.get("step") == state.global_step and _same(last, logs):
+        if last is not None and last.get("step") == state.global_step and _same(last, logs, lrs):
             last.update(lrs)
 
 
-def _same(entry: dict[str, Any], logs: dict[str, float]) -> bool:
-    """Whether a log_history entry is the one made from `logs`."""
-    return all(entry.get(k) == v for k, v in logs.items() if not k.startswith("lr/"))
+def _same(entry: dict[str, Any], logs: dict[str, float], added: dict[str, float]) -> bool:
+    """Whether a log_history entry is the one made from `logs` (before `added` joined them)."""
+    return all(entry.get(k) == v for k, v in logs.items() if k not in added)
 
 
 def _log_callback_first(handler: CallbackHandler) -> None:
