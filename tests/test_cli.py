@@ -403,6 +403,11 @@ def test_help_shows_defaults_and_what_each_flag_does(capsys: pytest.CaptureFixtu
     assert "--out-dir OUT_DIR" in text  # one output folder, not also --output-dir
     assert "--output-dir OUTPUT_DIR" not in text and "--output_dir" not in text
     assert "--lr LR" not in text and "--seed SEED" not in text  # the grid's --lr-a, --seeds
+    assert cli.main(["tune", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--out-dir OUT_DIR" in text and "--max-runs MAX_RUNS" in text
+    assert "--lr LR" not in text and "--seed SEED" not in text
+    assert "--output-dir OUTPUT_DIR" not in text
 
 
 def test_print_config_checks_that_a_built_in_model_is_installed(

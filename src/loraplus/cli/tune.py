@@ -24,6 +24,7 @@ def add_parser(subparsers: Subparsers) -> None:
         "tune",
         dataclass_types=configs,
         suppress=True,
+        hide=("lr", "seed", "output_dir"),  # set per run (the search, --seeds, --out-dir)
         help="find each method's learning rate (lr_A line search, more seeds at the best)",
         description="For each --method: train a line of lr_A values --step apart around "
         "--centre (first seed), extend it past an edge that holds the best (--extend times at "
