@@ -26,9 +26,9 @@ import torch
 
 import loraplus
 from loraplus.autoratio import AutoRatioConfig, isotropic_terms, lora_pairs
-from loraplus.diagnostics import FeatureUpdateProbe
 from loraplus.experiments.lora_mlp import batches, teacher_student
 from loraplus.experiments.width import fit_loglog_slope
+from loraplus.probe import FeatureUpdateProbe
 
 RATIOS: tuple[float | str, ...] = (1.0, 16.0, 256.0, "auto", "auto-inputs")
 

@@ -38,7 +38,7 @@ from peft.optimizers import create_loraplus_optimizer as peft_loraplus
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
 import loraplus
-from loraplus.diagnostics import FeatureUpdateProbe
+from loraplus.probe import FeatureUpdateProbe
 
 LR, RATIO, RANK, PROBE_EVERY = 1e-4, 16.0, 16, 10
 

@@ -27,8 +27,8 @@ from models import small_llama
 
 import loraplus
 from loraplus.autoratio import AutoRatioConfig
-from loraplus.diagnose import kind_scalars
-from loraplus.diagnostics import FeatureUpdateProbe, layer_records, summarize_updates
+from loraplus.probe import FeatureUpdateProbe, layer_records, summarize_updates
+from loraplus.verdicts import kind_scalars
 
 EVERY = 10
 

@@ -27,8 +27,8 @@ from loraplus.autoratio import (
     isotropic_terms,
     lora_pairs,
 )
-from loraplus.diagnostics import FeatureUpdateProbe
 from loraplus.experiments.lora_mlp import batches, teacher_student, train
+from loraplus.probe import FeatureUpdateProbe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -169,8 +169,8 @@ def trainer_run(
     from tiny import tiny_bert
 
     from loraplus.autoratio import auto_ratio_logs, controller, lora_pairs
-    from loraplus.diagnostics import FeatureUpdateCallback
     from loraplus.hf import LoraPlusTrainer, LoraPlusTrainingArguments
+    from loraplus.hf.callbacks import FeatureUpdateCallback
 
     base = tiny_bert(3)
     for module in base.modules():

@@ -93,7 +93,7 @@ IDS = torch.randint(0, 128, (4, 8), generator=torch.Generator().manual_seed(3)) 
 def steered(model: torch.nn.Module, rows: slice, signal: str) -> dict[str, Any]:
     """3 steps of ratio="auto" (every step) and the probe on `rows` of IDS: what they measured."""
     from loraplus.autoratio import AutoRatioConfig, controller
-    from loraplus.diagnostics import FeatureUpdateProbe
+    from loraplus.probe import FeatureUpdateProbe
 
     cfg = AutoRatioConfig(every=1, signal=signal, max_step=8.0)  # unclamped: each layer its own
     opt = create_optimizer(model, "adamw", lr=1e-2, ratio="auto", auto_ratio=cfg)

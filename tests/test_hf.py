@@ -1,8 +1,11 @@
-"""loraplus.hf: Trainer / TRL integration, DeepSpeed and resume guards, per-role lr logs."""
+"""loraplus.hf: Trainer / TRL integration, DeepSpeed and resume guards, per-role lr logs, the
+feature-update probe's callback."""
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +18,7 @@ from tiny import lora_bert, lora_llama
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from loraplus.hf import (
+    FeatureUpdateCallback,
     LoraPlusConfig,
     LoraPlusLogCallback,
     LoraPlusMixin,
@@ -26,6 +30,7 @@ from loraplus.hf import (
     loraplus_optimizer_for,
     read_checkpoint_param_groups,
 )
+from loraplus.verdicts import kind_scalars
 
 LR = 5e-3
 
@@ -575,3 +580,57 @@ def test_width_aware_arguments_reach_the_optimizer(tmp_path: Path) -> None:
         LoraPlusTrainer(
             model=lora_llama(), args=targs(tmp_path, loraplus_n_ref=32.0)
         ).create_optimizer()
+
+
+def test_callback_records_during_training(tmp_path: Path) -> None:
+    callback = FeatureUpdateCallback(every=2)
+    trainer = LoraPlusTrainer(
+        model=lora_bert(),
+        args=targs(tmp_path, max_steps=6, loraplus_lr_ratio=16.0),
+        train_dataset=cls_data(),
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert [row["step"] for row in callback.history] == [1.0, 3.0, 5.0]
+    first = callback.history[0]
+    # Step 1 from B = 0 (Init[1]): A's step cannot move the features, B's does.
+    assert first["delta_a"] == 0.0 and first["delta_b"] > 0.0
+    later = callback.history[-1]
+    assert later["delta_a"] > 0.0 and math.isfinite(later["balance_log2"])
+    assert callback.probe is not None and callback.probe.hooks == []
+    # per-layer records: 2 x (query, key, value, attention/FFN output denses, intermediate), pooler
+    layers = later["layers"]
+    assert len(layers) == len(callback.probe.layers) == 13
+    assert {r["kind"] for r in layers} == {"q", "k", "v", "o", "mlp", "other"}
+    assert statistics.median(r["delta_a"] for r in layers) == later["delta_a"]
+    assert all(r["balance_log2"] is None for r in first["layers"])  # δ¹ = 0: no balance, not inf
+
+
+class LogCapture(TrainerCallback):
+    """A reporter stand-in: what a TensorBoard callback placed after the probe would receive."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict[str, float]] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+        self.logs.append(dict(logs or {}))
+
+
+def test_callback_sends_per_kind_scalars_to_the_logs(tmp_path: Path) -> None:
+    probe, reporter = FeatureUpdateCallback(every=2), LogCapture()
+    trainer = LoraPlusTrainer(
+        model=lora_bert(),
+        args=targs(tmp_path, max_steps=4, logging_steps=2, loraplus_lr_ratio=16.0),
+        train_dataset=cls_data(),
+        callbacks=[probe, reporter],
+    )
+    trainer.train()
+    step_logs = [log for log in reporter.logs if "loss" in log]
+    assert len(step_logs) == 2
+    # step 2's log carries the probe of step 1 (δ¹ = 0: δ's only), step 4's that of step 3
+    assert "probe/q/delta_b" in step_logs[0] and "probe/q/balance_log2" not in step_logs[0]
+    expected = kind_scalars(probe.history[1]["layers"])
+    assert {k: v for k, v in step_logs[1].items() if k.startswith("probe/")} == expected
+    assert set(expected) >= {f"probe/{k}/balance_log2" for k in ("q", "k", "v", "o", "mlp")}
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert history[1]["probe/mlp/delta_a"] == expected["probe/mlp/delta_a"]

@@ -19,8 +19,8 @@ from loraplus.roles import Role, classify
 __version__ = "0.1.0"
 
 _LAZY = {
-    "FeatureUpdateProbe": "loraplus.diagnostics",
-    "FeatureUpdateCallback": "loraplus.diagnostics",
+    "FeatureUpdateProbe": "loraplus.probe",
+    "FeatureUpdateCallback": "loraplus.hf.callbacks",
 }
 _MOVED_TO_HF = ()
 

@@ -169,7 +169,7 @@ class AutoRatio:
 
     def ratios_by_kind(self) -> dict[str, list[float]]:
         """{module kind (q, k, v, o, mlp, ...): the ratios of its layers}."""
-        from loraplus.diagnose import module_kind
+        from loraplus.verdicts import module_kind
 
         out: dict[str, list[float]] = {}
         for pair, log2_ratio in zip(self.pairs, self.log2_ratio, strict=True):
@@ -236,7 +236,7 @@ class AutoRatio:
     def _update(self, old_a: list[torch.Tensor], old_b: list[torch.Tensor]) -> None:
         cfg = self.auto
         if not self.warned_half:
-            from loraplus.diagnostics import unmoved_a, warn_half_precision
+            from loraplus.probe import unmoved_a, warn_half_precision
 
             found = [  # only half-precision A's: full_value is a collective under sharding
                 unmoved_a(p.a, a0, full_value(p.a), b0)
@@ -248,7 +248,7 @@ class AutoRatio:
                 self.warned_half = True
                 warn_half_precision(counts)
         if cfg.signal == "inputs" and not self.auto_inputs:
-            from loraplus.diagnostics import warn_no_inputs
+            from loraplus.probe import warn_no_inputs
 
             warn_no_inputs("ratio='auto' (signal='inputs') fell back to the isotropic signal")
         terms = [self._terms(p, a0, b0) for p, a0, b0 in zip(self.pairs, old_a, old_b, strict=True)]
@@ -271,7 +271,7 @@ class AutoRatio:
         a1, b1 = full_value(pair.a), full_value(pair.b)
         if self.auto.signal == "isotropic":
             return isotropic_terms(a0, b0, a1, b1)
-        from loraplus.diagnostics import feature_update_sums, rms
+        from loraplus.probe import feature_update_sums, rms
 
         z = self.auto_inputs.get(pair.layer)
         if z is None:  # no input on this rank: add nothing to every rank's sums

@@ -29,7 +29,7 @@ def add_parser(subparsers: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the verdicts and write the figure."""
-    from loraplus.diagnose import probe_figure, read_probe_records, run_config, verdicts
+    from loraplus.verdicts import probe_figure, read_probe_records, run_config, verdicts
 
     rows = read_probe_records(args.run_dir)
     config = run_config(args.run_dir)

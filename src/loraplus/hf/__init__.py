@@ -5,9 +5,12 @@
 optimizer or lr schedule, and a resume that would restore the checkpoint's old learning rates.
 """
 
-from loraplus.diagnostics import FeatureUpdateCallback
 from loraplus.hf.arguments import LoraPlusConfig, LoraPlusTrainingArguments
-from loraplus.hf.callbacks import LoraPlusLogCallback, role_learning_rates
+from loraplus.hf.callbacks import (
+    FeatureUpdateCallback,
+    LoraPlusLogCallback,
+    role_learning_rates,
+)
 from loraplus.hf.deepspeed import check_deepspeed_config, deepspeed_config
 from loraplus.hf.resume import compare_param_groups, read_checkpoint_param_groups
 from loraplus.hf.trainer import LoraPlusMixin, LoraPlusTrainer, loraplus_optimizer_for

@@ -418,7 +418,7 @@ def _train(
     cfg: TrainConfig, output_dir: Path, callbacks: list[TrainerCallback] | None
 ) -> TrainResult:
     """The run itself, inside the folder's lock."""
-    from loraplus.diagnostics import FeatureUpdateCallback
+    from loraplus.hf.callbacks import FeatureUpdateCallback
     from loraplus.train import checkpoint as ckpt
     from loraplus.train.guard import DivergenceGuard, collapse_warning
     from loraplus.train.model import load_model, precision

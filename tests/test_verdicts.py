@@ -1,4 +1,4 @@
-"""loraplus.diagnose: module kinds, verdicts from probe records, metrics.json, the figure."""
+"""loraplus.verdicts: module kinds, verdicts from probe records, metrics.json, the figure."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from loraplus import cli
 from loraplus._io import write_json
-from loraplus.diagnose import (
+from loraplus.verdicts import (
     BALANCED_LOG2,
     draw_probe,
     format_balance,

@@ -17,9 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from loraplus.diagnose import kind_scalars, module_kind
 from loraplus.roles import unwrap
 from loraplus.sharded import (
     LORA_ROLES,
@@ -31,6 +29,7 @@ from loraplus.sharded import (
     refuse_fsdp1,
     stepped_roles,
 )
+from loraplus.verdicts import module_kind
 
 
 @dataclass(frozen=True)
@@ -274,72 +273,3 @@ def summarize_updates(updates: list[FeatureUpdate]) -> dict[str, float]:
         "delta_b": statistics.median(u.delta_b for u in updates) if updates else math.nan,
         "balance_log2": statistics.median(finite) if finite else math.nan,
     }
-
-
-class FeatureUpdateCallback(TrainerCallback):
-    """Every `every` optimizer steps, records δ¹, δ², δ³ per LoRA layer in `self.history`.
-
-    Each row holds the medians over layers (step, delta_a, delta_b, balance_log2) and the
-    per-layer records under "layers" (the shape loraplus.diagnose reads). The medians per module
-    kind (probe/q/balance_log2, probe/mlp/delta_a, ...) join the next training log; reporters such
-    as TensorBoard see them when this callback runs before them (insert it at position 0).
-    """
-
-    def __init__(self, every: int = 10, max_tokens: int = 512) -> None:
-        self.every, self.max_tokens = every, max_tokens
-        self.probe: FeatureUpdateProbe | None = None
-        self.history: list[dict[str, Any]] = []
-        self.pending: dict[str, float] = {}
-
-    def on_train_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
-        self.probe = FeatureUpdateProbe(kw["model"], self.max_tokens)
-        self.probe.recording = False
-        # DeepSpeed steps inside backward, before on_pre_optimizer_step: watch the step itself
-        self.probe.watch(kw["optimizer"], lambda: self.probe is not None and self.probe.recording)
-
-    def on_step_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
-        if self.probe is not None:
-            self.probe.recording = state.global_step % self.every == 0
-
-    def on_optimizer_step(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
-        """Called after DeepSpeed's step too (Trainer order: backward, step hooks, this)."""
-        probe = self.probe
-        if probe is None or not probe.recording:
-            return
-        probe.recording = False
-        if probe.last is None:
-            return  # skipped step (fp16 overflow): nothing moved
-        updates, probe.last = probe.last, None
-        layers = layer_records(updates)
-        row = {"step": float(state.global_step + 1), **summarize_updates(updates)}
-        self.history.append({**row, "layers": layers})
-        self.pending = kind_scalars(layers)
-
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, float] | None = None,
-        **kw: Any,
-    ) -> None:
-        """Add the latest probe's per-kind medians to this log (and its log_history entry)."""
-        if logs is None or not self.pending:
-            return
-        logs.update(self.pending)
-        last = state.log_history[-1] if state.log_history else None
-        if last is not None and last.get("step") == state.global_step:
-            last.update(self.pending)
-        self.pending = {}
-
-    def on_train_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
-        if self.probe is not None:
-            self.probe.remove()
