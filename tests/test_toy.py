@@ -13,20 +13,16 @@ import torch
 from matplotlib.image import imread
 
 from loraplus.experiments._toygrid import make_target
-from loraplus.experiments.toy import (
+from loraplus.experiments.toy import make_problem, run_toy, toy_loss, train_single
+from loraplus.experiments.toy_io import read_toy_json, write_toy_outputs
+from loraplus.experiments.toy_result import (
     ToyConfig,
     band,
     best,
     format_best,
     log2_grid,
     log_grid,
-    make_problem,
-    read_toy_json,
-    run_toy,
     seed_result,
-    toy_loss,
-    train_single,
-    write_toy_outputs,
 )
 
 LOSS_KEYS = ("train_early", "test_early", "train_final", "test_final")

@@ -85,7 +85,8 @@ def test_tiny_scan_end_to_end(tmp_path: Path, setup: str) -> None:
 
 
 def test_width_runs_the_toy_setup_it_names() -> None:
-    from loraplus.experiments.toy import ToyConfig, best, run_toy
+    from loraplus.experiments.toy import run_toy
+    from loraplus.experiments.toy_result import ToyConfig, best
 
     cfg = WidthConfig(
         setup="paper",

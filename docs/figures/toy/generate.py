@@ -12,14 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from loraplus.experiments.toy import (
-    ToyConfig,
-    best,
-    format_best,
-    read_toy_json,
-    run_toy,
-    write_toy_outputs,
-)
+from loraplus.experiments.toy import run_toy
+from loraplus.experiments.toy_io import read_toy_json, write_toy_outputs
+from loraplus.experiments.toy_result import ToyConfig, best, format_best
 from loraplus.experiments.width import WidthConfig, run_width, summary_lines, write_width_outputs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from loraplus.cli.common import Subparsers
 
 def add_parser(subparsers: Subparsers) -> None:
     """`loraplus experiment toy|width`."""
-    from loraplus.experiments.toy import ToyConfig
+    from loraplus.experiments.toy_result import ToyConfig
     from loraplus.experiments.width import WidthConfig
 
     parser = subparsers.add_parser(
@@ -51,14 +51,15 @@ def add_parser(subparsers: Subparsers) -> None:
 def run_toy(args: argparse.Namespace) -> int:
     """Run the toy grid, write its heatmaps and JSON, print the best cells."""
     require("plots", "loraplus experiment")
-    from loraplus.experiments import toy
+    from loraplus.experiments import toy, toy_io
+    from loraplus.experiments.toy_result import ToyConfig, best, format_best
 
-    cfg = toy.ToyConfig(**_config.passed(args, toy.ToyConfig))
+    cfg = ToyConfig(**_config.passed(args, ToyConfig))
     result = toy.run_toy(cfg)
-    paths = toy.write_toy_outputs(result, args.out)
+    paths = toy_io.write_toy_outputs(result, args.out)
     for stage in ("early", "final"):
-        print(f"{stage:5s} train: {toy.format_best(toy.best(result, stage, 'train'))}")
-    print(toy.format_best(toy.best(result, "final", "test")))
+        print(f"{stage:5s} train: {format_best(best(result, stage, 'train'))}")
+    print(format_best(best(result, "final", "test")))
     print(f"outputs: {', '.join(str(p) for p in paths)}")
     return 0
 

@@ -1,6 +1,8 @@
 """Paper experiments: the toy MLP learning-rate grid (Figure 2) and the width-scaling check."""
 
-from loraplus.experiments.toy import (
+from loraplus.experiments.toy import run_toy, toy_loss, train_single
+from loraplus.experiments.toy_io import read_toy_json, write_toy_outputs
+from loraplus.experiments.toy_result import (
     BestPoint,
     ToyConfig,
     ToyResult,
@@ -9,12 +11,7 @@ from loraplus.experiments.toy import (
     format_best,
     log2_grid,
     log_grid,
-    read_toy_json,
-    run_toy,
     seed_result,
-    toy_loss,
-    train_single,
-    write_toy_outputs,
 )
 from loraplus.experiments.width import (
     WidthConfig,

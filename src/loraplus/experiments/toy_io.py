@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from loraplus._io import write_json
-from loraplus.experiments.toy import (
+from loraplus.experiments.toy_result import (
     BROADCAST_NOTE,
     LOSS_KEYS,
     PAPER_BEST_DIAGONAL,

@@ -36,7 +36,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from loraplus._io import write_json
-from loraplus.experiments.toy import (
+from loraplus.experiments.toy import run_toy
+from loraplus.experiments.toy_result import (
     SETUPS,
     Init,
     Readout,
@@ -44,7 +45,6 @@ from loraplus.experiments.toy import (
     ToyConfig,
     best,
     log2_grid,
-    run_toy,
 )
 
 
