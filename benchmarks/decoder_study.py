@@ -91,14 +91,12 @@ def prepare_data(folder: Path, max_train: int, max_eval: int) -> dict[str, Any]:
     the text, so every run of the study trains and evaluates on the same rows."""
     from importlib.metadata import version
 
-    from loraplus import zoo
+    from loraplus.data import load_data
 
     info = folder / "data.json"
     if info.exists():
         return dict(json.loads(info.read_text()))
-    data = zoo.load_data(
-        DATA["name"], task="causal-lm", seed=0, max_train=max_train, max_eval=max_eval
-    )
+    data = load_data(DATA["name"], task="causal-lm", seed=0, max_train=max_train, max_eval=max_eval)
     for name, rows in (("train", data.train), ("test", data.eval)):
         with atomic_file(folder / f"{name}.jsonl") as handle:
             for row in rows:

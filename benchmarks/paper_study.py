@@ -3,7 +3,7 @@
 Stages (each a resumable Optuna study under --runs; rerun the script to continue after a crash):
   1. grid    MiniLM (hidden 384) on rotten-tomatoes (easy) and 20newsgroups (hard): lr_A x ratio,
              seed 0. The rotten-tomatoes grid uses the demo's exact settings and writes the demo's
-             learning rates (src/loraplus/data/demo_lrs.json) with this command as provenance.
+             learning rates (src/loraplus/cli/demo_lrs.json) with this command as provenance.
   2. seeds   the best ratio-1 cell and the best ratio-16 cell of each task again, more seeds.
   3. mpnet   (with --mpnet) MPNet-base (hidden 768) on 20newsgroups, a smaller grid, then the
              same seeds at its best ratio-1 and ratio-16 cells.
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = {"lr_a": GRID["lr_a"][1:2], "ratios": [1.0, 16.0]} if args.smoke else GRID
     seeds = SEEDS[:1] if args.smoke else SEEDS
     demo_lrs = args.demo_lrs or (
-        None if args.smoke else Path(__file__).parents[1] / "src/loraplus/data/demo_lrs.json"
+        None if args.smoke else Path(__file__).parents[1] / "src/loraplus/cli/demo_lrs.json"
     )
     rows = []
     for task in args.tasks:

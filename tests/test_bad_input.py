@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from test_train import tiny_files  # noqa: F401  (a fixture)
 
 from loraplus import cli
+from loraplus.data import load_data
 from loraplus.train import make_config, train
-from loraplus.zoo import load_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

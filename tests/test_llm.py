@@ -106,7 +106,7 @@ def cfg_for(files: dict[str, Path], out: Path | None = None, **overrides: Any) -
 
 def _train_rows(files: dict[str, Path], name: str = "messages") -> list[list[dict[str, str]]]:
     """The training conversations after the seeded split (the data's eval rows left out)."""
-    from loraplus.zoo import load_data
+    from loraplus.data import load_data
 
     data = load_data(files[name], task="causal-lm", seed=0)
     return [list(t) for t in data.train["messages"]]

@@ -401,12 +401,12 @@ class TrainBatches(TrainerCallback):
 def test_data_seed_fixes_the_data_while_the_seed_varies(
     tiny_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    from loraplus import zoo
+    from loraplus.data import load_data
     from loraplus.train.checks import data_options
 
     def run(name: str, **seeds: int) -> tuple[list[str], list[list[list[int]]]]:
         cfg = tiny_cls_config(tiny_files, tmp_path / name, max_train=40, **seeds)
-        rows = [r["text"] for r in zoo.load_data(cfg.data, **data_options(cfg)).train]
+        rows = [r["text"] for r in load_data(cfg.data, **data_options(cfg)).train]
         batches = TrainBatches()
         train(cfg, callbacks=[batches])
         return rows, batches.batches

@@ -53,7 +53,7 @@ DEMO_QUICK: dict[str, Any] = {
     "batch_size": 8,
     "max_length": 32,
 }
-DEMO_LRS_RESOURCE = "data/demo_lrs.json"
+DEMO_LRS_RESOURCE = "cli/demo_lrs.json"
 
 
 def demo_config(

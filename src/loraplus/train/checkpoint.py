@@ -154,10 +154,10 @@ INCOMPATIBLE = (
 
 def _model_key(name: Any) -> str:
     """What identifies a model: a built-in's name (any alias), a folder's real path, a hub id."""
-    from loraplus.zoo.models import MODELS, _lookup
+    from loraplus.zoo import find_model
 
     text = str(name)
-    spec = _lookup(text, MODELS)
+    spec = find_model(text)
     if spec is not None:
         return f"builtin:{spec.name}"
     path = Path(text).expanduser()

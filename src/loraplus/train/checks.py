@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplus import zoo
+from loraplus.data import TaskData, check_source, load_data
 from loraplus.train.config import TrainConfig
 from loraplus.train.lock import holder, in_use, is_main_launch
 from loraplus.train.outputs import FINAL_FILES, LOGS, clear_previous
@@ -38,7 +39,7 @@ def data_options(cfg: TrainConfig) -> dict[str, Any]:
 def check_paths(cfg: TrainConfig) -> None:
     """--model, --data and --eval-data name something that exists (nothing is read or loaded)."""
     zoo.check_model(cfg.model)
-    zoo.check_source(cfg.data, cfg.eval_data)
+    check_source(cfg.data, cfg.eval_data)
     check_deepspeed(cfg)
 
 
@@ -232,7 +233,7 @@ def check_report_to(cfg: TrainConfig) -> None:
             )
 
 
-def check_rows(cfg: TrainConfig, data: zoo.TaskData) -> None:
+def check_rows(cfg: TrainConfig, data: TaskData) -> None:
     """At least one full batch of train rows."""
     if len(data.train) < cfg.batch_size:
         raise ValueError(
@@ -249,13 +250,13 @@ def _clear_previous(cfg: TrainConfig) -> None:
         clear_previous(out, overwrite=True)
 
 
-def load_checked(cfg: TrainConfig) -> zoo.TaskData:
+def load_checked(cfg: TrainConfig) -> TaskData:
     """The run's data after every check that needs no model; then an overwritten run is cleared."""
     check_paths(cfg)
     check_output_dir(cfg)
     check_report_to(cfg)
     check_model_limits(cfg)
-    data = zoo.load_data(cfg.data, **data_options(cfg))
+    data = load_data(cfg.data, **data_options(cfg))
     check_rows(cfg, data)
     _clear_previous(cfg)
     return data

@@ -15,6 +15,7 @@ from typing import Any
 from transformers import SchedulerType
 
 from loraplus import _config, zoo
+from loraplus.data import TASKS
 from loraplus.groups import as_ratio, check_lr_roles
 from loraplus.init import SCHEMES
 from loraplus.roles import as_role
@@ -281,10 +282,8 @@ class TrainConfig:
         return self.seed if self.data_seed is None else self.data_seed
 
     def _check(self) -> None:
-        if self.task not in zoo.TASKS:
-            raise ValueError(
-                f"task must be one of auto, {', '.join(zoo.TASKS)}, got {self.task!r}."
-            )
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of auto, {', '.join(TASKS)}, got {self.task!r}.")
         self.ratio = as_ratio(self.ratio)
         positive = {"lr": self.lr, "alpha": self.alpha}
         positive.update({"epochs": self.epochs} if self.max_steps <= 0 else {})
@@ -447,9 +446,7 @@ def resolve_task(task: str, model: str) -> str:
     """
     if task != "auto":
         return task
-    from loraplus.zoo.models import _lookup
-
-    spec = _lookup(model, zoo.MODELS)
+    spec = zoo.find_model(model)
     if spec is not None:
         return str(spec.task)
     path = _model_config_file(model)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-from loraplus.zoo.table import quiet_datasets
+from loraplus.data.table import quiet_datasets
 
 IGNORE_INDEX = -100
 CLASSIFICATION_MAX_LENGTH = 64  # sentences and reviews: the classifier sees their start

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplus import zoo
+from loraplus.data import TaskData
 from loraplus.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def _keep_4bit_trainable(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_model(cfg: TrainConfig, data: zoo.TaskData, tokenizer: Any) -> Any:
+def load_model(cfg: TrainConfig, data: TaskData, tokenizer: Any) -> Any:
     """The PEFT model for the config's model and task; weights from safetensors.
 
     --dtype and --load-in-4bit/8bit go to from_pretrained; a quantized base is prepared for

@@ -283,7 +283,7 @@ def _finished(metrics: dict[str, Any], output_dir: Path, main: bool) -> TrainRes
 class _Prepared:
     """A run's data and tokenizer after every check that needs no model."""
 
-    data: Any  # zoo.TaskData
+    data: Any  # loraplus.data.TaskData
     tokenizer: Any
     max_length: int
     train_rows: Any = None  # causal LM: the rows in TRL's format
@@ -344,7 +344,7 @@ def _trainer(
             preprocess_logits_for_metrics=_argmax,
             **common,
         )
-    from loraplus.zoo.table import quiet_datasets
+    from loraplus.data.table import quiet_datasets
 
     run_sft_trainer = sft_classes()[1]
     with quiet_datasets():  # TRL's preparation: no progress bars
@@ -371,7 +371,7 @@ def preview(cfg: TrainConfig) -> list[dict[str, str]]:
     require("train", "loraplus.train.preview")
     import tempfile
 
-    from loraplus import zoo
+    from loraplus.data import load_data
     from loraplus.train.checks import check_paths, check_rows, data_options
     from loraplus.train.guard import DivergenceGuard
     from loraplus.train.model import check_machine, load_model
@@ -379,7 +379,7 @@ def preview(cfg: TrainConfig) -> list[dict[str, str]]:
     cfg = make_config(**cfg.to_dict())
     check_paths(cfg)
     check_machine(cfg)
-    data = zoo.load_data(cfg.data, **data_options(cfg))
+    data = load_data(cfg.data, **data_options(cfg))
     check_rows(cfg, data)
     prep = _prepare(cfg, data)
     if cfg.task == "classification":

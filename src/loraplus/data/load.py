@@ -4,27 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loraplus.data.files import (
+    FILE_SUFFIXES,
+    chat_dataset,
+    file_format,
+    find_split_files,
+    read_table,
+    table_columns,
+)
+from loraplus.data.table import check_classes, dedupe, encode_labels, pairs, to_dataset
+from loraplus.zoo.builtin import DATASETS, DatasetSpec, find_dataset
+
 if TYPE_CHECKING:
     from datasets import Dataset
-from loraplus.zoo.builtin import _PROMPTS, DATASETS, DatasetSpec
-from loraplus.zoo.files import (
-    FILE_SUFFIXES,
-    _find_split_files,
-    _format_of,
-    _local_table,
-    _read_file,
-    chat_dataset,
-)
-from loraplus.zoo.models import _lookup, log
-from loraplus.zoo.table import check_classes, encode_labels, to_dataset
+
+log = logging.getLogger(__name__)
 
 TASKS = ("classification", "causal-lm")
+DEFAULT_PROMPT = "Text: {text}\nLabel:"  # a labelled file as causal-LM prompts: {text} -> prompt
 
 
 _TASK_ALIASES = {
@@ -187,7 +191,7 @@ def _eval_file(eval_data: str | os.PathLike[str]) -> Path:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise ValueError(f"--eval-data {os.fspath(eval_data)!r} {what}: pass a data file.")
-    _format_of(path)
+    file_format(path)
     return path
 
 
@@ -196,7 +200,7 @@ def check_source(
 ) -> None:
     """Cheap checks of --data and --eval-data (names, paths, formats), reading no rows."""
     name = os.fspath(name_or_path)
-    if _lookup(name, DATASETS) is not None:
+    if find_dataset(name) is not None:
         if eval_data is not None:
             raise ValueError(
                 f"--eval-data applies to local data files; built-in {name!r} has its own eval "
@@ -206,8 +210,8 @@ def check_source(
     path = Path(name).expanduser()
     if not path.exists():
         raise _unknown_data(name)
-    train_path, eval_path = _find_split_files(path) if path.is_dir() else (path, None)
-    _format_of(train_path)
+    train_path, eval_path = find_split_files(path) if path.is_dir() else (path, None)
+    file_format(train_path)
     if eval_data is not None:
         if eval_path is not None:
             raise ValueError(
@@ -221,11 +225,11 @@ def _read_local(
     path: Path, eval_data: str | os.PathLike[str] | None, task: str, columns: dict[str, str | None]
 ) -> tuple[Dataset, Dataset | None]:
     """A local file or folder (plus an optional eval file) as Datasets with standard columns."""
-    train_path, eval_path = _find_split_files(path) if path.is_dir() else (path, None)
+    train_path, eval_path = find_split_files(path) if path.is_dir() else (path, None)
     if eval_data is not None:
         eval_path = _eval_file(eval_data)
     files = [f for f in (train_path, eval_path) if f is not None]
-    parts = [_local_table(*_read_file(f), task, f, columns) for f in files]
+    parts = [table_columns(*read_table(f), task, f, columns) for f in files]
     if set(parts[0]) != set(parts[-1]):
         raise ValueError(
             f"{files[-1]} has {'/'.join(parts[-1])} columns but {files[0]} has "
@@ -238,21 +242,35 @@ def _read_local(
     return tables[0], (tables[1] if len(tables) > 1 else None)
 
 
+def _read_builtin(spec: DatasetSpec) -> tuple[Dataset, Dataset | None]:
+    """A built-in's rows as Datasets: blank rows dropped (logged, not warned), labels as the
+    spec's class names (else the sorted names over all parts), exact duplicates removed."""
+    parts = [rows for rows in spec.read(spec) if rows is not None]
+    kept = [pairs(r.text, r.label, ("text", "label"), r.source, say=False) for r in parts]
+    names = list(spec.label_names or sorted({str(v) for t in kept for v in t["label"]}))
+    index = {name: i for i, name in enumerate(names)}
+    tables = [
+        to_dataset(dedupe({"text": t["text"], "label": [index[str(v)] for v in t["label"]]}), names)
+        for t in kept
+    ]
+    return tables[0], (tables[1] if len(tables) > 1 else None)
+
+
 def _read(
     name: str, eval_data: str | os.PathLike[str] | None, task: str, columns: dict[str, str | None]
 ) -> tuple[Dataset, Dataset | None, str, str]:
     """(train, official eval or None, source, causal-LM prompt template) for a built-in or path."""
     check_source(name, eval_data)
-    spec: DatasetSpec | None = _lookup(name, DATASETS)
+    spec = find_dataset(name)
     if spec is None:
         path = Path(name).expanduser()
-        return (*_read_local(path, eval_data, task, columns), str(path), _PROMPTS["default"])
+        return (*_read_local(path, eval_data, task, columns), str(path), DEFAULT_PROMPT)
     if any(v is not None for v in columns.values()):
         raise ValueError(
             f"Column options apply to local files only; built-in {spec.name!r} already has "
             "text/label columns. Drop the *_column arguments."
         )
-    train, official = spec.read(spec)
+    train, official = _read_builtin(spec)
     return train, official, spec.name, spec.prompt
 
 
