@@ -14,8 +14,8 @@ from datasets import Dataset
 from tiny import lora_bert, lora_llama
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from loraplus import LoraPlusSettings
 from loraplus.hf import (
-    LoraPlusConfig,
     LoraPlusLogCallback,
     LoraPlusMixin,
     LoraPlusTrainer,
@@ -267,7 +267,7 @@ def test_lora_init_applies_to_model_init_models(tmp_path: Path) -> None:
 def test_plain_args_and_constructor_kwargs(tmp_path: Path) -> None:
     plain = targs(tmp_path, cls=TrainingArguments)
     trainer = LoraPlusTrainer(model=lora_bert(), args=plain)
-    assert trainer.loraplus_config() == LoraPlusConfig()  # getattr defaults
+    assert trainer.loraplus_settings() == LoraPlusSettings(lr=LR)  # the settings' defaults
     trainer = LoraPlusTrainer(
         model=lora_bert(),
         args=plain,
