@@ -575,3 +575,29 @@ def test_width_aware_arguments_reach_the_optimizer(tmp_path: Path) -> None:
         LoraPlusTrainer(
             model=lora_llama(), args=targs(tmp_path, loraplus_n_ref=32.0)
         ).create_optimizer()
+
+
+def test_mixin_takes_every_setting_as_a_keyword(tmp_path: Path) -> None:
+    """The mixin's keywords are the settings' (TRAINER_NAMES), so width_aware, n_ref and the
+    auto-ratio config reach the optimizer from a plain TrainingArguments too."""
+    from loraplus.autoratio import AutoRatioConfig, controller
+
+    plain = targs(tmp_path, cls=TrainingArguments)
+    trainer = LoraPlusTrainer(
+        model=lora_llama(), args=plain, loraplus_width_aware=True, loraplus_n_ref=64
+    )
+    groups = trainer.create_optimizer().param_groups
+    lora_a = {g["fan_in"]: g["lr"] for g in groups if g["role"] == "lora_A"}
+    assert lora_a == {32: pytest.approx(2 * LR), 64: pytest.approx(LR)}  # lr · 64 / fan-in
+    auto = LoraPlusTrainer(
+        model=lora_llama(),
+        args=plain,
+        loraplus_lr_ratio="auto",
+        loraplus_auto_ratio=AutoRatioConfig(start=4, every=1),
+    )
+    opt = auto.create_optimizer()
+    found = controller(opt)
+    assert found is not None and found.auto == AutoRatioConfig(start=4, every=1)
+    assert {g["role"]: g["lr"] for g in opt.param_groups}["lora_B"] == pytest.approx(4 * LR)
+    with pytest.raises(ValueError, match="^loraplus_n_ref, loraplus_width_aware: n_ref only"):
+        LoraPlusTrainer(model=lora_llama(), args=plain, loraplus_n_ref=64)

@@ -59,8 +59,8 @@ class LoraPlusTrainingArguments(TrainingArguments):
     loraplus_lr_ratio: float | str = settings_field("ratio")
     loraplus_lr_embedding: float | None = settings_field("lr_embedding")
     lora_init: str | None = settings_field("init")
-    loraplus_lr_multipliers: dict[str, float] | None = settings_field("lr_multipliers")
-    loraplus_lr_roles: dict[str, float] | None = settings_field("lr_roles")
+    loraplus_lr_multipliers: dict[str, float] | str | None = settings_field("lr_multipliers")
+    loraplus_lr_roles: dict[str, float] | str | None = settings_field("lr_roles")
     loraplus_width_aware: bool = settings_field("width_aware")
     loraplus_n_ref: float | None = settings_field("n_ref")
 
