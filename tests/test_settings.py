@@ -269,3 +269,12 @@ def test_every_setting_is_a_flag_with_its_help_and_default() -> None:
     )
     assert (args.loraplus_width_aware, args.loraplus_n_ref, args.lora_init) == (True, 64.0, "init2")
     assert args.loraplus_lr_multipliers == {"vector": 1.0}
+
+
+def test_the_trainers_old_copy_of_the_settings_names_the_new_home() -> None:
+    import loraplus.hf
+
+    with pytest.raises(
+        AttributeError, match=r"LoraPlusConfig is gone: .* loraplus.LoraPlusSettings"
+    ):
+        _ = loraplus.hf.LoraPlusConfig
