@@ -37,7 +37,7 @@ def test_values_are_normalized_once() -> None:
     assert (s.lr, s.ratio, s.lr_embedding, s.n_ref) == (2e-4, 16.0, 1e-5, 64.0)
     assert s.lr_multipliers == {"vector": 1.0} and s.lr_roles == {"head": 0.0}
     auto = LoraPlusSettings(lr=1e-4, ratio=" AUTO ")
-    assert auto.ratio == "auto" and auto.auto_ratio == AutoRatioConfig()
+    assert auto.ratio == "auto" and auto.auto_config == AutoRatioConfig() and s.auto_config is None
     assert auto.start_ratio == 16.0 and s.start_ratio == 16.0
 
 
@@ -179,6 +179,9 @@ def test_auto_from_the_object_and_refused_where_no_controller_runs() -> None:
     assert lora_b["lr"] == pytest.approx(4e-3)
     with pytest.raises(ValueError, match="ratio='auto' needs its controller: use"):
         param_groups(model, settings)
+    fixed = as_settings(settings, ratio=8, auto_ratio=None)  # keywords on top of an auto object
+    assert create_optimizer(model, "adamw", fixed).param_groups[-1]["lr"] == pytest.approx(8e-3)
+    assert controller(create_optimizer(model, "adamw", fixed)) is None
     with pytest.raises(ValueError, match="loraplus_lr_ratio='auto' needs its controller"):
         create_loraplus_optimizer(model, "adamw", lr=1e-3, loraplus_lr_ratio="auto")
 

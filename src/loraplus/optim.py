@@ -196,8 +196,8 @@ def create_optimizer(
     optimizer = _build(model, cls, groups, s.lr, kwargs)
     if s.init is not None:  # once every check has passed: a refused call leaves the model as is
         init_lora_(model, s.init)
-    if s.auto_ratio is not None:  # LoRA+ at the start ratio, then the controller on its hooks
-        attach_auto_ratio(optimizer, model, s.auto_ratio)
+    if s.auto_config is not None:  # LoRA+ at the start ratio, then the controller on its hooks
+        attach_auto_ratio(optimizer, model, s.auto_config)
     return optimizer
 
 

@@ -124,8 +124,9 @@ def _help(text: str) -> dict[str, str]:
 class LoraPlusSettings:
     """The LoRA+ settings: lr_A, the ratio lr_B / lr_A (or "auto"), and what overrides a role's lr.
 
-    Validated once, on construction; numbers written as strings are accepted, role names become
-    their values ("lora_B"), and ratio="auto" gets the default AutoRatioConfig.
+    Validated once, on construction; numbers written as strings are accepted and role names
+    become their values ("lora_B"). With ratio="auto", auto_ratio configures the controller
+    (None: AutoRatioConfig's defaults).
     """
 
     lr: float = field(metadata=_help("learning rate of LoRA A (lr_A)"))
@@ -212,9 +213,7 @@ class LoraPlusSettings:
                     "or pass a number as ratio.",
                     ("ratio", name),
                 )
-        if self.auto_ratio is None:
-            self._set("auto_ratio", AutoRatioConfig())
-        elif not isinstance(self.auto_ratio, AutoRatioConfig):
+        if self.auto_ratio is not None and not isinstance(self.auto_ratio, AutoRatioConfig):
             raise SettingsError(
                 f"auto_ratio must be an AutoRatioConfig, got {self.auto_ratio!r}.",
                 ("auto_ratio",),
@@ -224,10 +223,18 @@ class LoraPlusSettings:
         object.__setattr__(self, name, value)
 
     @property
+    def auto_config(self) -> AutoRatioConfig | None:
+        """ratio="auto": its controller's settings (auto_ratio, else the defaults); else None."""
+        if self.ratio != "auto":
+            return None
+        return self.auto_ratio or AutoRatioConfig()
+
+    @property
     def start_ratio(self) -> float:
         """The ratio the param groups are built at: ratio, or auto's starting ratio."""
-        if self.auto_ratio is not None:
-            return self.auto_ratio.start
+        auto = self.auto_config
+        if auto is not None:
+            return auto.start
         assert isinstance(self.ratio, float)
         return self.ratio
 
