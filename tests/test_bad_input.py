@@ -192,7 +192,7 @@ CASES: list[tuple[str, Setup, str]] = [
     ("unknown optimizer", _flags("--optimizer", "adamw_torhc"), "Did you mean adamw_torch"),
     ("unknown scheduler", _flags("--scheduler", "cosin"), "scheduler must be one of"),
     ("unknown task", _flags("--task", "regression"), "task must be one of"),
-    ("negative lr", _flags("--lr", "-1"), "lr must be a finite number > 0"),
+    ("negative lr", _flags("--lr", "-1"), "lr must be > 0"),
     ("lr not a number", _flags("--lr", "fast"), "invalid float value"),
     ("unknown flag", _flags("--learning-rate", "1"), "unrecognized arguments"),
     ("prompt column, classification", _flags("--prompt-column", "q"), "apply to --task causal"),

@@ -17,9 +17,9 @@ from datasets import Dataset
 from tiny import lora_bert, lora_llama
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from loraplus import LoraPlusSettings
 from loraplus.hf import (
     FeatureUpdateCallback,
-    LoraPlusConfig,
     LoraPlusLogCallback,
     LoraPlusMixin,
     LoraPlusTrainer,
@@ -272,7 +272,7 @@ def test_lora_init_applies_to_model_init_models(tmp_path: Path) -> None:
 def test_plain_args_and_constructor_kwargs(tmp_path: Path) -> None:
     plain = targs(tmp_path, cls=TrainingArguments)
     trainer = LoraPlusTrainer(model=lora_bert(), args=plain)
-    assert trainer.loraplus_config() == LoraPlusConfig()  # getattr defaults
+    assert trainer.loraplus_settings() == LoraPlusSettings(lr=LR)  # the settings' defaults
     trainer = LoraPlusTrainer(
         model=lora_bert(),
         args=plain,
@@ -634,3 +634,29 @@ def test_callback_sends_per_kind_scalars_to_the_logs(tmp_path: Path) -> None:
     assert set(expected) >= {f"probe/{k}/balance_log2" for k in ("q", "k", "v", "o", "mlp")}
     history = [h for h in trainer.state.log_history if "loss" in h]
     assert history[1]["probe/mlp/delta_a"] == expected["probe/mlp/delta_a"]
+
+
+def test_mixin_takes_every_setting_as_a_keyword(tmp_path: Path) -> None:
+    """The mixin's keywords are the settings' (TRAINER_NAMES), so width_aware, n_ref and the
+    auto-ratio config reach the optimizer from a plain TrainingArguments too."""
+    from loraplus.autoratio import AutoRatioConfig, controller
+
+    plain = targs(tmp_path, cls=TrainingArguments)
+    trainer = LoraPlusTrainer(
+        model=lora_llama(), args=plain, loraplus_width_aware=True, loraplus_n_ref=64
+    )
+    groups = trainer.create_optimizer().param_groups
+    lora_a = {g["fan_in"]: g["lr"] for g in groups if g["role"] == "lora_A"}
+    assert lora_a == {32: pytest.approx(2 * LR), 64: pytest.approx(LR)}  # lr · 64 / fan-in
+    auto = LoraPlusTrainer(
+        model=lora_llama(),
+        args=plain,
+        loraplus_lr_ratio="auto",
+        loraplus_auto_ratio=AutoRatioConfig(start=4, every=1),
+    )
+    opt = auto.create_optimizer()
+    found = controller(opt)
+    assert found is not None and found.auto == AutoRatioConfig(start=4, every=1)
+    assert {g["role"]: g["lr"] for g in opt.param_groups}["lora_B"] == pytest.approx(4 * LR)
+    with pytest.raises(ValueError, match="^loraplus_n_ref, loraplus_width_aware: n_ref only"):
+        LoraPlusTrainer(model=lora_llama(), args=plain, loraplus_n_ref=64)

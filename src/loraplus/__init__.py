@@ -1,6 +1,7 @@
 """LoRA+ for PyTorch: lr_B = ratio * lr_A for every LoRA adapter (Hayou, Ghosh, Yu 2024).
 
-model --classify--> {name: Role} --param_groups--> groups --create_optimizer--> optimizer
+LoraPlusSettings + model --classify--> {name: Role} --param_groups--> groups
+    --create_optimizer--> optimizer
 """
 
 from typing import Any
@@ -15,6 +16,7 @@ from loraplus.optim import (
     summary,
 )
 from loraplus.roles import Role, classify
+from loraplus.settings import LoraPlusSettings
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,7 @@ __all__ = [
     "POLICY",
     "FeatureUpdateCallback",
     "FeatureUpdateProbe",
+    "LoraPlusSettings",
     "Role",
     "RolePolicy",
     "__version__",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from loraplus.roles import Role, unwrap
+from loraplus.settings import AutoRatioConfig
 from loraplus.sharded import (
     LORA_ROLES,
     all_reduce_sum,
@@ -40,40 +41,6 @@ from loraplus.sharded import (
     set_local_master,
     stepped_roles,
 )
-
-
-@dataclass(frozen=True)
-class AutoRatioConfig:
-    """The controller's settings; the defaults are the ones the tests and benchmarks use."""
-
-    start: float = 16.0  # the paper's default ratio, where every layer begins
-    low: float = 1.0  # ratio 1 is plain LoRA: never train B slower than A
-    high: float = 1024.0  # 2^10
-    every: int = 10  # measure and update every `every` optimizer steps
-    target: float = 0.0  # wanted log2(δ²/δ¹) of the isotropic proxy; 0 = balanced
-    gain: float = 0.5  # octaves of ratio per octave of (EMA balance - target)
-    max_step: float = 0.25  # at most this many octaves of ratio per update
-    ema: float = 0.5  # weight of the previous EMA value
-    signal: str = "isotropic"  # or "inputs": δ¹, δ² on the step's real inputs (forward hooks)
-    max_tokens: int = 512  # "inputs": tokens kept per layer
-
-    def __post_init__(self) -> None:
-        if not 0 < self.low <= self.start <= self.high:
-            raise ValueError(
-                f"auto ratio needs 0 < low <= start <= high, got low={self.low}, "
-                f"start={self.start}, high={self.high}."
-            )
-        if self.signal not in ("isotropic", "inputs"):
-            raise ValueError(
-                f"auto ratio signal must be 'isotropic' or 'inputs', got {self.signal!r}."
-            )
-        if self.every < 1:
-            raise ValueError(f"auto ratio `every` must be >= 1 step, got {self.every}.")
-        if not 0 <= self.ema < 1 or self.gain <= 0 or self.max_step <= 0:
-            raise ValueError(
-                f"auto ratio needs 0 <= ema < 1, gain > 0 and max_step > 0, got ema={self.ema}, "
-                f"gain={self.gain}, max_step={self.max_step}."
-            )
 
 
 @dataclass(frozen=True)
@@ -351,20 +318,6 @@ def controller(optimizer: object) -> AutoRatio | None:
 def is_auto(optimizer: object) -> bool:
     """True for an optimizer built with ratio="auto" (also inside Accelerate's or DS's wrapper)."""
     return controller(optimizer) is not None
-
-
-def check_auto_multipliers(
-    lr_multipliers: Mapping[Role | str, float] | None, lr_roles: Mapping[Role | str, float] | None
-) -> None:
-    """ratio="auto" sets lora_B's lr itself: refuse a multiplier or absolute lr given for it."""
-    from loraplus.roles import as_role
-
-    for name, given in (("lr_multipliers", lr_multipliers), ("lr_roles", lr_roles)):
-        if any(as_role(k) == Role.LORA_B for k in (given or {})):
-            raise ValueError(
-                f"ratio='auto' sets lora_B's learning rate itself; drop lora_B from {name} "
-                "or pass a number as ratio."
-            )
 
 
 def auto_ratio_logs(optimizer: object) -> dict[str, float]:

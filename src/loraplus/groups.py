@@ -17,6 +17,25 @@ from typing import Any, Literal
 from torch import nn
 
 from loraplus.roles import Role, as_role, classify, lora_fan_ins, trainable_parameters
+from loraplus.settings import (
+    LoraPlusSettings,
+    absolute_roles,
+    as_float,
+    as_ratio,
+    as_settings,
+    check_lr_roles,
+)
+
+__all__ = [
+    "POLICY",
+    "RolePolicy",
+    "absolute_roles",
+    "as_float",
+    "as_ratio",
+    "check_lr_roles",
+    "param_groups",
+    "role_lrs",
+]
 
 
 @dataclass(frozen=True)
@@ -53,32 +72,6 @@ POLICY: dict[Role, RolePolicy] = {
     ),
     Role.OTHER: RolePolicy("lr", True, "any other trainable matrix sums over n: ~ 1/n, like A"),
 }
-
-
-def as_float(value: Any, name: str, *, positive: bool = True, allow_zero: bool = False) -> float:
-    """`value` as a finite float; numbers written as strings ("1e-6") are accepted."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got the boolean {value!r}.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be a number, got {value!r} ({type(value).__name__}). "
-            "Write it as 2e-4 or '2e-4'."
-        ) from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
-    if positive and (number < 0 or (number == 0 and not allow_zero)):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}.")
-    return number
-
-
-def as_ratio(value: Any, name: str = "ratio") -> float | str:
-    """lr_B / lr_A as a float > 0, or "auto" (loraplus.autoratio sets it per layer)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    return as_float(value, name)
 
 
 def role_lrs(
@@ -119,65 +112,42 @@ def _check_finite_lr(
     )
 
 
-def absolute_roles(lr_roles: Mapping[Role | str, float] | None) -> dict[Role, float]:
-    """lr_roles checked: {Role: absolute lr >= 0}."""
-    return {
-        as_role(k): as_float(v, f"lr_roles[{k!r}]", allow_zero=True)
-        for k, v in (lr_roles or {}).items()
-    }
-
-
-def check_lr_roles(
-    lr_multipliers: Mapping[Role | str, float] | None,
-    lr_roles: Mapping[Role | str, float] | None,
-    width_aware: bool = False,
-) -> dict[Role, float]:
-    """lr_roles as {Role: lr}, refused where a role also has a multiplier, or where it sets
-    lora_A's lr that width_aware sets per layer (one check for the API, Trainer and CLI)."""
-    absolute = absolute_roles(lr_roles)
-    both = sorted(r.value for r in absolute if r in {as_role(k) for k in (lr_multipliers or {})})
-    if both:
-        raise ValueError(
-            f"{', '.join(both)} is set in both lr_multipliers and lr_roles: give each role "
-            "either a multiplier of lr or an absolute lr, not both."
-        )
-    if width_aware and Role.LORA_A in absolute:
-        raise ValueError("width_aware sets lora_A's lr per layer: drop lora_A from lr_roles.")
-    return absolute
-
-
 def param_groups(
     model: nn.Module,
-    lr: float | str,
-    ratio: float | str = 16.0,
-    lr_embedding: float | str | None = None,
+    settings: LoraPlusSettings | float | str | None = None,
+    *,
     weight_decay: float | str = 0.0,
-    lr_multipliers: Mapping[Role | str, float] | None = None,
     patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
-    width_aware: bool = False,
-    n_ref: float | str | None = None,
-    lr_roles: Mapping[Role | str, float] | None = None,
+    **fields: Any,
 ) -> list[dict[str, Any]]:
     """One torch param group per role present: params, param_names, role, lr, weight_decay.
 
-    `weight_decay` applies to the matrix roles; biases, norms and DoRA magnitudes never decay.
-    `lr_roles` gives roles an absolute lr (`{"other": 1e-3}`: a new head's own lr, the same
-    whatever lr and ratio are). With `width_aware`, lora_A gets one group per fan-in n at
-    lr · n_ref / n (the theory's lr_A ~ 1/n; n_ref defaults to the median lora_A fan-in), and
-    every group has a `fan_in` key (None where the lr does not depend on the width).
+    The LoRA+ settings come as a LoraPlusSettings, as its fields given as keywords
+    (`param_groups(model, lr=1e-4, ratio=16)`), or both (keywords win); a number in place of the
+    object is lr, as before. `weight_decay` applies to the matrix roles; biases, norms and DoRA
+    magnitudes never decay. `lr_roles` gives roles an absolute lr (`{"other": 1e-3}`: a new
+    head's own lr, the same whatever lr and ratio are). With `width_aware`, lora_A gets one group
+    per fan-in n at lr · n_ref / n (the theory's lr_A ~ 1/n; n_ref defaults to the median lora_A
+    fan-in), and every group has a `fan_in` key (None where the lr does not depend on the width).
+    `init` is not applied here (create_optimizer and the Trainer apply it); ratio="auto" needs
+    its controller, so it is refused here (create_optimizer attaches it).
     """
-    lr_ = as_float(lr, "lr")
-    ratio_ = as_float(ratio, "ratio")
-    emb = None if lr_embedding is None else as_float(lr_embedding, "lr_embedding")
+    if settings is not None and not isinstance(settings, LoraPlusSettings):
+        fields = {"lr": settings, **fields}  # param_groups(model, 1e-4, ...): lr positional
+        settings = None
+    s = as_settings(settings, **fields)
+    if s.ratio == "auto":
+        raise ValueError(
+            "param_groups builds fixed ratios; ratio='auto' needs its controller: use "
+            "loraplus.create_optimizer(model, ..., ratio='auto')."
+        )
     wd = as_float(weight_decay, "weight_decay", allow_zero=True)
-    if n_ref is not None and not width_aware:
-        raise ValueError("n_ref only applies with width_aware=True: pass both, or neither.")
-    check_lr_roles(lr_multipliers, lr_roles, width_aware)
-    lrs = role_lrs(lr_, ratio_, emb, lr_multipliers, lr_roles)
+    ratio = s.start_ratio
+    lrs = role_lrs(s.lr, ratio, s.lr_embedding, s.lr_multipliers, s.lr_roles)
     roles = classify(model, patterns)
-    widths = lora_fan_ins(model, roles) if width_aware else {}
-    if n_ref is not None:
-        ref = as_float(n_ref, "n_ref")
+    widths = lora_fan_ins(model, roles) if s.width_aware else {}
+    if s.n_ref is not None:
+        ref = s.n_ref
     else:
         ref = float(statistics.median(widths.values())) if widths else 1.0
     members: dict[tuple[Role, int | None], list[tuple[str, nn.Parameter]]] = {}
@@ -191,7 +161,7 @@ def param_groups(
         group_lr = lrs[role] * (ref / fan_in if fan_in else 1.0)
         if not math.isfinite(group_lr):
             raise ValueError(
-                f"The {role.value} learning rate of fan-in {fan_in} is {group_lr} (lr {lr_:g} x "
+                f"The {role.value} learning rate of fan-in {fan_in} is {group_lr} (lr {s.lr:g} x "
                 f"n_ref {ref:g} / {fan_in} overflows): pass a smaller lr or n_ref."
             )
         group: dict[str, Any] = {
@@ -201,7 +171,7 @@ def param_groups(
             "lr": group_lr,
             "weight_decay": wd if POLICY[role].decay else 0.0,
         }
-        if width_aware:
+        if s.width_aware:
             group["fan_in"] = fan_in
         groups.append(group)
     return groups

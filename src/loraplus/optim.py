@@ -11,20 +11,24 @@ import inspect
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from loraplus.autoratio import (
-    AutoRatioConfig,
-    attach_auto_ratio,
-    check_auto_multipliers,
-    controller,
-)
-from loraplus.groups import POLICY, absolute_roles, as_float, param_groups, role_lrs
+from loraplus.autoratio import attach_auto_ratio, controller
+from loraplus.groups import POLICY, param_groups, role_lrs
+from loraplus.init import init_lora_
 from loraplus.roles import Role, as_role, classify, full_numel, trainable_parameters
+from loraplus.settings import (
+    LoraPlusSettings,
+    absolute_roles,
+    as_float,
+    as_settings,
+    split_settings,
+)
 
 # name -> (module, attribute, pip package that provides it)
 OPTIMIZERS: dict[str, tuple[str, str, str]] = {
@@ -170,51 +174,30 @@ def _keep_embeddings_32bit(optimizer: Optimizer, model: nn.Module) -> list[torch
 def create_optimizer(
     model: nn.Module,
     optimizer_cls: str | type[Optimizer] = "adamw",
+    settings: LoraPlusSettings | None = None,
     *,
-    lr: float | str,
-    ratio: float | str = 16.0,
-    lr_embedding: float | str | None = None,
     weight_decay: float | str = 0.0,
-    lr_multipliers: Mapping[Role | str, float] | None = None,
     patterns: Mapping[Role | str, str | Sequence[str]] | None = None,
-    width_aware: bool = False,
-    n_ref: float | str | None = None,
-    lr_roles: Mapping[Role | str, float] | None = None,
-    auto_ratio: AutoRatioConfig | None = None,
-    **optimizer_kwargs: Any,
+    **kwargs: Any,
 ) -> Optimizer:
     """The LoRA+ optimizer for `model`: lr for A, ratio * lr for B, one group per role.
 
+    The LoRA+ settings come as a LoraPlusSettings, as its fields given as keywords
+    (`lr=2e-4, ratio=16, width_aware=True, ...`), or both (keywords win); every other keyword
+    goes to the optimizer. `init="init2"` re-initializes the adapters first (init_lora_).
     `width_aware=True` sets each lora_A's lr from its fan-in n: lr · n_ref / n (param_groups).
     `lr_roles={"other": 1e-3}` sets a role's lr absolutely (param_groups).
     `ratio="auto"` builds it at `auto_ratio.start` and attaches loraplus.autoratio's controller.
     """
-    auto_config = auto_ratio
-    auto = isinstance(ratio, str) and ratio.strip().lower() == "auto"
-    if auto:  # LoRA+ at the start ratio, then loraplus.autoratio's controller on its hooks
-        if width_aware or n_ref is not None:
-            raise ValueError("ratio='auto' sets lr_B per layer; use it without width_aware/n_ref.")
-        check_auto_multipliers(lr_multipliers, lr_roles)
-        auto_config = auto_config or AutoRatioConfig()
-        ratio = auto_config.start
-    elif auto_config is not None:
-        raise ValueError("auto_ratio=... configures ratio='auto'; pass ratio='auto' with it.")
+    s = as_settings(settings, **split_settings(kwargs))
     cls = resolve_optimizer(optimizer_cls)
-    groups = param_groups(
-        model,
-        lr=lr,
-        ratio=ratio,
-        lr_embedding=lr_embedding,
-        weight_decay=weight_decay,
-        lr_multipliers=lr_multipliers,
-        patterns=patterns,
-        width_aware=width_aware,
-        n_ref=n_ref,
-        lr_roles=lr_roles,
-    )
-    optimizer = _build(model, cls, groups, lr, optimizer_kwargs)
-    if auto:
-        attach_auto_ratio(optimizer, model, auto_config)
+    fixed = replace(s, ratio=s.start_ratio, auto_ratio=None)
+    groups = param_groups(model, fixed, weight_decay=weight_decay, patterns=patterns)
+    optimizer = _build(model, cls, groups, s.lr, kwargs)
+    if s.init is not None:  # once every check has passed: a refused call leaves the model as is
+        init_lora_(model, s.init)
+    if s.auto_config is not None:  # LoRA+ at the start ratio, then the controller on its hooks
+        attach_auto_ratio(optimizer, model, s.auto_config)
     return optimizer
 
 
@@ -365,23 +348,20 @@ def create_loraplus_optimizer(
     given = {as_role(k) for k in (*(multipliers or {}), *(absolute or {}))}
     if Role.HEAD not in given:  # PEFT's rule: a saved head trains at lr, like lora_A
         multipliers = {**(multipliers or {}), Role.HEAD: 1.0}
-    groups = param_groups(
-        model,
+    s = as_settings(
         lr=lr,
         ratio=loraplus_lr_ratio,
         lr_embedding=lr_embedding,
-        weight_decay=chosen,
         lr_multipliers=multipliers,
-        patterns=kwargs.pop("patterns", None),
         lr_roles=absolute,
     )
-    lrs = role_lrs(
-        as_float(lr, "lr"),
-        as_float(loraplus_lr_ratio, "loraplus_lr_ratio"),
-        None if lr_embedding is None else as_float(lr_embedding, "loraplus_lr_embedding"),
-        multipliers,
-        absolute,
-    )
+    if s.ratio == "auto":
+        raise ValueError(
+            "loraplus_lr_ratio='auto' needs its controller, which PEFT's four groups cannot "
+            "hold. Use loraplus.create_optimizer(..., ratio='auto')."
+        )
+    groups = param_groups(model, s, weight_decay=chosen, patterns=kwargs.pop("patterns", None))
+    lrs = role_lrs(s.lr, s.start_ratio, s.lr_embedding, s.lr_multipliers, s.lr_roles)
     decay = as_float(chosen, "weight_decay", allow_zero=True)
     optimizer = _build(model, cls, _peft_layout(groups, model, lrs, decay), lr, kwargs)
     _drop_empty_groups(optimizer)

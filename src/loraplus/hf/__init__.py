@@ -5,7 +5,14 @@
 optimizer or lr schedule, and a resume that would restore the checkpoint's old learning rates.
 """
 
-from loraplus.hf.arguments import LoraPlusConfig, LoraPlusTrainingArguments
+from typing import Any
+
+from loraplus.hf.arguments import (
+    TRAINER_NAMES,
+    LoraPlusTrainingArguments,
+    settings_from_args,
+    trainer_arguments,
+)
 from loraplus.hf.callbacks import (
     FeatureUpdateCallback,
     LoraPlusLogCallback,
@@ -16,8 +23,8 @@ from loraplus.hf.resume import compare_param_groups, read_checkpoint_param_group
 from loraplus.hf.trainer import LoraPlusMixin, LoraPlusTrainer, loraplus_optimizer_for
 
 __all__ = [
+    "TRAINER_NAMES",
     "FeatureUpdateCallback",
-    "LoraPlusConfig",
     "LoraPlusLogCallback",
     "LoraPlusMixin",
     "LoraPlusTrainer",
@@ -28,4 +35,16 @@ __all__ = [
     "loraplus_optimizer_for",
     "read_checkpoint_param_groups",
     "role_learning_rates",
+    "settings_from_args",
+    "trainer_arguments",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LoraPlusConfig":  # the Trainer's own copy of the settings, until issue 18
+        raise AttributeError(
+            "loraplus.hf.LoraPlusConfig is gone: the LoRA+ settings are loraplus.LoraPlusSettings "
+            "(lora_init is its init, learning_rate its lr); settings_from_args(args) reads them "
+            "from TrainingArguments."
+        )
+    raise AttributeError(f"module 'loraplus.hf' has no attribute {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +14,11 @@ from transformers import TrainingArguments
 
 from loraplus.init import init_lora_
 from loraplus.optim import create_optimizer
+from loraplus.settings import LoraPlusSettings
 
 if TYPE_CHECKING:
     from transformers.trainer_callback import CallbackHandler
-from loraplus.hf.arguments import LoraPlusConfig
+from loraplus.hf.arguments import MIXIN_SETTINGS, TRAINER_NAMES, settings_from_args
 from loraplus.hf.callbacks import _log_callback_first
 from loraplus.hf.deepspeed import check_deepspeed_config
 from loraplus.hf.resume import (
@@ -34,10 +36,11 @@ _OWN_GROUP_KEYS = ("params", "model", "optimizer_dict")
 def _build(
     args: TrainingArguments,
     model: nn.Module,
-    cfg: LoraPlusConfig,
+    settings: LoraPlusSettings,
     cls_and_kwargs: tuple[Any, dict[str, Any]],
 ) -> Optimizer:
-    """The LoRA+ optimizer for `model` from the class and kwargs chosen for args.optim."""
+    """The LoRA+ optimizer for `model` from the class and kwargs chosen for args.optim (`init`
+    is the caller's to apply: the mixin does it once, when the model arrives)."""
     optimizer_cls, optimizer_kwargs = cls_and_kwargs
     kwargs = dict(optimizer_kwargs)
     own = [k for k in _OWN_GROUP_KEYS if k in kwargs]
@@ -53,14 +56,8 @@ def _build(
     return create_optimizer(
         model,
         optimizer_cls,
-        lr=args.learning_rate,
-        ratio=cfg.ratio,
-        lr_embedding=cfg.lr_embedding,
+        replace(settings, init=None),
         weight_decay=args.weight_decay,
-        lr_multipliers=cfg.lr_multipliers,
-        lr_roles=cfg.lr_roles,
-        width_aware=cfg.width_aware,
-        n_ref=cfg.n_ref,
         **kwargs,
     )
 
@@ -78,16 +75,16 @@ def loraplus_optimizer_for(trainer_or_args: Any, model: nn.Module) -> Optimizer:
     args = trainer_or_args.args if is_trainer else trainer_or_args
     check_deepspeed_config(trainer_or_args)
     if is_trainer and isinstance(trainer_or_args, LoraPlusMixin):
-        cfg = trainer_or_args.loraplus_config()
+        settings = trainer_or_args.loraplus_settings()
     else:
-        cfg = LoraPlusConfig.from_args(args)
-    if cfg.lora_init is not None:
-        init_lora_(model, cfg.lora_init)
+        settings = settings_from_args(args)
+    if settings.init is not None:
+        init_lora_(model, settings.init)
     getter: Any = (
         getattr(trainer_or_args, "get_optimizer_cls_and_kwargs", None) if is_trainer else None
     )
     getter = getter or transformers.Trainer.get_optimizer_cls_and_kwargs
-    return _build(args, model, cfg, getter(args, model))
+    return _build(args, model, settings, getter(args, model))
 
 
 class LoraPlusMixin:
@@ -114,28 +111,19 @@ class LoraPlusMixin:
             args: TrainingArguments, model: Any = None
         ) -> tuple[Any, Any]: ...
 
-    def __init__(
-        self,
-        *args: Any,
-        loraplus_lr_ratio: float | None = None,
-        loraplus_lr_embedding: float | None = None,
-        lora_init: str | None = None,
-        loraplus_lr_multipliers: dict[str, float] | None = None,
-        loraplus_lr_roles: dict[str, float] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Take the loraplus_* kwargs, check DeepSpeed early, then build the wrapped Trainer."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Take the LoRA+ keywords (loraplus_lr_ratio=..., lora_init=..., every name in
+        TRAINER_NAMES but learning_rate), check them and DeepSpeed early, then build the
+        wrapped Trainer."""
         self._loraplus_inited: set[int] = set()
         self._loraplus_overrides: dict[str, Any] = {
-            "ratio": loraplus_lr_ratio,
-            "lr_embedding": loraplus_lr_embedding,
-            "lora_init": lora_init,
-            "lr_multipliers": loraplus_lr_multipliers,
-            "lr_roles": loraplus_lr_roles,
+            name: kwargs.pop(TRAINER_NAMES[name])
+            for name in MIXIN_SETTINGS
+            if TRAINER_NAMES[name] in kwargs
         }
         early_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         if early_args is not None:
-            LoraPlusConfig.from_args(early_args, **self._loraplus_overrides)
+            settings_from_args(early_args, **self._loraplus_overrides)
             check_deepspeed_config(early_args)
         try:
             super().__init__(*args, **kwargs)
@@ -150,17 +138,18 @@ class LoraPlusMixin:
                 ) from err
             raise
         check_deepspeed_config(self)
-        self.loraplus_config()
+        self.loraplus_settings()
         _log_callback_first(self.callback_handler)
         if getattr(self, "model", None) is not None:
             self._loraplus_init(self.model)
 
-    def loraplus_config(self) -> LoraPlusConfig:
-        """This run's LoRA+ settings: the args' loraplus_* fields, overridden by init kwargs."""
-        return LoraPlusConfig.from_args(self.args, **self._loraplus_overrides)
+    def loraplus_settings(self) -> LoraPlusSettings:
+        """This run's LoRA+ settings: args.learning_rate and the args' loraplus_* fields,
+        overridden by the constructor's keywords."""
+        return settings_from_args(self.args, **self._loraplus_overrides)
 
     def _loraplus_init(self, model: nn.Module) -> None:
-        scheme = self.loraplus_config().lora_init
+        scheme = self.loraplus_settings().init
         if scheme is not None and id(model) not in self._loraplus_inited:
             init_lora_(model, scheme)
             self._loraplus_inited.add(id(model))
@@ -180,7 +169,7 @@ class LoraPlusMixin:
                 cls_and_kwargs = self.optimizer_cls_and_kwargs
             else:
                 cls_and_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            self.optimizer = _build(self.args, opt_model, self.loraplus_config(), cls_and_kwargs)
+            self.optimizer = _build(self.args, opt_model, self.loraplus_settings(), cls_and_kwargs)
         optimizer: Optimizer = self.optimizer
         return optimizer
 

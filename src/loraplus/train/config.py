@@ -16,9 +16,9 @@ from transformers import SchedulerType
 
 from loraplus import _config, zoo
 from loraplus.data import TASKS
-from loraplus.groups import as_ratio, check_lr_roles
 from loraplus.init import SCHEMES
 from loraplus.roles import as_role
+from loraplus.settings import LoraPlusSettings, as_ratio, settings_field
 
 SCHEDULERS = tuple(s.value for s in SchedulerType)
 
@@ -70,32 +70,14 @@ class TrainConfig:
         default=False,
         metadata=_help("replace a run already in --output-dir (its metrics, adapter and logs)"),
     )
-    lr: float = field(default=2e-4, metadata=_help("learning rate of LoRA A (lr_A)"))
-    ratio: float | str = field(
-        default=16.0,
-        metadata={
-            "help": "lr_B / lr_A; 1 = standard LoRA; auto = set per layer online (experimental)",
-            "argtype": ratio,
-        },
-    )
-    lr_embedding: float | None = field(
-        default=None, metadata=_help("lr of embedding adapters (default: ratio * lr)")
-    )
-    lr_multipliers: list[str] | None = field(
-        default=None,
-        metadata=_help("per-role lr = multiplier * lr, e.g. other=16 vector=1 (README role table)"),
-    )
-    lr_roles: list[str] | None = field(
-        default=None,
-        metadata=_help("per-role absolute lr, e.g. other=1e-3 (a new head's own lr, any ratio)"),
-    )
-    width_aware: bool = field(
-        default=False,
-        metadata=_help("lr_A of each layer = lr * n_ref / its fan-in (theory: lr_A ~ 1/n)"),
-    )
-    n_ref: float | None = field(
-        default=None, metadata=_help("width-aware reference fan-in (default: the median)")
-    )
+    # --- the LoRA+ settings: defaults and help from loraplus.settings.LoraPlusSettings ---
+    lr: float = settings_field("lr", default=2e-4)
+    ratio: float | str = settings_field("ratio", argtype=ratio)
+    lr_embedding: float | None = settings_field("lr_embedding")
+    lr_multipliers: list[str] | None = settings_field("lr_multipliers")
+    lr_roles: list[str] | None = settings_field("lr_roles")
+    width_aware: bool = settings_field("width_aware")
+    n_ref: float | None = settings_field("n_ref")
     rank: int = field(default=8, metadata=_help("LoRA rank r"))
     alpha: float = field(default=16.0, metadata=_help("LoRA alpha (scale alpha / r)"))
     dropout: float = field(default=0.0, metadata=_help("LoRA dropout"))
@@ -103,11 +85,10 @@ class TrainConfig:
         default=None,
         metadata=_help("modules to adapt (names, or all-linear); default: per architecture"),
     )
-    init: str = field(
+    init: str = settings_field(
+        "init",
         default="init1",
-        metadata=_help(
-            "init1 (B = 0), init2 (A = 0) or pissa (peft's PiSSA: principal singular vectors)"
-        ),
+        help="init1 (B = 0), init2 (A = 0) or pissa (peft's PiSSA: principal singular vectors)",
     )
     rslora: bool = field(
         default=False, metadata=_help("rsLoRA: scale alpha / sqrt(r) instead of alpha / r (peft)")
@@ -277,18 +258,36 @@ class TrainConfig:
         """lr_roles as {role: absolute lr}."""
         return _config.as_pairs(self.lr_roles, "lr_roles")
 
+    def settings(self) -> LoraPlusSettings:
+        """This run's LoRA+ settings (validated there). init is the scheme the Trainer
+        re-initializes adapters with: None where peft's own init stays, PiSSA (set at load) and
+        LoRA-FA (its frozen A keeps peft's draw, which is Init[1])."""
+        keep = self.init not in SCHEMES or self.lora_optimizer == "lorafa"
+        return LoraPlusSettings(
+            lr=self.lr,
+            ratio=self.ratio,
+            lr_embedding=self.lr_embedding,
+            lr_multipliers=self.multipliers() or None,
+            lr_roles=self.role_lrs() or None,
+            width_aware=self.width_aware,
+            n_ref=self.n_ref,
+            init=None if keep else self.init,
+        )
+
     def seed_of_data(self) -> int:
         """The seed of the data (shuffle, subsets, split): data_seed, else seed."""
         return self.seed if self.data_seed is None else self.data_seed
 
     def _check(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of auto, {', '.join(TASKS)}, got {self.task!r}.")
-        self.ratio = as_ratio(self.ratio)
-        positive = {"lr": self.lr, "alpha": self.alpha}
+            raise ValueError(
+                f"task must be one of auto, {', '.join(TASKS)}, got {self.task!r}."
+            )
+        settings = self.settings()
+        self.ratio, self.lr, self.n_ref = settings.ratio, settings.lr, settings.n_ref
+        self.lr_embedding = settings.lr_embedding
+        positive = {"alpha": self.alpha}
         positive.update({"epochs": self.epochs} if self.max_steps <= 0 else {})
-        if self.lr_embedding is not None:
-            positive["lr_embedding"] = self.lr_embedding
         for name, value in positive.items():
             if not value > 0 or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
@@ -327,7 +326,6 @@ class TrainConfig:
             )
         _check_optimizer(self.optimizer)
         _check_columns(self)
-        check_lr_roles(self.multipliers(), self.role_lrs(), self.width_aware)
 
     def _check_run_safety(self) -> None:
         """Checks of the checkpoint, resume and divergence settings."""

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from loraplus._extras import require
 from loraplus.adapter import portable_base
-from loraplus.init import SCHEMES
 from loraplus.train.checks import load_checked
 from loraplus.train.config import TrainConfig, make_config
 from loraplus.train.data import (
@@ -139,7 +138,7 @@ def _training_args(
 ) -> Any:
     """LoraPlusTrainingArguments for the run (DDP settings from the launcher's environment);
     for a causal LM, LoRA+ arguments on TRL's SFTConfig with `sft`'s settings."""
-    from loraplus.hf import LoraPlusTrainingArguments
+    from loraplus.hf import LoraPlusTrainingArguments, trainer_arguments
     from loraplus.train.distributed import (
         check_distributed,
         init_deepspeed_comm,
@@ -154,14 +153,7 @@ def _training_args(
     )
     args = arguments_class(
         output_dir=str(output_dir),
-        learning_rate=cfg.lr,
-        loraplus_lr_ratio=cfg.ratio,
-        loraplus_lr_embedding=cfg.lr_embedding,
-        loraplus_lr_multipliers=cfg.multipliers() or None,
-        loraplus_lr_roles=cfg.role_lrs() or None,
-        loraplus_width_aware=cfg.width_aware,
-        loraplus_n_ref=cfg.n_ref,
-        lora_init=_lora_init(cfg),
+        **trainer_arguments(cfg.settings()),  # learning_rate and the loraplus_* fields
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -205,14 +197,6 @@ def _training_args(
     check_distributed(args)
     init_deepspeed_comm(args)
     return args
-
-
-def _lora_init(cfg: TrainConfig) -> str | None:
-    """The scheme the Trainer re-initializes adapters with; None where peft's own init stays:
-    PiSSA (set at load), and LoRA-FA (its frozen A keeps peft's draw, which is Init[1])."""
-    if cfg.init not in SCHEMES or cfg.lora_optimizer == "lorafa":
-        return None
-    return cfg.init
 
 
 def _peft_optimizer(cfg: TrainConfig, model: Any) -> Any:
