@@ -280,9 +280,7 @@ class TrainConfig:
 
     def _check(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(
-                f"task must be one of auto, {', '.join(TASKS)}, got {self.task!r}."
-            )
+            raise ValueError(f"task must be one of auto, {', '.join(TASKS)}, got {self.task!r}.")
         settings = self.settings()
         self.ratio, self.lr, self.n_ref = settings.ratio, settings.lr, settings.n_ref
         self.lr_embedding = settings.lr_embedding
