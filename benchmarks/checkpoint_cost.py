@@ -13,57 +13,15 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers import TrainerCallback
+from _timing import Clock
 from transformers.utils import logging as hf_logging
 
 from loraplus.train import make_config, train
-
-
-class Clock(TrainerCallback):
-    """Training-loop time without evaluations, and the time of each checkpoint write.
-
-    After a step, the Trainer logs, may evaluate, then may save: each of those is timed from
-    the event before it (`mark`).
-    """
-
-    def __init__(self) -> None:
-        self.begin = self.end = self.mark = self.evals = 0.0
-        self.saves: list[float] = []
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not self.begin:
-            self.begin = time.perf_counter()
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.mark = time.perf_counter()
-
-    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.mark = time.perf_counter()
-
-    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        now = time.perf_counter()
-        if self.begin:  # not the step-0 evaluation
-            self.evals += now - self.mark
-        self.mark = now
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        now = time.perf_counter()
-        self.saves.append(now - self.mark)
-        self.mark = now
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.end = time.perf_counter()
-
-    def per_step(self, steps: int) -> float:
-        """Seconds per step, checkpoint writes included, evaluations excluded."""
-        return (self.end - self.begin - self.evals) / steps
 
 
 def one_run(root: Path, steps: int, save_steps: int, tag: str) -> Clock:

@@ -33,6 +33,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from _timing import interleaved
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer as peft_loraplus
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
@@ -211,9 +212,8 @@ def benchmark(
     ids = torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(0)).to(device)
     chosen = variants(model, full=not MODELS[name]["4bit"])
     rows: dict[str, list[dict[str, Any]]] = {v.name: [] for v in chosen}
-    for r in range(rounds):
-        for v in chosen if r % 2 == 0 else chosen[::-1]:
-            rows[v.name].append(run_variant(model, v, ids, warmup, steps))
+    for v in interleaved(chosen, rounds):
+        rows[v.name].append(run_variant(model, v, ids, warmup, steps))
     merged = []
     for v in chosen:
         first = rows[v.name][0]

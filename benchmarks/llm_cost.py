@@ -19,8 +19,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,45 +32,18 @@ RUNS: dict[str, dict[str, Any]] = {
     "4-bit base + --bf16": {"load_in_4bit": True, "bf16": True},
 }
 
-WORDS = [
-    "the",
-    "model",
-    "reads",
-    "a",
-    "question",
-    "and",
-    "answers",
-    "it",
-    "in",
-    "a",
-    "few",
-    "plain",
-    "sentences",
-    "with",
-    "care",
-    "about",
-    "names",
-    "places",
-    "numbers",
-    "dates",
-    "reasons",
-    "examples",
-    "and",
-    "what",
-    "follows",
-    "from",
-    "them",
-    "for",
-    "the",
-    "reader",
-]
+WORDS = (  # an answer cycles through these words
+    "the model reads a question and answers it in a few plain sentences with care about names "
+    "places numbers dates reasons examples and what follows from them for the reader"
+)
 
 
 def write_chats(path: Path, rows: int, words: int) -> Path:
     """Chat JSONL: a question and an assistant answer of about `words` words."""
+    vocab = WORDS.split()
     with path.open("w", encoding="utf-8") as out:
         for i in range(rows):
-            answer = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(words))
+            answer = " ".join(vocab[(i + k) % len(vocab)] for k in range(words))
             turns = [
                 {"role": "user", "content": f"Question {i}: explain item {i} in detail."},
                 {"role": "assistant", "content": answer + "."},
@@ -83,50 +54,14 @@ def write_chats(path: Path, rows: int, words: int) -> Path:
 
 def one(name: str, data: str, out: str, steps: int, batch: int) -> dict[str, Any]:
     """Train one configuration in this process; its step time and peak memory."""
-    import psutil
     import torch
-    from transformers import TrainerCallback
+    from _timing import Clock
     from transformers.utils import logging as hf_logging
 
     from loraplus.train import make_config, train
 
     hf_logging.set_verbosity_error()
-
-    class Clock(TrainerCallback):
-        """Training-loop time from the second step's start (the first warms up), evaluations
-        excluded; and the peak resident memory while training, sampled every 20 ms (the
-        process's own peak also counts loading: a 4-bit base is quantized from float32)."""
-
-        def __init__(self) -> None:
-            self.begin = self.evals = self.mark = 0.0
-            self.end = 0.0
-            self.peak = 0
-            self.stop = threading.Event()
-            self.sampler = threading.Thread(target=self._sample, daemon=True)
-
-        def _sample(self) -> None:
-            me = psutil.Process()
-            while not self.stop.wait(0.02):
-                self.peak = max(self.peak, me.memory_info().rss)
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.sampler.start()
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.stop.set()
-
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if not self.begin and state.global_step == 1:
-                self.begin = time.perf_counter()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.mark = self.end = time.perf_counter()
-
-        def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if self.begin:
-                self.evals += time.perf_counter() - self.mark
-
-    clock = Clock()
+    clock = Clock(start_step=1, rss=True)  # the first step warms up
     cfg = make_config(
         model="smollm2",
         data=data,
@@ -143,16 +78,15 @@ def one(name: str, data: str, out: str, steps: int, batch: int) -> dict[str, Any
     )
     result = train(cfg, callbacks=[clock])
     gpu = torch.cuda.is_available()
-    metrics = json.loads((Path(out) / "metrics.json").read_text())
     return {
         "run": name,
-        "ms_per_step": 1000 * (clock.end - clock.begin - clock.evals) / (steps - 1),
+        "ms_per_step": 1000 * clock.per_step(steps),
         "train_rss_mb": clock.peak / 2**20,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
         "final_eval_loss": result.final.get("eval_loss"),
-        "precision": metrics["precision"],
-        "groups": [(g["role"], g["lr"]) for g in metrics["param_groups"]],
+        "precision": result.precision,
+        "groups": [(g["role"], g["lr"]) for g in result.param_groups],
     }
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from _timing import interleaved
 from models import TARGETS, small_llama
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer as peft_loraplus
@@ -80,12 +81,10 @@ def step_time(steps: int, rounds: int) -> None:
         run(opt, 3)  # warm-up: allocator, optimizer state
     chunk = max(1, steps // rounds)
     per_step: dict[str, list[float]] = {name: [] for name in optimizers}
-    for r in range(rounds):
-        order = list(optimizers.items())
-        for name, opt in order if r % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            run(opt, chunk)
-            per_step[name].append((time.perf_counter() - start) / chunk)
+    for name in interleaved(list(optimizers), rounds):
+        start = time.perf_counter()
+        run(optimizers[name], chunk)
+        per_step[name].append((time.perf_counter() - start) / chunk)
     base = statistics.median(per_step["plain AdamW"])
     plus = statistics.median(per_step["LoRA+ AdamW"])
     print(f"Training steps, small Llama (hidden 256, 4 layers, LoRA r=8), {rounds} x {chunk} steps")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from _timing import interleaved
 from models import small_llama
 
 import loraplus
@@ -86,13 +87,10 @@ def main() -> None:
     for run in variants.values():
         run(EVERY)  # warm-up: allocator, optimizer state
     per_step: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for r in range(args.rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
-        for name in order:
-            start = time.perf_counter()
-            variants[name](EVERY)
-            per_step[name].append((time.perf_counter() - start) / EVERY)
+    for name in interleaved(list(variants), args.rounds, rotate=True):  # who goes first rotates
+        start = time.perf_counter()
+        variants[name](EVERY)
+        per_step[name].append((time.perf_counter() - start) / EVERY)
     probe.remove()
     base = statistics.median(per_step["LoRA+"])
     base_region = statistics.mean(region[id(optimizers["LoRA+"])][EVERY:])

@@ -266,3 +266,21 @@ def test_demo_styles_keep_an_equal_lora_line_visible_and_say_how_the_loss_is_smo
     assert lora.get_linestyle() != plus.get_linestyle()  # the one below still shows
     assert ax_loss.get_ylabel() == "train loss, mean of the last 2 logged"
     assert ax_loss.lines[0].get_linestyle() != ax_loss.lines[1].get_linestyle()
+
+
+def test_methods_draws_each_line_and_the_seeds_range_at_the_pick() -> None:
+    row = {"method": "lora", "colour": 0, "style": "-", "line": [[1e-3, 0.5], [1e-2, 0.2]]}
+    other = {"method": "lorafa", "colour": 5, "style": "--", "line": [], "chosen": None}
+    panel = {"title": "width n = 16", "methods": [{**row, "chosen": [1e-2, 0.3, 0.2, 0.5]}, other]}
+    fig = plots.draw_methods({"panels": [panel, panel], "title": "t", "ylabel": "loss"})
+    left, right = fig.axes
+    assert left.get_lines()[0].get_label() == "lora"
+    assert list(left.get_lines()[0].get_ydata()) == [0.5, 0.2]
+    dot = left.get_lines()[1]  # the pick: the seeds' mean
+    assert list(dot.get_xdata()) == [1e-2] and list(dot.get_ydata()) == [0.3]
+    bar = left.collections[0].get_segments()[0]  # the seeds' range
+    np.testing.assert_allclose(bar[:, 1], [0.2, 0.5])
+    assert left.get_title() == "width n = 16" and left.get_ylabel() == "loss"
+    assert (left.get_xscale(), left.get_yscale()) == ("log", "log") and right.get_ylabel() == ""
+    with pytest.raises(ValueError, match="at least one panel"):
+        plots.draw_methods({"panels": []})

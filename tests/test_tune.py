@@ -82,6 +82,25 @@ def test_plan_line_extensions_refinement_then_seeds() -> None:
     assert done.chosen == 1.6e-2 and not done.todo and len(done.runs) == 9
 
 
+def test_plan_takes_a_given_first_line_and_keeps_lrs_as_computed() -> None:
+    """A first line of any length (here half a decade apart, as the method study's) and, with
+    digits=None, every lr_A exactly as computed: the line's own floats, step and sqrt(step)."""
+    line = tuple(1e-4 * 10 ** (k / 2) for k in range(4))
+    step = line[1] / line[0]
+    search = Search(0.0, step, 1, True, (0, 1), None, -1.0, line=line, digits=None)
+    rounds = walk(search, lambda lr, seed: abs(math.log10(lr / 5e-5)))  # best below the line
+    low = line[0] / step
+    assert rounds == [
+        [(lr, 0) for lr in line],
+        [(low, 0)],  # one extension (extend=1) past the lower edge
+        [(low / math.sqrt(step), 0), (low * math.sqrt(step), 0)],
+        [(low * math.sqrt(step), 1)],
+    ]
+    assert rounds[0][1][0] == 0.000316227766016838 != float(f"{rounds[0][1][0]:.6g}")
+    rounded = walk(Search(0.0, step, 0, False, (0,), None, -1.0, line=line), lambda *_: 1.0)
+    assert rounded == [[(float(f"{lr:.6g}"), 0) for lr in line]]  # default: 6 digits, as before
+
+
 def test_plan_goes_down_when_all_diverge_minimizes_loss_and_stops_at_the_budget() -> None:
     diverged = walk(Search(1e-2, 4.0, 1, False, (0,), None, 1.0), lambda lr, seed: None)
     assert diverged == [[(2.5e-3, 0), (1e-2, 0), (4e-2, 0)], [(6.25e-4, 0)]]

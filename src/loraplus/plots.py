@@ -580,3 +580,41 @@ def draw_tune(data: Mapping[str, Any]) -> Figure:
         ax.set_title(str(data["title"]), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_methods(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """draw_methods(data), written as PNG to `path`."""
+    return save_png(draw_methods(data), path)
+
+
+def draw_methods(data: Mapping[str, Any]) -> Figure:
+    """The method study: one panel per width, loss against lr (log-log), one line per method
+    (its first seed's lr line) and, at the lr it picked, the seeds' mean with their range.
+
+    `data`: title, xlabel, ylabel, panels [{"title", "methods": [{"method", "colour": int,
+    "style", "line": [[lr, loss]], "chosen": [lr, mean, low, high] | None}]}]
+    (methods_report.figure_data).
+    """
+    panels = list(data.get("panels", []))
+    if not panels:
+        raise ValueError("plot_methods needs at least one panel.")
+    fig = Figure(figsize=(5.2 * len(panels), 5.0))
+    axes = [fig.add_subplot(1, len(panels), k + 1) for k in range(len(panels))]
+    for ax, panel in zip(axes, panels, strict=True):
+        for row in panel["methods"]:
+            color = f"C{int(row['colour']) % 10}"
+            if row["line"]:
+                xs, ys = zip(*row["line"], strict=True)
+                ax.plot(xs, ys, row["style"], color=color, marker=".", label=row["method"], lw=1.2)
+            if row["chosen"] is not None:
+                lr, mean, low, high = row["chosen"]
+                bar = [[mean - low], [high - mean]]
+                ax.errorbar([lr], [mean], yerr=bar, color=color, marker="o", ms=6, capsize=3)
+        ax.set(xscale="log", yscale="log", title=str(panel["title"]), xlabel=data.get("xlabel"))
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(str(data.get("ylabel", "")))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle(str(data.get("title", "")))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig

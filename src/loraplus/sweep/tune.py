@@ -59,9 +59,10 @@ def mean_std(values: Sequence[float | None], digits: int = 3) -> str:
     return f"{statistics.mean(finite):.{digits}f} ± {statistics.stdev(finite):.{digits}f}"
 
 
-def _lr(value: float) -> float:
-    """An lr_A of the search, to 6 significant digits (4 * 1e-4 is 4e-4, as in a table)."""
-    return float(f"{value:.6g}")
+def _lr(value: float, digits: int | None = 6) -> float:
+    """An lr_A of the search, to `digits` significant digits (4 * 1e-4 is 4e-4, as in a table);
+    None: as computed."""
+    return value if digits is None else float(f"{value:.{digits}g}")
 
 
 @dataclass
@@ -209,7 +210,8 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class Search:
-    """One method's search: centre, step, extensions, refinement, seeds, budget, direction."""
+    """One method's search: centre, step, extensions, refinement, seeds, budget, direction; the
+    first line (default: centre / step, centre, centre * step) and the lr_A rounding."""
 
     centre: float
     step: float
@@ -218,6 +220,8 @@ class Search:
     seeds: tuple[int, ...]
     max_runs: int | None
     sign: float  # +1: higher is better (accuracy); -1: lower is better (loss)
+    line: tuple[float, ...] = ()  # the first line's lr_A values, if not the three around centre
+    digits: int | None = 6  # significant digits of every lr_A (None: as computed)
 
 
 @dataclass
@@ -272,9 +276,9 @@ def plan(search: Search, results: Mapping[Point, float | None]) -> Plan:
     """The search so far, given the results of (lr_A, seed) cells (None: ran, no value, e.g.
     diverged); its `todo` are the cells to run next (none: the search is done)."""
     walk = _Walk(search, results)
-    seed, step = search.seeds[0], search.step
-    line = [_lr(search.centre / step), _lr(search.centre), _lr(search.centre * step)]
-    if not walk.take([(lr, seed) for lr in line]):
+    seed, step, digits = search.seeds[0], search.step, search.digits
+    line = search.line or (search.centre / step, search.centre, search.centre * step)
+    if not walk.take([(_lr(lr, digits), seed) for lr in line]):
         return walk.plan()
     for _ in range(search.extend):
         tried, best = walk.tried(), walk.best()
@@ -284,12 +288,13 @@ def plan(search: Search, results: Mapping[Point, float | None]) -> Plan:
             new = tried[-1] * step
         else:
             break
-        if not walk.take([(_lr(new), seed)]):
+        if not walk.take([(_lr(new, digits), seed)]):
             return walk.plan()
     best = walk.best()
     if search.refine and best is not None:
         half = math.sqrt(step)
-        if not walk.take([(_lr(best / half), seed), (_lr(best * half), seed)]):
+        pair = [(_lr(best / half, digits), seed), (_lr(best * half, digits), seed)]
+        if not walk.take(pair):
             return walk.plan()
     best = walk.best()
     if best is not None:
