@@ -481,6 +481,14 @@ def test_compare_param_groups() -> None:
         compare_param_groups(saved, [*saved, {"role": "vector", "lr": 1.0}])
 
 
+class LrsAtStart(TrainerCallback):
+    """The scheduler's last lrs and the groups' lrs as training (re)starts, before any step."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last = [float(lr) for lr in kwargs["lr_scheduler"].get_last_lr()]
+        self.groups = [float(g["lr"]) for g in kwargs["optimizer"].param_groups]
+
+
 def test_resume_with_a_changed_ratio_applies_the_new_one(tmp_path: Path) -> None:
     common = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "weight_decay": 0.01}
     first = LoraPlusTrainer(
@@ -494,13 +502,18 @@ def test_resume_with_a_changed_ratio_applies_the_new_one(tmp_path: Path) -> None
     assert [g["role"] for g in saved] == ["lora_A", "lora_B"]
     assert saved[1]["initial_lr"] == pytest.approx(16 * LR)
 
+    start = LrsAtStart()
     second = LoraPlusTrainer(
         model=lora_bert(),
         args=targs(tmp_path, loraplus_lr_ratio=4, **{**common, "weight_decay": 0.0}),
         train_dataset=cls_data(),
+        callbacks=[start],
     )
     with pytest.warns(UserWarning, match=r"ratio 16 -> ratio 4.*lora_B: lr 0.08 -> 0.02"):
         second.train(resume_from_checkpoint=str(ckpt))
+    # at step 2 of the schedule, before a step: the scheduler already reports the new lrs
+    assert start.groups[0] > 0 and start.groups[1] == pytest.approx(4 * start.groups[0])
+    assert start.last == start.groups
     g = groups(second.optimizer)
     assert g["lora_B"]["initial_lr"] == pytest.approx(4 * LR)
     assert g["lora_A"]["initial_lr"] == pytest.approx(LR)

@@ -10,6 +10,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 from loraplus.cli import demo
 
@@ -81,3 +82,19 @@ def test_core_wheel_in_a_fresh_venv(tmp_path: Path) -> None:
     assert plots.returncode == 1 and 'pip install -e ".[train]"' in plots.stderr
     sweep_import = _run([str(env / "bin" / "python"), "-c", "import loraplus.sweep"])
     assert 'pip install -e ".[sweep]"' in sweep_import.stderr
+
+
+def _pins(name: str) -> dict[str, str]:
+    """{package: version} of a constraints file's `package==version` lines."""
+    lines = (REPO / name).read_text().splitlines()
+    return dict(line.split("==") for line in lines if line and not line.startswith("#"))
+
+
+def test_the_newest_constraints_cover_every_pin_at_or_above_it() -> None:
+    """constraints-newest.txt (make test-newest) moves each pin of constraints.txt, never down."""
+    pinned, newest = _pins("constraints.txt"), _pins("constraints-newest.txt")
+    assert set(pinned) <= set(newest), set(pinned) - set(newest)
+    for name, version in pinned.items():
+        assert Version(newest[name]) >= Version(version), name
+    makefile = (REPO / "Makefile").read_text()
+    assert f"pip install -q torch=={newest['torch']}\n" in makefile  # the wheel installed first

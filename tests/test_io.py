@@ -1,13 +1,15 @@
-"""Atomic writes: complete or absent, never half-written."""
+"""Atomic writes: complete or absent, never half-written; records read back from JSON."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from loraplus._io import atomic_dir, atomic_file, write_json
+from loraplus._io import atomic_dir, atomic_file, from_dict, write_json
+from loraplus.train.record import RECORD_FILE, TrainResult, read_record, write_record
 
 
 def test_write_json_round_trips_and_nulls_non_finite(tmp_path: Path) -> None:
@@ -69,3 +71,30 @@ def test_a_failed_build_leaves_the_old_folder(tmp_path: Path) -> None:
         atomic_dir(target, build)
     assert (target / "ok.txt").read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+@dataclass
+class Row:
+    a: int
+    b: list[int] = field(default_factory=list)
+
+
+def test_from_dict_takes_the_fields_ignores_other_keys_and_adds_given() -> None:
+    assert from_dict(Row, {"a": 1, "b": [2], "from_a_newer_version": "x"}) == Row(1, [2])
+    assert from_dict(Row, {"a": 1}, a=5, b=[3]) == Row(5, [3])
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'a'"):
+        from_dict(Row, {"b": [2]})
+
+
+def test_a_record_reads_back_and_a_foreign_file_is_named(tmp_path: Path) -> None:
+    record = TrainResult(
+        history=[{"step": 1}], final={"steps": 1}, output_dir=tmp_path, diverged=False
+    )
+    path = write_record(record)
+    data = json.loads(path.read_text())
+    assert "output_dir" not in data and "main_process" not in data
+    path.write_text(json.dumps({**data, "main_process": False, "newer": 1}))
+    assert read_record(tmp_path) == record  # the file's reader is the main process
+    path.write_text(json.dumps({"final": {}}))
+    with pytest.raises(ValueError, match=f"{RECORD_FILE} lacks diverged, history: it was not"):
+        read_record(path)

@@ -9,11 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_resume import _flags, _kill, _start, _wait_for
+from test_resume import PAUSED_FILE, _flags, _kill, _start, _wait_for
 from test_train import tiny_cls_config, tiny_files  # noqa: F401  (a fixture)
 
 from loraplus.cli import main
-from loraplus.train import checkpoint as ckpt
 from loraplus.train import train
 from loraplus.train.lock import LOCK_FILE, holder, run_lock
 
@@ -28,7 +27,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_and_a_dead_holder_taken_ov
 ) -> None:
     out = tmp_path / "run"
     first = _start(_flags(tiny_files, out), pause_at=2)  # holds the folder, mid-checkpoint
-    _wait_for(out / ckpt.PAUSED_FILE, first)
+    _wait_for(out / PAUSED_FILE, first)
     try:
         _refused_then_taken_over(tiny_files, out, first, caplog, capsys)
     finally:

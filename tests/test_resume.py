@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from pause_in_checkpoint import PAUSED_FILE
 from safetensors.torch import load_file
 from test_train import tiny_cls_config, tiny_files  # noqa: F401  (a fixture)
 from transformers import TrainerCallback
@@ -29,6 +30,7 @@ from loraplus.train import checkpoint as ckpt
 from loraplus.train import train
 from loraplus.train.outputs import FINAL_FILES
 
+PAUSER = Path(__file__).with_name("pause_in_checkpoint.py")
 SETTINGS = {"max_steps": 6, "eval_steps": 3, "save_steps": 2, "save_total_limit": 2}
 
 
@@ -51,11 +53,13 @@ def _flag(key: str, value: Any) -> list[str]:
 
 
 def _start(flags: list[str], pause_at: int | None = None) -> subprocess.Popen[str]:
+    """`loraplus train` in a process; with `pause_at`, blocked inside that step's checkpoint
+    write (tests/pause_in_checkpoint.py) once it has written PAUSED_FILE."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    env.pop(ckpt.PAUSE_ENV, None)
-    if pause_at is not None:
-        env[ckpt.PAUSE_ENV] = str(pause_at)
     cmd = [sys.executable, "-m", "loraplus.cli", "train", *flags]
+    if pause_at is not None:
+        out = flags[flags.index("--output-dir") + 1]
+        cmd = [sys.executable, str(PAUSER), str(pause_at), out, "train", *flags]
     return subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -101,7 +105,7 @@ def test_sigkilled_runs_resume_bit_identically(
 
     # 1. killed inside the write of checkpoint-4: only checkpoint-2 is visible
     proc = _start(_flags(tiny_files, out), pause_at=4)
-    _wait_for(out / ckpt.PAUSED_FILE, proc)
+    _wait_for(out / PAUSED_FILE, proc)
     staged = out / ckpt.STAGING / "checkpoint-4"
     assert (staged / "adapter_model.safetensors").is_file()  # the write is half done
     assert not (staged / "optimizer.pt").exists()
@@ -112,12 +116,13 @@ def test_sigkilled_runs_resume_bit_identically(
     # 2. resumed from checkpoint-2 (the stale half of 4 cleared), then killed again inside the
     # write of checkpoint-6, after checkpoint-4 was published: a waiting poll is not fast enough
     # to stop a tiny model between two steps, so the pause makes that moment certain
-    (out / ckpt.PAUSED_FILE).unlink()
+    (out / PAUSED_FILE).unlink()
     proc = _start(_flags(tiny_files, out, resume="auto"), pause_at=6)
-    _wait_for(out / ckpt.PAUSED_FILE, proc)
+    _wait_for(out / PAUSED_FILE, proc)
     assert [p.name for p in ckpt.checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
     assert not (out / ckpt.STAGING / "checkpoint-4").exists()  # the stale half was cleared
     _kill(proc)
+    (out / PAUSED_FILE).unlink()
 
     # 3. resumed again to the end
     text = _finish(_flags(tiny_files, out, resume="auto"))

@@ -1,20 +1,27 @@
-"""Atomic writes, one helper per job: a file or folder is visible only once it is complete.
+"""Files, one helper per job: atomic writes, and dataclass records read back from JSON.
 
-Everything is written to a temporary name beside the target and moved over it with os.replace,
-so a crash leaves the old file (or nothing), never half of a new one.
+A file or folder is visible only once it is complete: everything is written to a temporary name
+beside the target and moved over it with os.replace, so a crash leaves the old file (or
+nothing), never half of a new one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Record = TypeVar("Record", bound=DataclassInstance)
 
 
 @contextmanager
@@ -82,3 +89,12 @@ def atomic_dir(target: str | Path, build: Callable[[Path], Any], replace: bool =
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def from_dict(cls: type[Record], data: Mapping[str, Any], **given: Any) -> Record:
+    """The dataclass `cls` from JSON data: the keys that are its fields, then `given`.
+
+    Other keys are ignored, so a record written by another loraplus version still loads.
+    """
+    names = {f.name for f in dataclasses.fields(cls)} - set(given)
+    return cls(**{k: v for k, v in data.items() if k in names}, **given)

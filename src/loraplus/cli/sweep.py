@@ -9,23 +9,16 @@ from typing import Any
 
 from loraplus import _config
 from loraplus._extras import require
-from loraplus.cli.common import Subparsers
+from loraplus.cli.common import Subparsers, study_parser
 from loraplus.train import TrainConfig
 
 
 def add_parser(subparsers: Subparsers) -> None:
     """`loraplus sweep`: an lr_A x ratio (or lr_A x lr_B) grid with Optuna, resumable."""
-    configs: list[Any] = [TrainConfig]
-    try:
-        from loraplus.sweep import SweepConfig
-
-        configs.append(SweepConfig)
-    except ImportError:  # without loraplus[sweep], `loraplus sweep` says what to install
-        pass
-    parser = subparsers.add_parser(
+    parser = study_parser(
+        subparsers,
         "sweep",
-        dataclass_types=configs,
-        suppress=True,
+        "SweepConfig",
         hide=("lr", "ratio", "seed", "output_dir"),  # set per cell (--lr-a, --ratios, --out-dir)
         help="grid of lr_A x ratio (or lr_B) on any training config, with a heatmap",
         description="Train every cell of an lr_A x ratio (or lr_A x lr_B) grid with Optuna "
@@ -36,8 +29,6 @@ def add_parser(subparsers: Subparsers) -> None:
         "init=init1,init2 --ratio 16). "
         "Training flags (--model, --max-steps, ...) apply to every cell.",
     )
-    if len(configs) == 1:
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--n-trials", type=int, metavar="N", help="trials per worker (default all)")
     parser.add_argument(
         "--summarize-only", action="store_true", help="report the stored study, train nothing"

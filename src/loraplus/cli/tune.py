@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from loraplus import _config
 from loraplus._extras import require
-from loraplus.cli.common import Subparsers
+from loraplus.cli.common import Subparsers, study_parser
 from loraplus.train import TrainConfig
 
 
 def add_parser(subparsers: Subparsers) -> None:
     """`loraplus tune`: per --method, the lr_A search; tune.json, a table and a figure."""
-    configs: list[Any] = [TrainConfig]
-    try:
-        from loraplus.sweep import TuneConfig
-
-        configs.append(TuneConfig)
-    except ImportError:  # without loraplus[sweep], `loraplus tune` says what to install
-        pass
-    parser = subparsers.add_parser(
+    parser = study_parser(
+        subparsers,
         "tune",
-        dataclass_types=configs,
-        suppress=True,
+        "TuneConfig",
         hide=("lr", "seed", "output_dir"),  # set per run (the search, --seeds, --out-dir)
         help="find each method's learning rate (lr_A line search, more seeds at the best)",
         description="For each --method: train a line of lr_A values --step apart around "
@@ -34,8 +26,6 @@ def add_parser(subparsers: Subparsers) -> None:
         "and a finished one trains nothing. Writes tune.json and tune.png into --out-dir and "
         "prints the table. Training flags (--model, --max-steps, ...) apply to every run.",
     )
-    if len(configs) == 1:
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 

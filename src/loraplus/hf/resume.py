@@ -6,13 +6,9 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    pass
-
 
 OPTIMIZER_FILE = "optimizer.pt"
 
@@ -74,7 +70,14 @@ def compare_param_groups(
 def _apply_new_hyperparameters(
     optimizer: Any, scheduler: Any, built: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Put this run's base lrs and weight decays back after a checkpoint load, schedule kept."""
+    """Put this run's base lrs and weight decays back after a checkpoint load, schedule kept.
+
+    The scheduler gets the new lrs through its public state round trip (`state_dict()`, edited,
+    `load_state_dict()`: the way a checkpoint restores it; torch documents the state as the
+    scheduler's attributes), so that `base_lrs` drive its next steps and `get_last_lr()` says
+    at once what the groups now use. torch has no setter for the last lrs: only `step()` sets
+    them, and it would advance the schedule.
+    """
     sched = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
     lambdas = getattr(sched, "lr_lambdas", None)
     last_epoch = getattr(sched, "last_epoch", None)
@@ -89,7 +92,10 @@ def _apply_new_hyperparameters(
         if "initial_lr" in group:
             group["initial_lr"] = new_base
         group["weight_decay"] = new.get("weight_decay", group.get("weight_decay", 0.0))
-    if sched is not None and hasattr(sched, "base_lrs"):
-        sched.base_lrs = [_base_lr(g) for g in built]
-    if sched is not None and hasattr(sched, "_last_lr"):
-        sched._last_lr = [g["lr"] for g in optimizer.param_groups]
+    if sched is not None and hasattr(sched, "state_dict"):
+        state = sched.state_dict()
+        if "base_lrs" in state:
+            state["base_lrs"] = [_base_lr(g) for g in built]
+        if "_last_lr" in state:
+            state["_last_lr"] = [g["lr"] for g in optimizer.param_groups]
+        sched.load_state_dict(state)

@@ -9,13 +9,14 @@ import os
 import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from loraplus._io import from_dict
 from loraplus.sweep.config import as_url, make_storage
 from loraplus.sweep.grid import HOLDING, SKIPPED, STUDY_ATTR, cell_of, status_of
 
@@ -56,8 +57,7 @@ class SweepSummary:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SweepSummary:
         """The summary from `to_dict()` / sweep.json data."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return from_dict(cls, data)
 
     def cell(self, lr_a: float, y: float | str) -> dict[str, Any]:
         """The row of one cell (y: the ratio, lr_B or method)."""

@@ -23,7 +23,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
+from loraplus._io import from_dict
 from loraplus.groups import as_float
 from loraplus.sweep.config import METRICS, SweepConfig, _methods, _seeds, make_storage
 from loraplus.sweep.grid import STUDY_ATTR, Grid, cell_of, holds, status_of
@@ -478,8 +479,7 @@ class TuneSummary:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TuneSummary:
         """The summary from `to_dict()` / tune.json data."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return from_dict(cls, data)
 
     def method(self, name: str) -> dict[str, Any]:
         """The row of one method."""

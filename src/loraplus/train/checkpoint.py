@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,6 @@ log = logging.getLogger(__name__)
 PREFIX = "checkpoint-"
 STAGING = ".staging"
 MARKER = "loraplus_checkpoint.json"  # written last into the staging folder: the resolved config
-# Test-only: block inside the checkpoint write of this step (after the adapter, before the
-# optimizer state), so a test can SIGKILL the process there deterministically.
-PAUSE_ENV = "LORAPLUS_TEST_PAUSE_IN_CHECKPOINT"
-PAUSED_FILE = ".paused-in-checkpoint"
 _STEP = re.compile(rf"^{PREFIX}(\d+)$")
 
 
@@ -237,7 +232,6 @@ def clean_partial(output_dir: str | os.PathLike[str]) -> None:
     if not folder.is_dir():
         return
     shutil.rmtree(folder / STAGING, ignore_errors=True)
-    (folder / PAUSED_FILE).unlink(missing_ok=True)
     for path in folder.glob(".*"):
         if re.match(r"^\.(adapter|merged|metrics\.json|curves\.png)\.", path.name):
             if path.is_dir():
@@ -288,13 +282,3 @@ def write_marker(
             "samples_seen": int(state.global_step) * global_batch,
         },
     )
-
-
-def maybe_pause(output_dir: Path, step: int) -> None:
-    """Test-only: block forever at the checkpoint of step $LORAPLUS_TEST_PAUSE_IN_CHECKPOINT."""
-    wanted = os.environ.get(PAUSE_ENV)
-    if wanted is None or int(wanted) != step:
-        return
-    (output_dir / PAUSED_FILE).write_text(str(os.getpid()), encoding="utf-8")
-    while True:  # the test SIGKILLs the process here
-        time.sleep(1.0)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraplus._io import from_dict, write_json
+
 RECORD_FILE = "metrics.json"
 _NOT_IN_FILE = ("output_dir", "main_process")
 
@@ -66,21 +68,17 @@ class TrainResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any], output_dir: str | os.PathLike[str]) -> TrainResult:
         """The record from `to_dict()` data (unknown keys ignored) found in `output_dir`."""
-        names = {f.name for f in dataclasses.fields(cls)} - set(_NOT_IN_FILE)
-        values = {k: v for k, v in data.items() if k in names}
-        missing = sorted({"history", "final", "diverged"} - set(values))
+        missing = sorted({"history", "final", "diverged"} - set(data))
         if missing:
             raise ValueError(
                 f"{Path(output_dir) / RECORD_FILE} lacks {', '.join(missing)}: it was not "
                 "written by loraplus.train.train."
             )
-        return cls(output_dir=Path(output_dir), **values)
+        return from_dict(cls, data, output_dir=Path(output_dir), main_process=True)
 
 
 def write_record(result: TrainResult) -> Path:
     """Write `result` as <output_dir>/metrics.json (atomic, strict JSON); return its path."""
-    from loraplus._io import write_json
-
     return write_json(Path(result.output_dir) / RECORD_FILE, result.to_dict())
 
 

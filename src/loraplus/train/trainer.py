@@ -104,11 +104,6 @@ class _RunMixin:
             return None
         return super()._run_epoch(*args, **kwargs)  # type: ignore[misc]
 
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        if self.args.should_save:
-            ckpt.maybe_pause(Path(str(self.args.output_dir)), self.state.global_step)
-        super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
-
 
 class RunTrainer(_RunMixin, LoraPlusTrainer):
     """LoraPlusTrainer with atomic checkpoints and a weight check before each one."""
