@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -69,11 +70,154 @@ def test_report_tables_from_run_records(tmp_path: Path) -> None:
     assert scan[2.0]["lr_a"] == 4e-3 and scan[2.0]["note"] == "best on the line's edge"
     assert report["auto"]["seeds"]["0"]["ratios"] == {"attn": 11.3}
     assert report["auto"]["seeds"]["0"]["loraplus"] == 0.65
-    text = (tmp_path / "results.md").read_text()
+    text = (tmp_path / "report.md").read_text()
     assert "| LoRA (ratio 1) | 0.004 (0.004) | 0,1 | 0.650 ± 0.071 |" in text
     assert "| 0 | 2.000 ± 0.000 | 2.000 ± 0.000 |" in text  # both start from the base model
     assert "| lora | 0.004 | 0.004 | 0.600 **chosen** | 0.600 | 0.250 |" in text
     assert "| 2 | 0.002, 0.004 | 0.004 | 0.610 | n/a | best on the line's edge |" in text
     assert "| 0 | 0.700 | 0.650 | attn 11.3 |" in text
-    assert json.loads((tmp_path / "results.json").read_text())["runs"] == 9
+    assert json.loads((tmp_path / "report.json").read_text())["runs"] == 9
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --- the config plans the committed runs -------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "benchmarks/studies/decoder.toml"
+DATA_KEYS = ("data", "data_seed", "max_train", "max_eval", "exact_match", "output_dir")
+GRID = ["grid-lora", "grid-lora-lr0.016", "seeds-lora", "grid-loraplus", "seeds-loraplus"]
+SCAN = [f"ratio{r}-lr{lr}" for r, lrs in ((2, "0.002 0.004"), (4, "0.001 0.002"),
+        (8, "0.0005 0.001"), (32, "0.000125 0.00025")) for lr in lrs.split()]  # fmt: skip
+
+
+def committed(folder: Path, names: list[str]) -> list[dict[str, Any]]:
+    """The trial rows of committed sweeps (<name>_sweep.json) that trained, each with its method
+    (a ratio as lora / loraplus / ratio=X) and init (the init2-* sweeps' Init[2])."""
+    from loraplus.study.method_tasks import method_of
+
+    rows = []
+    for name in names:
+        data = json.loads((folder / f"{name}_sweep.json").read_text())
+        init = "init2" if name.startswith("init2") else "init1"
+        for t in data["trials"]:
+            if t["status"] in ("complete", "diverged"):
+                rows.append({**t, "method": method_of(t), "init": init, "axis": data["axis"]})
+    return rows
+
+
+def cell_key(cell: Any) -> tuple[float, str, int, str]:
+    """(lr_A, method, seed, init) of a planned cell."""
+    from loraplus.study.method_tasks import method_of
+
+    method = cell.value if cell.axis == "method" else method_of({"ratio": cell.value})
+    return (cell.lr_a, method, cell.seed, dict(cell.overrides).get("init", "init1"))
+
+
+def row_key(row: dict[str, Any]) -> tuple[float, str, int, str]:
+    return (row["lr_a"], row["method"], row["seed"], row["init"])
+
+
+def planned(cfg: Any, rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[Any]]:
+    """Each stage of `rows`' cells, planned from the committed rows of the stages before it
+    (and, for a tune, its own): nothing trains."""
+    from loraplus.study.run import Done, plan_runs, stage_cells
+
+    earlier: dict[str, list[Any]] = {}
+    cells = {}
+    for stage in cfg.stages:
+        if stage.name not in rows:
+            continue
+        runs = plan_runs(cfg, stage, earlier)
+        earlier[stage.name] = [
+            Done(r, rows[stage.name] if i == 0 else []) for i, r in enumerate(runs)
+        ]
+        cells[stage.name] = stage_cells(cfg, stage, earlier)
+    return cells
+
+
+def old_config(row: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig a committed run trained with (as decoder_study / method_tasks built it)."""
+    from loraplus.sweep import TrialSpec
+
+    method = row["method"] if row["axis"] == "method" else None
+    overrides = {**settings, "init": row["init"]}
+    spec = TrialSpec(0, row["lr_a"], None if method else row["ratio"], row["seed"], Path("out"))
+    spec = dataclasses.replace(spec, overrides=overrides, method=method)
+    return spec.train_config().to_dict()
+
+
+def check_cells(
+    cells: list[Any], rows: list[dict[str, Any]], folder: Path, skip: tuple[str, ...] = DATA_KEYS
+) -> None:
+    """The planned cells are the committed runs, each trained as its committed run was (with
+    `folder`'s results.json settings); for the decoder, the data is named as decoder_study.py
+    prepared it (docs/study/decoder/data.json) instead of a prepared folder, and exact match is
+    scored (skip: the keys that differ so)."""
+    from collections import Counter
+
+    assert Counter(cell_key(c) for c in cells) == Counter(row_key(r) for r in rows)
+    settings = json.loads((folder / "results.json").read_text())["settings"]
+    data = json.loads((ROOT / "docs/study/decoder/data.json").read_text())
+    by_key = {row_key(r): r for r in rows}
+    for cell in cells:
+        new = cell.train_config().to_dict()
+        old = old_config(by_key[cell_key(cell)], settings)
+        assert {k: v for k, v in new.items() if k not in skip} == {
+            k: v for k, v in old.items() if k not in skip
+        }
+        if skip == DATA_KEYS:
+            assert new["exact_match"] is True
+            assert (new["data"], new["max_train"], new["max_eval"], new["data_seed"]) == (
+                data["source"],
+                data["train_rows"],
+                data["eval_rows"],
+                0,
+            )
+
+
+def test_the_config_plans_the_committed_decoder_study() -> None:
+    from loraplus.study.config import load_study
+
+    folder = ROOT / "docs/study/decoder"
+    rows = {
+        "grid": committed(folder, GRID),
+        "init2": committed(folder, ["init2-lora", "init2-loraplus"]),
+        "scan": committed(folder, SCAN),
+    }
+    cells = planned(load_study(STUDY), rows)
+    for stage, got in cells.items():
+        check_cells(got, rows[stage], folder)
+    assert {c.lr_a for c in cells["init2"]} == {4e-3, 2.5e-4}  # LoRA's and LoRA+'s chosen lr_A
+
+
+def test_the_config_plans_the_committed_200_step_study() -> None:
+    from loraplus.study.config import load_study
+
+    folder = ROOT / "docs/study/decoder-200"
+    grid = [*GRID[:4], "grid-loraplus-lr0.004", "seeds-loraplus"]
+    rows = {"grid": committed(folder, grid), "auto": committed(folder, ["auto"])}
+    cfg = load_study(STUDY, sets=["max_steps=200", "eval_steps=20"])
+    for stage, got in planned(cfg, rows).items():
+        check_cells(got, rows[stage], folder)
+
+
+def test_the_config_plans_the_committed_method_runs_on_the_decoder() -> None:
+    """The methods stage and best-ratio's seeds, planned from the decoder study's committed grid
+    and scan; a `lora` method cell trains as the grid's ratio-1 cell did (DATA_KEYS aside)."""
+    from loraplus.study.config import load_study
+
+    decoder, folder = ROOT / "docs/study/decoder", ROOT / "docs/study/method-tasks-decoder"
+    names = ["auto", "width-aware", "lorafa", "riemannian", "rslora", "pissa", "loraplus+rslora"]
+    sweeps = [f"{m}-{part}" for m in names for part in ("line", "edge", "seeds")]
+    rows = {
+        "grid": committed(decoder, GRID),
+        "scan": committed(decoder, SCAN),
+        "methods": committed(folder, [s for s in sweeps if (folder / f"{s}_sweep.json").exists()]),
+        "best-ratio": committed(folder, ["ratio2-seeds"]),
+    }
+    cells = planned(load_study(STUDY), rows)
+    for stage in ("methods", "best-ratio"):
+        check_cells(cells[stage], rows[stage], folder)
+    lora = next(c for c in cells["grid"] if c.lr_a == 4e-3 and c.seed == 0)
+    as_method = dataclasses.replace(lora, axis="method", value="lora")
+    assert as_method.train_config().to_dict() == lora.train_config().to_dict()

@@ -43,12 +43,12 @@ def test_rows_best_ratio_paired_and_table(tmp_path: Path) -> None:
     names = [r["method"] for r in table]
     assert names == ["lora", "ratio=4", "loraplus", "best-ratio (ratio=4)", "auto", "pissa"]
     write(tmp_path, table, best, "eval_accuracy", "MiniLM")
-    text = (tmp_path / "results.md").read_text()
+    text = (tmp_path / "methods.md").read_text()
     assert "| best-ratio (ratio=4) | 0.0016 | 0.710 ± 0.010 | 3 | 7 |  |" in text
     assert "| auto | 0.0004 | 0.660 ± 0.010 | 3 | 5 | -0.050 (-0.060, -0.030, -0.060) |" in text
     assert "| pissa | 0.001 | 0.600 | 1 | 1 |  | 0.001: 0.600 |" in text
     assert "best eval accuracy" in text
-    assert json.loads((tmp_path / "results.json").read_text())["rows"][3]["runs"] == 7
+    assert json.loads((tmp_path / "methods.json").read_text())["rows"][3]["runs"] == 7
     assert (tmp_path / "methods.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -64,3 +64,19 @@ def test_best_ratio_runs_the_seeds_its_line_lacks() -> None:
     best = best_ratio(fixed, down, more)
     assert best is not None and best["method"] == "best-ratio (ratio=2)"
     assert best["values"] == [0.49, 0.53, 0.51] and best["runs"] == 2 + 2 + 2
+
+
+def test_the_config_plans_the_committed_runs() -> None:
+    """Every committed method run (docs/study/method-tasks) is a cell the config plans, with the
+    settings it trained with; best-ratio (ratio 4) had its seeds from its tune: no more runs."""
+    from test_study_decoder import check_cells, committed, planned
+
+    from loraplus.study.config import load_study
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "docs/study/method-tasks"
+    names = sorted(p.name.removesuffix("_sweep.json") for p in folder.glob("*_sweep.json"))
+    rows = {"methods": committed(folder, names), "best-ratio": []}
+    cells = planned(load_study(root / "benchmarks/studies/method-tasks.toml"), rows)
+    assert cells["best-ratio"] == []
+    check_cells(cells["methods"], rows["methods"], folder, skip=("output_dir",))

@@ -3,23 +3,28 @@
 LoRA vs LoRA+ on a causal LM with no new head, scored by eval loss and exact match
 (TrainConfig.exact_match). The report reads every run's record (metrics.json, keyed by the
 run's own config: lr_A, ratio, seed, init) and the lr_A each method's tune chose; it writes
-results.json, results.md and curves.png (eval loss against step).
+report.json, report.md and curves.png (eval loss against step).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraplus.sweep.tune import mean_std
 from loraplus.train.history import steps_to_reach
 from loraplus.train.record import TrainResult
 
+if TYPE_CHECKING:
+    from loraplus.study.config import Stage, StudyConfig
+    from loraplus.study.run import Done, StudyResult
+
 LADDER = 2.5e-4  # the ratio scan's lr_A lines sit on LADDER * 2^k
 METHODS = {"lora": 1.0, "loraplus": 16.0}  # the two tuned methods and their ratios
+SCAN_RATIOS = (2.0, 4.0, 8.0, 32.0)  # the ratio scan (the first alone under --smoke)
 NAMES = {"lora": "LoRA (ratio 1)", "loraplus": "LoRA+ (ratio 16)"}
 Key = tuple[float, Any, int, str]  # (lr_A, ratio or "auto", seed, init)
 
@@ -33,6 +38,41 @@ def scan_line(lr_lora: float, lr_plus: float, ratio: float, ladder: float = LADD
     k = math.floor(x + 1e-9)
     line = [ladder * 2.0**k, ladder * 2.0 ** (k + 1)]
     return line if x - k <= 0.5 + 1e-9 else line[::-1]
+
+
+def chosen_lrs(stage: Stage, earlier: Mapping[str, Sequence[Done]]) -> dict[str, float]:
+    """The lr_A each method of the stage's first `after` tune chose (methods without one left
+    out)."""
+    from loraplus.study.run import chosen
+
+    rows = [row for done in earlier[stage.after[0]] for row in chosen(done)]
+    return {row["method"]: row["lr_a"] for row in rows if row["lr_a"] is not None}
+
+
+def ratio_scan(
+    cfg: StudyConfig, stage: Stage, earlier: Mapping[str, Sequence[Done]]
+) -> list[dict[str, Any]]:
+    """A stage's `at` cells (study/run.py): each scanned ratio on its scan_line between LoRA's
+    and LoRA+'s chosen lr_A; every ratio's nearer point first, so a scan cut short has one lr_A
+    per ratio."""
+    lrs = chosen_lrs(stage, earlier)
+    if not {"lora", "loraplus"} <= set(lrs):
+        return []
+    ratios = SCAN_RATIOS[:1] if cfg.smoke else SCAN_RATIOS
+    lines = {r: scan_line(lrs["lora"], lrs["loraplus"], r) for r in ratios}
+    return [
+        {"label": f"ratio{r:g}-lr{lines[r][k]:.3g}", "lr_a": lines[r][k], "ratio": r}
+        for k in (0, 1)
+        for r in ratios
+    ]
+
+
+def auto_cell(
+    cfg: StudyConfig, stage: Stage, earlier: Mapping[str, Sequence[Done]]
+) -> list[dict[str, Any]]:
+    """A stage's `at` cell: ratio="auto" at LoRA+'s chosen lr_A (no re-tuning)."""
+    lr = chosen_lrs(stage, earlier).get("loraplus")
+    return [] if lr is None else [{"label": "at-loraplus", "lr_a": lr, "method": "auto"}]
 
 
 def run_key(record: TrainResult) -> Key:
@@ -318,10 +358,27 @@ def markdown(report: Mapping[str, Any], title: str, steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report(result: StudyResult, out: Path) -> dict[str, Any]:
+    """The study's report (`report = "loraplus.study.decoder:report"`): the decoder tables of
+    every stage that ran (report.md, report.json, curves.png) and, with the methods stage, the
+    method table (methods.md, methods.json, methods.png) in `out`."""
+    from loraplus.study import method_tasks
+    from loraplus.study.run import chosen
+
+    lrs = {r["method"]: r["lr_a"] for d in result.runs("grid") for r in chosen(d) if r["lr_a"]}
+    dones = [d for name in ("grid", "init2", "scan", "auto") for d in result.runs(name)]
+    found = write(
+        Path(out), [r for d in dones for r in method_tasks.records(d)], lrs, result.cfg.title
+    )
+    if result.runs("methods"):
+        method_tasks.report(result, out, ("grid", "scan", "methods"), "best-ratio")
+    return found
+
+
 def write(
     out: Path, records: Iterable[TrainResult], chosen: Mapping[str, float], title: str
 ) -> dict[str, Any]:
-    """results.json, results.md and curves.png of the runs into `out`; the report's data."""
+    """report.json, report.md and curves.png of the runs into `out`; the report's data."""
     from loraplus._io import atomic_file, write_json
     from loraplus.plots import plot_eval_curves
 
@@ -329,8 +386,8 @@ def write(
     report = build(records, chosen)
     steps = max((int(r.final.get("steps", 0)) for r in records), default=0)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", report)
-    with atomic_file(out / "results.md") as handle:
+    write_json(out / "report.json", report)
+    with atomic_file(out / "report.md") as handle:
         handle.write(markdown(report, title, steps))
     if any(report["compare"][m]["curves"] for m in chosen):
         plot_eval_curves(out / "curves.png", figure(report, title))

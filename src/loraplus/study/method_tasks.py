@@ -13,12 +13,57 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraplus.sweep.tune import mean_std
 
+if TYPE_CHECKING:
+    from loraplus.study.config import Stage, StudyConfig
+    from loraplus.study.run import Done, StudyResult
+    from loraplus.train.record import TrainResult
+
 Point = tuple[float, int, float | None]  # (lr_A, seed, value: None when the run had none)
 Row = dict[str, Any]  # method, line {lr: first-seed value}, lr_a, values (by seed), runs
+RAN = ("complete", "pruned", "diverged")  # a run that trained (an error holds no value)
+
+
+def method_of(row: Mapping[str, Any]) -> str:
+    """A trial row's method: its method cell, else its ratio as lora / loraplus / ratio=X."""
+    if row.get("method"):
+        return str(row["method"])
+    ratio = float(row["ratio"])
+    return {1.0: "lora", 16.0: "loraplus"}.get(ratio, f"ratio={ratio:g}")
+
+
+def is_fixed(method: str) -> bool:
+    """LoRA+ at one fixed ratio (LoRA is ratio 1): what best-ratio chooses among."""
+    return method in ("lora", "loraplus") or method.startswith("ratio=")
+
+
+def points(done: Iterable[Done]) -> dict[str, list[Point]]:
+    """Per method (in order of appearance), the (lr_A, seed, value) of every run that trained."""
+    found: dict[str, list[Point]] = {}
+    for d in done:
+        for row in d.rows:
+            if row["status"] in RAN:
+                value = row["value"] if row["status"] == "complete" else None
+                found.setdefault(method_of(row), []).append((row["lr_a"], row["seed"], value))
+    return found
+
+
+def records(done: Done) -> list[TrainResult]:
+    """The run records (metrics.json) of a study run's trials that trained."""
+    from loraplus.sweep.grid import Grid
+    from loraplus.train.record import RECORD_FILE, read_record
+
+    grid = Grid("method", (), Path(done.run.config.out_dir))
+    folders = [grid.trial_dir(r["number"]) for r in done.rows if r["status"] in RAN]
+    return [read_record(f) for f in folders if (f / RECORD_FILE).is_file()]
+
+
+def sign_of(stage: Stage) -> float:
+    """+1 when the stage's metric is maximized (accuracy), -1 for eval_loss."""
+    return -1.0 if stage.fields.get("metric") == "eval_loss" else 1.0
 
 
 def method_row(method: str, points: Iterable[Point], sign: float) -> Row:
@@ -49,6 +94,55 @@ def best_ratio(fixed: Sequence[Row], sign: float, more: Iterable[Point] = ()) ->
     values = [*chosen["values"], *(v for v in extra if v is not None)]
     runs = sum(r["runs"] - (len(r["values"]) - 1) for r in rows) + len(values) - 1
     return {**chosen, "method": f"best-ratio ({chosen['method']})", "values": values, "runs": runs}
+
+
+def best_ratio_cell(
+    cfg: StudyConfig, stage: Stage, earlier: Mapping[str, Sequence[Done]]
+) -> list[dict[str, Any]]:
+    """A stage's `at` cells (study/run.py): best-ratio's cell, where its line has only its first
+    seed (a ratio scan's); none where its seeds ran already (a tune's)."""
+    found = points(d for name in stage.after for d in earlier[name])
+    fixed = [method_row(m, p, sign_of(stage)) for m, p in found.items() if is_fixed(m)]
+    best = best_ratio(fixed, sign_of(stage))
+    if best is None or len(best["values"]) > 1:
+        return []
+    method = best["method"].removeprefix("best-ratio (").removesuffix(")")
+    return [{"label": method, "lr_a": best["lr_a"], "method": method}]
+
+
+def table_rows(
+    result: StudyResult, stages: Sequence[str], best_stage: str
+) -> tuple[list[Row], Row | None]:
+    """The rows of the methods run by `stages` (best-ratio placed after the fixed ratios), and
+    best-ratio's row (its other seeds from `best_stage`); auto's rows say where its ratios
+    ended."""
+    from loraplus.study.decoder import final_ratios
+
+    dones = [d for name in stages for d in result.runs(name)]
+    sign = sign_of(result.cfg.stage(stages[0]))
+    rows = {m: method_row(m, p, sign) for m, p in points(dones).items()}
+    more = [p for ps in points(result.runs(best_stage)).values() for p in ps]
+    best = best_ratio([r for m, r in rows.items() if is_fixed(m)], sign, more)
+    for row in rows.values():
+        if row["method"] == "auto" and row["lr_a"] is not None:
+            ran = [r for d in dones for r in records(d) if r.config.get("ratio") == "auto"]
+            ends = {r.config["seed"]: final_ratios(r) for r in ran if r.config["lr"] == row["lr_a"]}
+            row["ratios_at_end"] = {str(s): e for s, e in sorted(ends.items()) if e}
+    return ordered(rows, [m for m in rows if is_fixed(m)], best), best
+
+
+def report(
+    result: StudyResult,
+    out: Path,
+    stages: Sequence[str] = ("methods",),
+    best_stage: str = "best-ratio",
+    file: str = "methods",
+) -> dict[str, Any]:
+    """The study's report (`report = "loraplus.study.method_tasks:report"`): <file>.md,
+    <file>.json and <file>.png in `out`."""
+    rows, best = table_rows(result, stages, best_stage)
+    metric = str(result.cfg.stage(stages[0]).fields.get("metric", "eval_accuracy"))
+    return write(Path(out), rows, best, metric, result.cfg.title, file)
 
 
 def paired(row: Row, best: Row | None) -> str:
@@ -96,23 +190,23 @@ def ordered(rows: Mapping[str, Row], fixed: Sequence[str], best: Row | None) -> 
 
 
 def write(
-    out: Path, rows: Sequence[Row], best: Row | None, metric: str, title: str
+    out: Path, rows: Sequence[Row], best: Row | None, metric: str, title: str, file: str = "methods"
 ) -> dict[str, Any]:
-    """results.json, results.md and methods.png into `out`; the results."""
+    """<file>.json, <file>.md and <file>.png into `out`; the results."""
     from loraplus._io import atomic_file, write_json
     from loraplus.plots import plot_method_values
 
     result = {"title": title, "metric": metric, "rows": list(rows)}
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", result)
-    with atomic_file(out / "results.md") as handle:
+    write_json(out / f"{file}.json", result)
+    with atomic_file(out / f"{file}.md") as handle:
         handle.write("\n".join(table(rows, best, metric, title)))
-        handle.write("\n\n![methods](methods.png)\n")
+        handle.write(f"\n\n![methods]({file}.png)\n")
     figure = {
         "rows": rows,
         "ylabel": "best " + metric.replace("_", " "),
         "title": f"{title}, each method at its tuned lr_A",
         "bounds": [0.0, 1.0] if metric == "eval_accuracy" else None,
     }
-    plot_method_values(out / "methods.png", figure)
+    plot_method_values(out / f"{file}.png", figure)
     return result

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraplus.study.config import Stage, StudyConfig, _label, _ref
+from loraplus.study.config import Stage, StudyConfig, _label, _ref, function, is_function
 from loraplus.sweep import (
     SweepConfig,
     SweepSummary,
@@ -211,6 +211,8 @@ def _at_cells(
     cfg: StudyConfig, stage: Stage, earlier: Mapping[str, Sequence[Done]]
 ) -> list[dict[str, Any]]:
     """The cells an `at` stage runs at: {label, lr_a, and method | ratio | axis setting}."""
+    if is_function(stage.at):
+        return list(function(str(stage.at), "at", cfg.path)(cfg, stage, earlier))
     if isinstance(stage.at, list):
         return [{"label": _label(c.get("method") or f"ratio{c['ratio']:g}"), **c} for c in stage.at]
     assert stage.at is not None
