@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_train import NEGATIVE, POSITIVE, WORDS, save_tiny_llama
 
+from loraplus import cli
 from loraplus.study import decoder
 from loraplus.train.record import TrainResult
 
@@ -221,3 +223,59 @@ def test_the_config_plans_the_committed_method_runs_on_the_decoder() -> None:
     lora = next(c for c in cells["grid"] if c.lr_a == 4e-3 and c.seed == 0)
     as_method = dataclasses.replace(lora, axis="method", value="lora")
     assert as_method.train_config().to_dict() == lora.train_config().to_dict()
+
+
+# --- the study end to end, at a few steps on a tiny saved Llama --------------------------------
+
+
+def write_verdicts(folder: Path) -> Path:
+    """train.jsonl / test.jsonl of prompt -> yes/no rows in the tiny tokenizer's words."""
+    folder.mkdir(parents=True)
+    for name, rows in (("train", 48), ("test", 12)):
+        with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
+            for i in range(rows):
+                positive = i % 2 == 0
+                word = (POSITIVE if positive else NEGATIVE)[i % 5]
+                filler = " ".join(WORDS[10 : 10 + i % 7])
+                row = {"prompt": f"review : {filler} {word} . verdict :"}
+                row["response"] = "yes" if positive else "no"
+                handle.write(json.dumps(row) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_smoke_study(tmp_path: Path) -> None:
+    model = save_tiny_llama(tmp_path / "llama")
+    data = write_verdicts(tmp_path / "data")
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["study", str(STUDY), "--smoke", "--set", f"model={model}", "--set", f"data={data}"]
+    argv += ["--out", str(out), "--runs", str(runs)]
+    assert cli.main([*argv, "--stage", "grid", "init2", "scan"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    main = report["compare"]
+    # one run per method under --smoke: its centre / 4
+    assert report["chosen"] == {"lora": 2.5e-4, "loraplus": 6.25e-5}
+    for method in ("lora", "loraplus"):
+        assert main[method]["seeds"] == [0] and 0 <= main[method]["exact_match"][0] <= 1
+    assert report["init"]["lora"]["init2"] != report["init"]["lora"]["init1"]
+    scan = {r["ratio"]: r for r in report["ratios"]}
+    assert set(scan) == {1.0, 2.0, 16.0}
+    assert scan[2.0]["tried"] == sorted(decoder.scan_line(2.5e-4, 6.25e-5, 2.0))
+    assert report["runs"] == 2 + 2 + 2  # grid, Init[2], ratio 2's line
+    text = (out / "report.md").read_text()
+    assert "| LoRA (ratio 1) | 0.00025 (0.00025) | 0 |" in text and "## Ratio scan" in text
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "results.md").is_file() and (out / "grid_tune.json").is_file()
+    # the method table: width-aware tuned; best-ratio's seeds 1, 2 run at its cell (its line,
+    # like every line here, has seed 0 only); grid and scan are read back from `out`
+    assert cli.main([*argv, "--stage", "methods", "best-ratio"]) == 0
+    rows = json.loads((out / "methods.json").read_text())["rows"]
+    names = [r["method"] for r in rows]
+    assert names[:3] == ["lora", "loraplus", "ratio=2"] and names[4] == "width-aware"
+    best = rows[3]
+    fixed = min(rows[:3], key=lambda r: r["line"][f"{r['lr_a']:g}"])  # lowest loss, seed 0
+    assert best["method"] == f"best-ratio ({fixed['method']})"
+    assert best["values"][0] == fixed["values"][0] and best["lr_a"] == fixed["lr_a"]
+    assert len(best["values"]) == 3 and best["runs"] == 1 + 1 + 2 + 2
+    assert (out / "methods.png").read_bytes()[:4] == b"\x89PNG"
