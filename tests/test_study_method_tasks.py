@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from test_train import save_tiny_bert, write_cls_data
+
+from loraplus import cli
 from loraplus.study.method_tasks import best_ratio, method_row, ordered, paired, write
 
 
@@ -80,3 +84,23 @@ def test_the_config_plans_the_committed_runs() -> None:
     cells = planned(load_study(root / "benchmarks/studies/method-tasks.toml"), rows)
     assert cells["best-ratio"] == []
     check_cells(cells["methods"], rows["methods"], folder, skip=("output_dir",))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_smoke_study(tmp_path: Path) -> None:
+    """The study at a few steps on a tiny saved BERT: one run per method (--smoke's budget),
+    then best-ratio's seeds 1, 2 at its cell, the table and its figure."""
+    root = Path(__file__).resolve().parents[1]
+    model, data = save_tiny_bert(tmp_path / "bert", 2), write_cls_data(tmp_path / "reviews.csv")
+    argv = ["study", str(root / "benchmarks/studies/method-tasks.toml"), "--smoke"]
+    argv += ["--set", f"model={model}", "--set", f"data={data}", "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, "--runs", str(tmp_path / "runs")]) == 0
+    result = json.loads((tmp_path / "out" / "methods.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["lora"]["lr_a"] == 1.6e-3 and rows["ratio=4"]["lr_a"] == 4e-4  # centre / 4
+    best = result["rows"][2]
+    fixed = max(result["rows"][:2], key=lambda r: r["values"][0])  # accuracy: highest, seed 0
+    assert best["method"] == f"best-ratio ({fixed['method']})" and len(best["values"]) == 3
+    assert best["runs"] == 1 + 1 + 2 and result["metric"] == "eval_accuracy"
+    assert (tmp_path / "out" / "methods.png").read_bytes()[:4] == b"\x89PNG"
