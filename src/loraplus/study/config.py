@@ -6,6 +6,9 @@
                                                 #   results.json and results.md
     report = "loraplus.study.paper:report"      # optional: an extra report, fn(result, out, **opts)
     report_options = { demo_lrs = "..." }       # optional: its keyword arguments
+    prepare = "loraplus.study.decoder:prepare_data"  # optional: fn(cfg, write) -> TrainConfig
+                                                #   overrides for every stage (e.g. a data folder
+                                                #   it writes under runs), called before planning
     each = { data = ["rotten-tomatoes", "20newsgroups"] }  # optional: every stage once per value
                                                 #   (named "<value>-<stage>"; references stay
                                                 #   within the same value)
@@ -56,7 +59,9 @@ from typing import Any
 from loraplus.sweep import SweepConfig, TuneConfig
 
 KINDS = {"sweep": SweepConfig, "tune": TuneConfig}
-TOP_KEYS = ("title", "runs", "out", "report", "report_options", "each", "train", "smoke", "stage")
+TOP_KEYS = (
+    "title", "runs", "out", "report", "report_options", "prepare", "each", "train", "smoke", "stage"
+)  # fmt: skip
 STAGE_KEYS = ("name", "kind", "once", "each", "at", "after", "near", "train", "smoke")
 RUNNER_FIELDS = ("config", "overrides", "study_name", "out_dir", "storage", "workers")
 REPORT_PREFIX = "loraplus.study."
@@ -97,6 +102,7 @@ class StudyConfig:
     stages: list[Stage]
     report: str | None = None
     report_options: dict[str, Any] = field(default_factory=dict)
+    prepare: str | None = None
     smoke: bool = False
 
     def stage(self, name: str) -> Stage:
@@ -264,8 +270,21 @@ def load_study(
         stages=stages,
         report=report,
         report_options=_table(data.get("report_options", {}), "report_options", path),
+        prepare=_prepare(data.get("prepare"), path),
         smoke=smoke,
     )
+
+
+def _prepare(name: Any, path: Path) -> str | None:
+    """The `prepare` function's name, checked to exist."""
+    if name is not None and not is_function(name):
+        raise ValueError(
+            f"{path}: prepare must name a function as '{REPORT_PREFIX}<module>:<function>', "
+            f"got {name!r}."
+        )
+    if name is not None:
+        function(name, "prepare", path)
+    return None if name is None else str(name)
 
 
 def _check_at(stage: Stage, source: Stage, path: Path) -> None:

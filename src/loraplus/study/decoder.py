@@ -8,6 +8,7 @@ report.json, report.md and curves.png (eval loss against step).
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +39,39 @@ def scan_line(lr_lora: float, lr_plus: float, ratio: float, ladder: float = LADD
     k = math.floor(x + 1e-9)
     line = [ladder * 2.0**k, ladder * 2.0 ** (k + 1)]
     return line if x - k <= 0.5 + 1e-9 else line[::-1]
+
+
+def prepare_data(cfg: StudyConfig, write: bool = True) -> dict[str, Any]:
+    """The study's `prepare`: a built-in data set's rows written once as <runs>/data/train.jsonl,
+    test.jsonl (prompt, response) and data.json, drawn by load_data with seed 0 (max_train,
+    max_eval), so that every run trains on the same rows while its seed moves the init and the
+    batch order; the overrides that point every run there. Data that is not built in: {}."""
+    from loraplus import zoo
+
+    train = cfg.stages[0].train
+    name = str(train.get("data", ""))
+    if name not in zoo.DATASETS:
+        return {}
+    folder = (cfg.runs / "data").resolve()
+    if write and not (folder / "data.json").exists():
+        from loraplus._io import atomic_file, write_json
+
+        limits = {"max_train": train.get("max_train"), "max_eval": train.get("max_eval")}
+        data = zoo.load_data(
+            name,
+            task="causal-lm",
+            seed=0,
+            max_train=limits["max_train"],
+            max_eval=limits["max_eval"],
+        )
+        for part, rows in (("train", data.train), ("test", data.eval)):
+            with atomic_file(folder / f"{part}.jsonl") as handle:
+                for row in rows:
+                    handle.write(json.dumps({"prompt": row["prompt"], "response": row["response"]}))
+                    handle.write("\n")
+        info = {"source": name, "seed": 0, **limits, "split": data.split}
+        write_json(folder / "data.json", {**info, "rows": [len(data.train), len(data.eval)]})
+    return {"data": str(folder), "max_train": None, "max_eval": None}
 
 
 def chosen_lrs(stage: Stage, earlier: Mapping[str, Sequence[Done]]) -> dict[str, float]:

@@ -372,6 +372,18 @@ def execute(cfg: StudyConfig, run: Run) -> Done:
     return Done(run, rows_of(summary), summary)
 
 
+def prepared(cfg: StudyConfig, write: bool) -> StudyConfig:
+    """The study with its `prepare` function's overrides in every stage's training settings
+    (`write`: let it write what it prepares; False for a dry run)."""
+    import dataclasses
+
+    if cfg.prepare is None:
+        return cfg
+    extra = function(cfg.prepare, "prepare", cfg.path)(cfg, write)
+    stages = [dataclasses.replace(s, train={**s.train, **extra}) for s in cfg.stages]
+    return dataclasses.replace(cfg, stages=stages)
+
+
 def run_study(
     cfg: StudyConfig,
     stages: Sequence[str] | None = None,
@@ -384,6 +396,7 @@ def run_study(
     cfg.out when a later one needs it. Writes results.json + results.md (and the study's own
     report) into cfg.out. ValueError when a selected stage needs results not there."""
     selected = set(cfg.select(stages))
+    cfg = prepared(cfg, write=True)
     result = StudyResult(cfg)
     for stage in cfg.stages:
         try:
@@ -413,6 +426,7 @@ def planned(cfg: StudyConfig, stages: Sequence[str] | None = None) -> dict[str, 
     """--dry-run: per selected stage the cells it would train now (None: an earlier stage's
     results are not in cfg.out yet). Reads results, trains nothing."""
     selected = set(cfg.select(stages))
+    cfg = prepared(cfg, write=False)
     earlier: dict[str, list[Done]] = {}
     found: dict[str, list[Cell] | None] = {}
     for stage in cfg.stages:
