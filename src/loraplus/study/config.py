@@ -27,6 +27,10 @@
                                   #   per value of its second axis; or a list of cells
                                   #   [{ method = "lora", lr_a = 6.4e-3 },
                                   #    { ratio = 16, lr_a = 4e-4 }]
+                                  #   or a planning function "loraplus.study.<module>:<fn>",
+                                  #   called fn(cfg, stage, earlier) -> [{label, lr_a, method
+                                  #   | ratio | axis ("FIELD=V")}] (earlier: stage -> [Done])
+    after = ["grid"]              # with an `at` function: the earlier stages it reads
     near = 0.025                  # with `at` a tune: also its line cells within `near` of the
                                   #   method's chosen value (controls)
     [stage.train]                 # this stage's TrainConfig overrides; a value "{X.best}" is the
@@ -54,7 +58,7 @@ from loraplus.sweep import SweepConfig, TuneConfig
 
 KINDS = {"sweep": SweepConfig, "tune": TuneConfig}
 TOP_KEYS = ("title", "runs", "out", "report", "report_options", "each", "train", "smoke", "stage")
-STAGE_KEYS = ("name", "kind", "once", "each", "at", "near", "train", "smoke")
+STAGE_KEYS = ("name", "kind", "once", "each", "at", "after", "near", "train", "smoke")
 RUNNER_FIELDS = ("config", "overrides", "study_name", "out_dir", "storage", "workers")
 REPORT_PREFIX = "loraplus.study."
 REFERENCE = re.compile(r"^\{([A-Za-z0-9_.-]+)\.best\}$")
@@ -72,12 +76,14 @@ class Stage:
     each: tuple[str, list[Any]] | None = None
     at: str | list[dict[str, Any]] | None = None
     near: float | None = None
+    after: list[str] = field(default_factory=list)
     group: str = ""  # the top-level `each` value this copy runs ("" without one)
     base: str = ""  # the name in the file (before the top-level `each` prefix)
 
     def references(self) -> list[str]:
         """The earlier stages this one reads: `at` and every "{X.best}"."""
-        found = [self.at] if isinstance(self.at, str) else []
+        found = [self.at] if isinstance(self.at, str) and not is_function(self.at) else []
+        found += self.after
         return found + [m.group(1) for v in self.train.values() if (m := _ref(v))]
 
 
@@ -114,6 +120,22 @@ class StudyConfig:
                 raise ValueError(f"{self.path} has no stage {name!r} (it has: {known}).")
             picked += hits
         return [s.name for s in self.stages if s.name in picked]
+
+
+def is_function(text: str) -> bool:
+    """Whether `text` names a function of this package ("loraplus.study.<module>:<fn>")."""
+    return text.startswith(REPORT_PREFIX) and ":" in text
+
+
+def function(text: str, where: str) -> Any:
+    """The function "loraplus.study.<module>:<fn>" names; ValueError naming `where` if none."""
+    import importlib
+
+    module, _, name = text.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{where}: {text!r} names no function.") from None
 
 
 def _ref(value: Any) -> re.Match[str] | None:
@@ -204,13 +226,13 @@ def load_study(
         if not isinstance(data.get(key), str) or not data[key]:
             raise ValueError(f"{path}: {key} must be a non-empty string.")
     report = data.get("report")
-    if report is not None and (
-        not isinstance(report, str) or not report.startswith(REPORT_PREFIX) or ":" not in report
-    ):
-        raise ValueError(
-            f"{path}: report must name a function as '{REPORT_PREFIX}<module>:<function>', "
-            f"got {report!r}."
-        )
+    if report is not None:
+        if not isinstance(report, str) or not is_function(report):
+            raise ValueError(
+                f"{path}: report must name a function as '{REPORT_PREFIX}<module>:<function>', "
+                f"got {report!r}."
+            )
+        function(report, f"{path}: report")
     train = _train_keys(_table(data.get("train", {}), "[train]", path), "[train]", path)
     if smoke:
         train.update(_train_keys(_table(data.get("smoke", {}), "[smoke]", path), "[smoke]", path))
@@ -292,6 +314,13 @@ def _stages(
             at = [_at_cell(c, where, path) for c in at]
         elif not isinstance(at, str):
             raise ValueError(f"{path}: {where}: `at` names a stage or lists cells, got {at!r}.")
+        elif is_function(at):
+            function(at, f"{path}: {where}: at")
+    after = raw.get("after", [])
+    if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+        raise ValueError(f"{path}: {where}: after lists earlier stage names, got {after!r}.")
+    if after and not (isinstance(at, str) and is_function(at)):
+        raise ValueError(f"{path}: {where}: after goes with an `at` function: drop it.")
     near = raw.get("near")
     if near is not None and (at is None or not isinstance(near, (int, float)) or near < 0):
         raise ValueError(f"{path}: {where}: near is a number >= 0 and needs `at`, got {near!r}.")
@@ -311,7 +340,8 @@ def _stages(
             fields=dict(fields),
             train=renamed,
             each=each,
-            at=prefix + at if isinstance(at, str) else at,
+            at=prefix + at if isinstance(at, str) and not is_function(at) else at,
+            after=[prefix + a for a in after],
             near=None if near is None else float(near),
             group="" if value is None else _label(value),
             base=name,
