@@ -107,9 +107,15 @@ class StudyResult:
     cfg: StudyConfig
     stages: dict[str, list[Done]] = field(default_factory=dict)
 
-    def runs(self, stage: str) -> list[Done]:
-        """The runs of one stage (every copy per top-level `each` value: "<value>-<stage>")."""
-        return self.stages.get(stage, [])
+    def runs(self, stage: str, group: str = "") -> list[Done]:
+        """The runs of a stage: by its full name, or by its name in the file and the top-level
+        `each` value (group) it ran for."""
+        name = f"{group}-{stage}" if group else stage
+        return self.stages.get(name, [])
+
+    def groups(self) -> list[str]:
+        """The top-level `each` values, in order ([""] without one)."""
+        return list(dict.fromkeys(s.group for s in self.cfg.stages if s.group)) or [""]
 
 
 # --- planning (pure) -----------------------------------------------------------------------------
