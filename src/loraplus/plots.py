@@ -661,3 +661,37 @@ def draw_method_values(data: Mapping[str, Any]) -> Figure:
         ax.set_title(str(data["title"]), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_seed_curves(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """draw_seed_curves(data), written as PNG to `path`."""
+    return save_png(draw_seed_curves(data), path)
+
+
+def draw_seed_curves(data: Mapping[str, Any]) -> Figure:
+    """A metric against step, one colour per series (e.g. a method at its lr) and one line per
+    seed in it; the series' label on its first line only.
+
+    `data`: title, ylabel, series [{"label", "curves": [[[step, value], ...], ...]}].
+    """
+    series = list(data.get("series", []))
+    if not series:
+        raise ValueError("plot_seed_curves needs at least one series.")
+    fig = Figure(figsize=(7.0, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ("tab:blue", "tab:red", "tab:cyan", "tab:orange", "tab:green", "tab:purple")
+    for k, row in enumerate(series):
+        for i, curve in enumerate(row.get("curves", [])):
+            if not curve:
+                continue
+            xs, ys = zip(*curve, strict=True)
+            label = str(row["label"]) if i == 0 else None
+            ax.plot(xs, _floats(list(ys)), color=colors[k % len(colors)], alpha=0.8, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(str(data.get("ylabel", "metric")))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if data.get("title"):
+        ax.set_title(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    return fig

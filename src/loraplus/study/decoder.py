@@ -397,13 +397,11 @@ def report(result: StudyResult, out: Path) -> dict[str, Any]:
     every stage that ran (report.md, report.json, curves.png) and, with the methods stage, the
     method table (methods.md, methods.json, methods.png) in `out`."""
     from loraplus.study import method_tasks
-    from loraplus.study.run import chosen
+    from loraplus.study.run import chosen, records
 
     lrs = {r["method"]: r["lr_a"] for d in result.runs("grid") for r in chosen(d) if r["lr_a"]}
     dones = [d for name in ("grid", "init2", "scan", "auto") for d in result.runs(name)]
-    found = write(
-        Path(out), [r for d in dones for r in method_tasks.records(d)], lrs, result.cfg.title
-    )
+    found = write(Path(out), [r for d in dones for r in records(d).values()], lrs, result.cfg.title)
     if result.runs("methods"):
         method_tasks.report(result, out, ("grid", "scan", "methods"), "best-ratio")
     return found

@@ -20,7 +20,6 @@ from loraplus.sweep.tune import mean_std
 if TYPE_CHECKING:
     from loraplus.study.config import Stage, StudyConfig
     from loraplus.study.run import Done, StudyResult
-    from loraplus.train.record import TrainResult
 
 Point = tuple[float, int, float | None]  # (lr_A, seed, value: None when the run had none)
 Row = dict[str, Any]  # method, line {lr: first-seed value}, lr_a, values (by seed), runs
@@ -49,16 +48,6 @@ def points(done: Iterable[Done]) -> dict[str, list[Point]]:
                 value = row["value"] if row["status"] == "complete" else None
                 found.setdefault(method_of(row), []).append((row["lr_a"], row["seed"], value))
     return found
-
-
-def records(done: Done) -> list[TrainResult]:
-    """The run records (metrics.json) of a study run's trials that trained."""
-    from loraplus.sweep.grid import Grid
-    from loraplus.train.record import RECORD_FILE, read_record
-
-    grid = Grid("method", (), Path(done.run.config.out_dir))
-    folders = [grid.trial_dir(r["number"]) for r in done.rows if r["status"] in RAN]
-    return [read_record(f) for f in folders if (f / RECORD_FILE).is_file()]
 
 
 def sign_of(stage: Stage) -> float:
@@ -117,6 +106,7 @@ def table_rows(
     best-ratio's row (its other seeds from `best_stage`); auto's rows say where its ratios
     ended."""
     from loraplus.study.decoder import final_ratios
+    from loraplus.study.run import records
 
     dones = [d for name in stages for d in result.runs(name)]
     sign = sign_of(result.cfg.stage(stages[0]))
@@ -125,7 +115,7 @@ def table_rows(
     best = best_ratio([r for m, r in rows.items() if is_fixed(m)], sign, more)
     for row in rows.values():
         if row["method"] == "auto" and row["lr_a"] is not None:
-            ran = [r for d in dones for r in records(d) if r.config.get("ratio") == "auto"]
+            ran = [r for d in dones for r in records(d).values() if r.config["ratio"] == "auto"]
             ends = {r.config["seed"]: final_ratios(r) for r in ran if r.config["lr"] == row["lr_a"]}
             row["ratios_at_end"] = {str(s): e for s, e in sorted(ends.items()) if e}
     return ordered(rows, [m for m in rows if is_fixed(m)], best), best

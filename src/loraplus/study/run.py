@@ -12,7 +12,6 @@ committed results without training anything.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
 import shutil
@@ -37,7 +36,7 @@ from loraplus.sweep import (
 )
 from loraplus.sweep.grid import HOLDING
 from loraplus.sweep.tune import Point
-from loraplus.train import TrainConfig
+from loraplus.train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 Rows = list[dict[str, Any]]
@@ -108,9 +107,15 @@ class StudyResult:
     cfg: StudyConfig
     stages: dict[str, list[Done]] = field(default_factory=dict)
 
-    def runs(self, stage: str) -> list[Done]:
-        """The runs of one stage (every copy per top-level `each` value: "<value>-<stage>")."""
-        return self.stages.get(stage, [])
+    def runs(self, stage: str, group: str = "") -> list[Done]:
+        """The runs of a stage: by its full name, or by its name in the file and the top-level
+        `each` value (group) it ran for."""
+        name = f"{group}-{stage}" if group else stage
+        return self.stages.get(name, [])
+
+    def groups(self) -> list[str]:
+        """The top-level `each` values, in order ([""] without one)."""
+        return list(dict.fromkeys(s.group for s in self.cfg.stages if s.group)) or [""]
 
 
 # --- planning (pure) -----------------------------------------------------------------------------
@@ -211,8 +216,8 @@ def _at_cells(
     cfg: StudyConfig, stage: Stage, earlier: Mapping[str, Sequence[Done]]
 ) -> list[dict[str, Any]]:
     """The cells an `at` stage runs at: {label, lr_a, and method | ratio | axis setting}."""
-    if is_function(stage.at):
-        return list(function(str(stage.at), "at", cfg.path)(cfg, stage, earlier))
+    if isinstance(stage.at, str) and is_function(stage.at):
+        return list(function(stage.at, f"stage {stage.name!r}: at")(cfg, stage, earlier))
     if isinstance(stage.at, list):
         return [{"label": _label(c.get("method") or f"ratio{c['ratio']:g}"), **c} for c in stage.at]
     assert stage.at is not None
@@ -379,7 +384,7 @@ def prepared(cfg: StudyConfig, write: bool) -> StudyConfig:
 
     if cfg.prepare is None:
         return cfg
-    extra = function(cfg.prepare, "prepare", cfg.path)(cfg, write)
+    extra = function(cfg.prepare, f"{cfg.path}: prepare")(cfg, write)
     stages = [dataclasses.replace(s, train={**s.train, **extra}) for s in cfg.stages]
     return dataclasses.replace(cfg, stages=stages)
 
@@ -422,6 +427,23 @@ def run_study(
     return result
 
 
+def records(done: Done) -> dict[tuple[float, Any, int], TrainResult]:
+    """(lr_a, second-axis value, seed) -> the run's record (metrics.json), for every run of
+    `done` that wrote one (a tune row names its folder; a sweep's is its grid's trial folder)."""
+    from loraplus.sweep import Grid
+    from loraplus.train.record import RECORD_FILE, read_record
+
+    axis = "method" if done.run.kind == "tune" else done.run.config.axis  # type: ignore[union-attr]
+    found = {}
+    for row in done.rows:
+        folder = Path(row["dir"]) if row.get("dir") else None
+        if folder is None and isinstance(done.run.config, SweepConfig):
+            folder = Grid.of(done.run.config).trial_dir(row["number"])
+        if folder is not None and (folder / RECORD_FILE).is_file():
+            found[(row["lr_a"], row.get(axis), row["seed"])] = read_record(folder)
+    return found
+
+
 def planned(cfg: StudyConfig, stages: Sequence[str] | None = None) -> dict[str, list[Cell] | None]:
     """--dry-run: per selected stage the cells it would train now (None: an earlier stage's
     results are not in cfg.out yet). Reads results, trains nothing."""
@@ -451,11 +473,5 @@ def write_report(result: StudyResult) -> None:
 
     write_generic(result)
     if result.cfg.report:
-        module, _, name = result.cfg.report.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            raise ValueError(
-                f"{result.cfg.path}: report {result.cfg.report!r} does not exist."
-            ) from None
+        fn = function(result.cfg.report, f"{result.cfg.path}: report")
         fn(result, result.cfg.out, **result.cfg.report_options)
