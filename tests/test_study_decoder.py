@@ -283,3 +283,46 @@ def test_smoke_study(tmp_path: Path) -> None:
     assert best["values"][0] == fixed["values"][0] and best["lr_a"] == fixed["lr_a"]
     assert len(best["values"]) == 3 and best["runs"] == 1 + 1 + 2 + 2
     assert (out / "methods.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prepare_data_writes_the_seed_0_rows_once(tmp_path: Path) -> None:
+    """Every run of the study trains on the rows drawn with seed 0 (its seed moves the init and
+    the batch order only): they are written once under the runs folder, and data that is not
+    built in is used as given."""
+    from loraplus import zoo
+    from loraplus.study.config import load_study
+
+    sets = ["data='rotten-tomatoes'", "max_train=8", "max_eval=4"]
+    cfg = load_study(STUDY, sets=sets, runs=tmp_path / "runs")
+    folder = (tmp_path / "runs" / "data").resolve()
+    assert decoder.prepare_data(cfg, write=False) == {
+        "data": str(folder), "max_train": None, "max_eval": None
+    }  # fmt: skip
+    assert not folder.exists()
+    decoder.prepare_data(cfg)
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+    drawn = zoo.load_data("rotten-tomatoes", task="causal-lm", seed=0, max_train=8, max_eval=4)
+    assert rows == [{"prompt": r["prompt"], "response": r["response"]} for r in drawn.train]
+    again = zoo.load_data("rotten-tomatoes", task="causal-lm", seed=1, max_train=8, max_eval=4)
+    assert [r["prompt"] for r in again.train] != [r["prompt"] for r in rows]  # seed 1 differs
+    stamp = (folder / "train.jsonl").stat().st_mtime_ns
+    decoder.prepare_data(cfg)
+    assert (folder / "train.jsonl").stat().st_mtime_ns == stamp  # written once
+    own = load_study(STUDY, sets=[f"data='{tmp_path}'"], runs=tmp_path / "runs")
+    assert decoder.prepare_data(own) == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("os:system", "prepare must name a function as 'loraplus.study.<module>:<function>'"),
+        ("loraplus.study.decoder:nothing", "prepare: 'loraplus.study.decoder:nothing' names no"),
+    ],
+)
+def test_prepare_must_name_a_study_function(tmp_path: Path, name: str, message: str) -> None:
+    from loraplus.study.config import load_study
+
+    text = STUDY.read_text().replace('"loraplus.study.decoder:prepare_data"', f'"{name}"')
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_study(tmp_path / "s.toml")
