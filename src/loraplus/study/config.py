@@ -211,7 +211,8 @@ def load_study(
     out: Any = None,
 ) -> StudyConfig:
     """Read and check a study file; `smoke` merges its smoke tables, `sets` (FIELD=VALUE) override
-    [train]; `runs` / `out` replace the file's folders."""
+    every stage's training settings (the file's, `each` values included); `runs` / `out` replace
+    the file's folders."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -236,14 +237,14 @@ def load_study(
     train = _train_keys(_table(data.get("train", {}), "[train]", path), "[train]", path)
     if smoke:
         train.update(_train_keys(_table(data.get("smoke", {}), "[smoke]", path), "[smoke]", path))
-    train.update(_train_keys(parse_set(sets), "--set", path))
+    forced = _train_keys(parse_set(sets), "--set", path)
     top_each = _each(data.get("each"), "each", path)
     raw_stages = data.get("stage")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise ValueError(f"{path}: no [[stage]]: a study needs at least one.")
     stages: list[Stage] = []
     for raw in raw_stages:
-        stages += _stages(_table(raw, "[[stage]]", path), train, top_each, smoke, path)
+        stages += _stages(_table(raw, "[[stage]]", path), train, forced, top_each, smoke, path)
     seen: list[str] = []
     for stage in stages:
         if stage.name in seen:
@@ -278,11 +279,13 @@ def _check_at(stage: Stage, source: Stage, path: Path) -> None:
 def _stages(
     raw: dict[str, Any],
     train: dict[str, Any],
+    forced: dict[str, Any],
     top_each: tuple[str, list[Any]] | None,
     smoke: bool,
     path: Path,
 ) -> list[Stage]:
-    """One [[stage]] table as its stages (one per top-level `each` value unless `once`)."""
+    """One [[stage]] table as its stages (one per top-level `each` value unless `once`); `forced`
+    (--set) overrides every training setting."""
     name = raw.get("name")
     if not isinstance(name, str) or not NAME.match(name):
         raise ValueError(
@@ -332,7 +335,8 @@ def _stages(
     out = []
     for value in groups:
         prefix = "" if value is None else f"{_label(value)}-"
-        mine = {**train, **({} if value is None else {top_each[0]: value}), **stage_train}  # type: ignore[index]
+        grouped = {} if value is None else {top_each[0]: value}  # type: ignore[index]
+        mine = {**train, **grouped, **stage_train, **forced}
         renamed = {k: _prefixed(v, prefix, top_each is not None) for k, v in mine.items()}
         stage = Stage(
             name=prefix + name,
