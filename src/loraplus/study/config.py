@@ -6,6 +6,9 @@
                                                 #   results.json and results.md
     report = "loraplus.study.paper:report"      # optional: an extra report, fn(result, out, **opts)
     report_options = { demo_lrs = "..." }       # optional: its keyword arguments
+    prepare = "loraplus.study.decoder:prepare_data"  # optional: fn(cfg, write) -> TrainConfig
+                                                #   overrides for every stage (e.g. a data folder
+                                                #   it writes under runs), called before planning
     each = { data = ["rotten-tomatoes", "20newsgroups"] }  # optional: every stage once per value
                                                 #   (named "<value>-<stage>"; references stay
                                                 #   within the same value)
@@ -27,10 +30,9 @@
                                   #   per value of its second axis; or a list of cells
                                   #   [{ method = "lora", lr_a = 6.4e-3 },
                                   #    { ratio = 16, lr_a = 4e-4 }]
-                                  #   or a planning function "loraplus.study.<module>:<fn>",
-                                  #   called fn(cfg, stage, earlier) -> [{label, lr_a, method
-                                  #   | ratio | axis ("FIELD=V")}] (earlier: stage -> [Done])
-    after = ["grid"]              # with an `at` function: the earlier stages it reads
+    at = "loraplus.study.decoder:ratio_scan"  # or a planning function (same prefix as report):
+    after = ["grid"]              #   fn(cfg, stage, earlier) -> the `at` cells ({label, lr_a,
+                                  #   method | ratio}; [] = no runs), reading the `after` stages
     near = 0.025                  # with `at` a tune: also its line cells within `near` of the
                                   #   method's chosen value (controls)
     [stage.train]                 # this stage's TrainConfig overrides; a value "{X.best}" is the
@@ -57,7 +59,9 @@ from typing import Any
 from loraplus.sweep import SweepConfig, TuneConfig
 
 KINDS = {"sweep": SweepConfig, "tune": TuneConfig}
-TOP_KEYS = ("title", "runs", "out", "report", "report_options", "each", "train", "smoke", "stage")
+TOP_KEYS = (
+    "title", "runs", "out", "report", "report_options", "prepare", "each", "train", "smoke", "stage"
+)  # fmt: skip
 STAGE_KEYS = ("name", "kind", "once", "each", "at", "after", "near", "train", "smoke")
 RUNNER_FIELDS = ("config", "overrides", "study_name", "out_dir", "storage", "workers")
 REPORT_PREFIX = "loraplus.study."
@@ -76,12 +80,12 @@ class Stage:
     each: tuple[str, list[Any]] | None = None
     at: str | list[dict[str, Any]] | None = None
     near: float | None = None
-    after: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)  # the stages a planning-function `at` reads
     group: str = ""  # the top-level `each` value this copy runs ("" without one)
     base: str = ""  # the name in the file (before the top-level `each` prefix)
 
     def references(self) -> list[str]:
-        """The earlier stages this one reads: `at` and every "{X.best}"."""
+        """The earlier stages this one reads: `at` (or `after`) and every "{X.best}"."""
         found = [self.at] if isinstance(self.at, str) and not is_function(self.at) else []
         found += self.after
         return found + [m.group(1) for v in self.train.values() if (m := _ref(v))]
@@ -98,6 +102,7 @@ class StudyConfig:
     stages: list[Stage]
     report: str | None = None
     report_options: dict[str, Any] = field(default_factory=dict)
+    prepare: str | None = None
     smoke: bool = False
 
     def stage(self, name: str) -> Stage:
@@ -122,20 +127,20 @@ class StudyConfig:
         return [s.name for s in self.stages if s.name in picked]
 
 
-def is_function(text: str) -> bool:
-    """Whether `text` names a function of this package ("loraplus.study.<module>:<fn>")."""
-    return text.startswith(REPORT_PREFIX) and ":" in text
+def is_function(at: Any) -> bool:
+    """True when `at` names a planning function (loraplus.study.<module>:<function>)."""
+    return isinstance(at, str) and at.startswith(REPORT_PREFIX) and ":" in at
 
 
-def function(text: str, where: str) -> Any:
-    """The function "loraplus.study.<module>:<fn>" names; ValueError naming `where` if none."""
+def function(name: str, key: str, where: Path) -> Any:
+    """The function `name` ("loraplus.study.<module>:<function>") names; ValueError if none."""
     import importlib
 
-    module, _, name = text.partition(":")
+    module, _, attr = name.partition(":")
     try:
-        return getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
-        raise ValueError(f"{where}: {text!r} names no function.") from None
+        raise ValueError(f"{where}: {key} {name!r} does not exist.") from None
 
 
 def _ref(value: Any) -> re.Match[str] | None:
@@ -228,12 +233,12 @@ def load_study(
             raise ValueError(f"{path}: {key} must be a non-empty string.")
     report = data.get("report")
     if report is not None:
-        if not isinstance(report, str) or not is_function(report):
+        if not is_function(report):
             raise ValueError(
                 f"{path}: report must name a function as '{REPORT_PREFIX}<module>:<function>', "
                 f"got {report!r}."
             )
-        function(report, f"{path}: report")
+        function(report, "report", path)
     train = _train_keys(_table(data.get("train", {}), "[train]", path), "[train]", path)
     if smoke:
         train.update(_train_keys(_table(data.get("smoke", {}), "[smoke]", path), "[smoke]", path))
@@ -266,8 +271,21 @@ def load_study(
         stages=stages,
         report=report,
         report_options=_table(data.get("report_options", {}), "report_options", path),
+        prepare=_prepare(data.get("prepare"), path),
         smoke=smoke,
     )
+
+
+def _prepare(name: Any, path: Path) -> str | None:
+    """The `prepare` function's name, checked to exist."""
+    if name is not None and not is_function(name):
+        raise ValueError(
+            f"{path}: prepare must name a function as '{REPORT_PREFIX}<module>:<function>', "
+            f"got {name!r}."
+        )
+    if name is not None:
+        function(name, "prepare", path)
+    return None if name is None else str(name)
 
 
 def _check_at(stage: Stage, source: Stage, path: Path) -> None:
@@ -318,12 +336,12 @@ def _stages(
         elif not isinstance(at, str):
             raise ValueError(f"{path}: {where}: `at` names a stage or lists cells, got {at!r}.")
         elif is_function(at):
-            function(at, f"{path}: {where}: at")
+            function(at, f"`at` of {where}", path)
     after = raw.get("after", [])
     if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
-        raise ValueError(f"{path}: {where}: after lists earlier stage names, got {after!r}.")
-    if after and not (isinstance(at, str) and is_function(at)):
-        raise ValueError(f"{path}: {where}: after goes with an `at` function: drop it.")
+        raise ValueError(f"{path}: {where}: after lists stage names, got {after!r}.")
+    if after and not is_function(at):
+        raise ValueError(f"{path}: {where}: after is for an `at` planning function: drop it.")
     near = raw.get("near")
     if near is not None and (at is None or not isinstance(near, (int, float)) or near < 0):
         raise ValueError(f"{path}: {where}: near is a number >= 0 and needs `at`, got {near!r}.")

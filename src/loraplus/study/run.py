@@ -216,8 +216,8 @@ def _at_cells(
     cfg: StudyConfig, stage: Stage, earlier: Mapping[str, Sequence[Done]]
 ) -> list[dict[str, Any]]:
     """The cells an `at` stage runs at: {label, lr_a, and method | ratio | axis setting}."""
-    if isinstance(stage.at, str) and is_function(stage.at):
-        return list(function(stage.at, f"stage {stage.name!r}: at")(cfg, stage, earlier))
+    if is_function(stage.at):
+        return list(function(str(stage.at), "at", cfg.path)(cfg, stage, earlier))
     if isinstance(stage.at, list):
         return [{"label": _label(c.get("method") or f"ratio{c['ratio']:g}"), **c} for c in stage.at]
     assert stage.at is not None
@@ -377,6 +377,18 @@ def execute(cfg: StudyConfig, run: Run) -> Done:
     return Done(run, rows_of(summary), summary)
 
 
+def prepared(cfg: StudyConfig, write: bool) -> StudyConfig:
+    """The study with its `prepare` function's overrides in every stage's training settings
+    (`write`: let it write what it prepares; False for a dry run)."""
+    import dataclasses
+
+    if cfg.prepare is None:
+        return cfg
+    extra = function(cfg.prepare, "prepare", cfg.path)(cfg, write)
+    stages = [dataclasses.replace(s, train={**s.train, **extra}) for s in cfg.stages]
+    return dataclasses.replace(cfg, stages=stages)
+
+
 def run_study(
     cfg: StudyConfig,
     stages: Sequence[str] | None = None,
@@ -389,6 +401,7 @@ def run_study(
     cfg.out when a later one needs it. Writes results.json + results.md (and the study's own
     report) into cfg.out. ValueError when a selected stage needs results not there."""
     selected = set(cfg.select(stages))
+    cfg = prepared(cfg, write=True)
     result = StudyResult(cfg)
     for stage in cfg.stages:
         try:
@@ -435,6 +448,7 @@ def planned(cfg: StudyConfig, stages: Sequence[str] | None = None) -> dict[str, 
     """--dry-run: per selected stage the cells it would train now (None: an earlier stage's
     results are not in cfg.out yet). Reads results, trains nothing."""
     selected = set(cfg.select(stages))
+    cfg = prepared(cfg, write=False)
     earlier: dict[str, list[Done]] = {}
     found: dict[str, list[Cell] | None] = {}
     for stage in cfg.stages:
@@ -459,5 +473,5 @@ def write_report(result: StudyResult) -> None:
 
     write_generic(result)
     if result.cfg.report:
-        fn = function(result.cfg.report, f"{result.cfg.path}: report")
+        fn = function(result.cfg.report, "report", result.cfg.path)
         fn(result, result.cfg.out, **result.cfg.report_options)
