@@ -8,10 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from test_train import tiny_files  # noqa: F401  (a fixture)
+
+from loraplus import cli
 from loraplus.study import load_study
 from loraplus.study.convergence import compare, label
 from loraplus.study.run import Done, Run, plan_runs, stage_cells
 from loraplus.sweep.grid import HOLDING
+from loraplus.train import read_record
 from loraplus.train.methods import method_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +90,36 @@ def test_report_compares_steps_to_loras_final_accuracy() -> None:
     converge["loraplus"]["runs"]["0"] = rows((0, 0.1), (25, 0.3))
     assert compare(converge)["reach"]["0"]["loraplus_steps"] is None
     assert label("lora-lr0.0016") == "LoRA (runner-up lr_A 0.0016)" and label("loraplus") == "LoRA+"
+
+
+def test_smoke_one_task_end_to_end(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """README's command at --smoke size on a tiny model, one task: head -> line -> converge, the
+    head lr chosen and fed on, the report and its curves written."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    stages = [f"rotten-tomatoes-{s}" for s in ("head", "line", "converge")]
+    argv = [
+        *(
+            "study",
+            str(ROOT / "benchmarks/studies/convergence.toml"),
+            "--smoke",
+            "--stage",
+            *stages,
+        ),
+        *("--runs", str(runs), "--out", str(out)),
+        *("--set", f"model='{tiny_files['bert']}'", "--set", f"data='{tiny_files['cls']}'"),
+        *("--set", "max_length=32", "--set", "rank=4"),
+    ]
+    assert cli.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    task = report["tasks"]["rotten-tomatoes"]
+    assert task["head"]["chosen"] == "head=0.016" and set(task["converge"]) == {"lora", "loraplus"}
+    for key, run in task["converge"].items():
+        assert list(run["runs"]) == ["0"] and run["lr_a"] == task["lines"][key]["lr_a"]
+    (trial,) = (runs / "rotten-tomatoes-converge-loraplus" / "trials").iterdir()
+    config = read_record(trial).config
+    assert config["early_stopping_patience"] == 1 and config["lr_roles"] == ["head=0.016"]
+    assert (out / "curves-rotten-tomatoes.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| rotten-tomatoes | head=0.016 | LoRA+ |" in (out / "report.md").read_text()

@@ -316,7 +316,10 @@ def test_prepare_data_writes_the_seed_0_rows_once(tmp_path: Path) -> None:
     ("name", "message"),
     [
         ("os:system", "prepare must name a function as 'loraplus.study.<module>:<function>'"),
-        ("loraplus.study.decoder:nothing", "prepare: 'loraplus.study.decoder:nothing' names no"),
+        (
+            "loraplus.study.decoder:nothing",
+            "prepare 'loraplus.study.decoder:nothing' does not exist",
+        ),
     ],
 )
 def test_prepare_must_name_a_study_function(tmp_path: Path, name: str, message: str) -> None:

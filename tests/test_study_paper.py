@@ -8,6 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from test_train import tiny_files  # noqa: F401  (a fixture)
+
+from loraplus import cli
 from loraplus.cli.demo import DEMO_SETTINGS
 from loraplus.study import StudyResult, load_study
 from loraplus.study.paper import demo_record, heatmap, seed0_cells, table
@@ -100,3 +103,30 @@ def test_report_rebuilds_the_committed_table_and_demo_lrs() -> None:
     data = heatmap("rotten-tomatoes", cells)  # the best cell of any ratio: lr_A 1.6e-3, ratio 4
     assert data["best"] == [data["lr_a"].index(0.0016), data["y"].index(4.0)]
     assert data["lr_a"] == [0.0001, 0.0004, 0.0016, 0.0064, 0.0256]
+
+
+def test_smoke_one_task_end_to_end(
+    tiny_files: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """README's command at --smoke size on a tiny model, one task's stages: the table row, the
+    heatmap of grid + lines; the shipped demo lrs are left alone under --smoke."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    shipped = (ROOT / "src/loraplus/data/demo_lrs.json").read_text()
+    stages = ["rotten-tomatoes-grid", "rotten-tomatoes-line"]
+    argv = [
+        *("study", str(ROOT / "benchmarks/studies/paper.toml"), "--smoke", "--stage", *stages),
+        *("--runs", str(runs), "--out", str(out)),
+        *("--set", f"model='{tiny_files['bert']}'", "--set", f"data='{tiny_files['cls']}'"),
+        *("--set", "max_length=32", "--set", "rank=4"),
+    ]
+    assert cli.main(argv) == 0
+    (row,) = json.loads((out / "report.json").read_text())
+    assert row["task"] == "rotten-tomatoes" and row["seeds"] == [0] and row["steps"] == 2
+    tuned = json.loads((out / "rotten-tomatoes-line_tune.json").read_text())
+    for method, key in (("lora", "lr"), ("loraplus", "lr_a")):
+        line = next(m for m in tuned["methods"] if m["method"] == method)
+        assert row[method][key] == line["lr_a"] and row[method]["best_acc"] == line["values"]
+    assert "| MiniLM-L6 (384) | rotten-tomatoes |" in (out / "report.md").read_text()
+    assert (out / "heatmap-rotten-tomatoes.png").read_bytes()[:4] == b"\x89PNG"
+    assert (ROOT / "src/loraplus/data/demo_lrs.json").read_text() == shipped

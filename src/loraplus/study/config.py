@@ -6,6 +6,9 @@
                                                 #   results.json and results.md
     report = "loraplus.study.paper:report"      # optional: an extra report, fn(result, out, **opts)
     report_options = { demo_lrs = "..." }       # optional: its keyword arguments
+    prepare = "loraplus.study.decoder:prepare_data"  # optional: fn(cfg, write) -> TrainConfig
+                                                #   overrides for every stage (e.g. a data folder
+                                                #   it writes under runs), called before planning
     each = { data = ["rotten-tomatoes", "20newsgroups"] }  # optional: every stage once per value
                                                 #   (named "<value>-<stage>"; references stay
                                                 #   within the same value)
@@ -27,10 +30,9 @@
                                   #   per value of its second axis; or a list of cells
                                   #   [{ method = "lora", lr_a = 6.4e-3 },
                                   #    { ratio = 16, lr_a = 4e-4 }]
-                                  #   or a planning function "loraplus.study.<module>:<fn>",
-                                  #   called fn(cfg, stage, earlier) -> [{label, lr_a, method
-                                  #   | ratio | axis ("FIELD=V")}] (earlier: stage -> [Done])
-    after = ["grid"]              # with an `at` function: the earlier stages it reads
+    at = "loraplus.study.decoder:ratio_scan"  # or a planning function (same prefix as report):
+    after = ["grid"]              #   fn(cfg, stage, earlier) -> the `at` cells ({label, lr_a,
+                                  #   method | ratio}; [] = no runs), reading the `after` stages
     near = 0.025                  # with `at` a tune: also its line cells within `near` of the
                                   #   method's chosen value (controls)
     [stage.train]                 # this stage's TrainConfig overrides; a value "{X.best}" is the
@@ -78,12 +80,12 @@ class Stage:
     each: tuple[str, list[Any]] | None = None
     at: str | list[dict[str, Any]] | None = None
     near: float | None = None
-    after: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)  # the stages a planning-function `at` reads
     group: str = ""  # the top-level `each` value this copy runs ("" without one)
     base: str = ""  # the name in the file (before the top-level `each` prefix)
 
     def references(self) -> list[str]:
-        """The earlier stages this one reads: `at` and every "{X.best}"."""
+        """The earlier stages this one reads: `at` (or `after`) and every "{X.best}"."""
         found = [self.at] if isinstance(self.at, str) and not is_function(self.at) else []
         found += self.after
         return found + [m.group(1) for v in self.train.values() if (m := _ref(v))]
@@ -125,20 +127,20 @@ class StudyConfig:
         return [s.name for s in self.stages if s.name in picked]
 
 
-def is_function(text: str) -> bool:
-    """Whether `text` names a function of this package ("loraplus.study.<module>:<fn>")."""
-    return text.startswith(REPORT_PREFIX) and ":" in text
+def is_function(at: Any) -> bool:
+    """True when `at` names a planning function (loraplus.study.<module>:<function>)."""
+    return isinstance(at, str) and at.startswith(REPORT_PREFIX) and ":" in at
 
 
-def function(text: str, where: str) -> Any:
-    """The function "loraplus.study.<module>:<fn>" names; ValueError naming `where` if none."""
+def function(name: str, key: str, where: Path) -> Any:
+    """The function `name` ("loraplus.study.<module>:<function>") names; ValueError if none."""
     import importlib
 
-    module, _, name = text.partition(":")
+    module, _, attr = name.partition(":")
     try:
-        return getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
-        raise ValueError(f"{where}: {text!r} names no function.") from None
+        raise ValueError(f"{where}: {key} {name!r} does not exist.") from None
 
 
 def _ref(value: Any) -> re.Match[str] | None:
@@ -214,7 +216,8 @@ def load_study(
     out: Any = None,
 ) -> StudyConfig:
     """Read and check a study file; `smoke` merges its smoke tables, `sets` (FIELD=VALUE) override
-    [train]; `runs` / `out` replace the file's folders."""
+    every stage's training settings (the file's, `each` values included); `runs` / `out` replace
+    the file's folders."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -230,23 +233,23 @@ def load_study(
             raise ValueError(f"{path}: {key} must be a non-empty string.")
     report = data.get("report")
     if report is not None:
-        if not isinstance(report, str) or not is_function(report):
+        if not is_function(report):
             raise ValueError(
                 f"{path}: report must name a function as '{REPORT_PREFIX}<module>:<function>', "
                 f"got {report!r}."
             )
-        function(report, f"{path}: report")
+        function(report, "report", path)
     train = _train_keys(_table(data.get("train", {}), "[train]", path), "[train]", path)
     if smoke:
         train.update(_train_keys(_table(data.get("smoke", {}), "[smoke]", path), "[smoke]", path))
-    train.update(_train_keys(parse_set(sets), "--set", path))
+    forced = _train_keys(parse_set(sets), "--set", path)
     top_each = _each(data.get("each"), "each", path)
     raw_stages = data.get("stage")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise ValueError(f"{path}: no [[stage]]: a study needs at least one.")
     stages: list[Stage] = []
     for raw in raw_stages:
-        stages += _stages(_table(raw, "[[stage]]", path), train, top_each, smoke, path)
+        stages += _stages(_table(raw, "[[stage]]", path), train, forced, top_each, smoke, path)
     seen: list[str] = []
     for stage in stages:
         if stage.name in seen:
@@ -275,15 +278,14 @@ def load_study(
 
 def _prepare(name: Any, path: Path) -> str | None:
     """The `prepare` function's name, checked to exist."""
-    if name is None:
-        return None
-    if not isinstance(name, str) or not is_function(name):
+    if name is not None and not is_function(name):
         raise ValueError(
             f"{path}: prepare must name a function as '{REPORT_PREFIX}<module>:<function>', "
             f"got {name!r}."
         )
-    function(name, f"{path}: prepare")
-    return name
+    if name is not None:
+        function(name, "prepare", path)
+    return None if name is None else str(name)
 
 
 def _check_at(stage: Stage, source: Stage, path: Path) -> None:
@@ -295,11 +297,13 @@ def _check_at(stage: Stage, source: Stage, path: Path) -> None:
 def _stages(
     raw: dict[str, Any],
     train: dict[str, Any],
+    forced: dict[str, Any],
     top_each: tuple[str, list[Any]] | None,
     smoke: bool,
     path: Path,
 ) -> list[Stage]:
-    """One [[stage]] table as its stages (one per top-level `each` value unless `once`)."""
+    """One [[stage]] table as its stages (one per top-level `each` value unless `once`); `forced`
+    (--set) overrides every training setting."""
     name = raw.get("name")
     if not isinstance(name, str) or not NAME.match(name):
         raise ValueError(
@@ -332,12 +336,12 @@ def _stages(
         elif not isinstance(at, str):
             raise ValueError(f"{path}: {where}: `at` names a stage or lists cells, got {at!r}.")
         elif is_function(at):
-            function(at, f"{path}: {where}: at")
+            function(at, f"`at` of {where}", path)
     after = raw.get("after", [])
     if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
-        raise ValueError(f"{path}: {where}: after lists earlier stage names, got {after!r}.")
-    if after and not (isinstance(at, str) and is_function(at)):
-        raise ValueError(f"{path}: {where}: after goes with an `at` function: drop it.")
+        raise ValueError(f"{path}: {where}: after lists stage names, got {after!r}.")
+    if after and not is_function(at):
+        raise ValueError(f"{path}: {where}: after is for an `at` planning function: drop it.")
     near = raw.get("near")
     if near is not None and (at is None or not isinstance(near, (int, float)) or near < 0):
         raise ValueError(f"{path}: {where}: near is a number >= 0 and needs `at`, got {near!r}.")
@@ -349,7 +353,8 @@ def _stages(
     out = []
     for value in groups:
         prefix = "" if value is None else f"{_label(value)}-"
-        mine = {**train, **({} if value is None else {top_each[0]: value}), **stage_train}  # type: ignore[index]
+        grouped = {} if value is None else {top_each[0]: value}  # type: ignore[index]
+        mine = {**train, **grouped, **stage_train, **forced}
         renamed = {k: _prefixed(v, prefix, top_each is not None) for k, v in mine.items()}
         stage = Stage(
             name=prefix + name,

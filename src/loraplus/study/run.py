@@ -216,8 +216,8 @@ def _at_cells(
     cfg: StudyConfig, stage: Stage, earlier: Mapping[str, Sequence[Done]]
 ) -> list[dict[str, Any]]:
     """The cells an `at` stage runs at: {label, lr_a, and method | ratio | axis setting}."""
-    if isinstance(stage.at, str) and is_function(stage.at):
-        return list(function(stage.at, f"stage {stage.name!r}: at")(cfg, stage, earlier))
+    if is_function(stage.at):
+        return list(function(str(stage.at), "at", cfg.path)(cfg, stage, earlier))
     if isinstance(stage.at, list):
         return [{"label": _label(c.get("method") or f"ratio{c['ratio']:g}"), **c} for c in stage.at]
     assert stage.at is not None
@@ -384,7 +384,7 @@ def prepared(cfg: StudyConfig, write: bool) -> StudyConfig:
 
     if cfg.prepare is None:
         return cfg
-    extra = function(cfg.prepare, f"{cfg.path}: prepare")(cfg, write)
+    extra = function(cfg.prepare, "prepare", cfg.path)(cfg, write)
     stages = [dataclasses.replace(s, train={**s.train, **extra}) for s in cfg.stages]
     return dataclasses.replace(cfg, stages=stages)
 
@@ -473,5 +473,5 @@ def write_report(result: StudyResult) -> None:
 
     write_generic(result)
     if result.cfg.report:
-        fn = function(result.cfg.report, f"{result.cfg.path}: report")
+        fn = function(result.cfg.report, "report", result.cfg.path)
         fn(result, result.cfg.out, **result.cfg.report_options)
