@@ -13,6 +13,7 @@ from test_train import NEGATIVE, POSITIVE, WORDS, save_tiny_llama
 
 from loraplus import cli
 from loraplus.study import decoder
+from loraplus.train.history import final_metrics
 from loraplus.train.record import TrainResult
 
 
@@ -32,7 +33,7 @@ def record(
     """A run evaluated at steps 0, 10, 20 (the first loss is the untouched model's)."""
     history = [{"step": 10 * i, "eval_loss": v} for i, v in enumerate(losses)]
     history[-1].update(extra.get("last", {}))
-    final = {"eval_loss": losses[-1], "steps": 10 * (len(losses) - 1)}
+    final = final_metrics(history, "eval_loss", 10 * (len(losses) - 1), 1.0, False)
     final.update(extra.get("final", {}))
     config = {"lr": lr, "ratio": ratio, "seed": seed, "init": init}
     return TrainResult(history, final, Path("."), False, config=config)

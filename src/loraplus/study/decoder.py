@@ -117,7 +117,7 @@ def run_key(record: TrainResult) -> Key:
 
 
 def index(records: Iterable[TrainResult]) -> dict[Key, TrainResult]:
-    """The runs by run_key (finished runs only: a diverged run has a record too)."""
+    """The runs by run_key."""
     return {run_key(r): r for r in records}
 
 
@@ -126,14 +126,14 @@ def curve(record: TrainResult) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r["eval_loss"])) for r in record.history if "eval_loss" in r]
 
 
-def best_loss(record: TrainResult) -> float:
-    """Lowest eval loss after step 0."""
-    return min(v for s, v in curve(record) if s > 0)
+def best_loss(record: TrainResult) -> float | None:
+    """The run's lowest eval loss after step 0 (its record's; None when it diverged)."""
+    return record.final.get("best_eval_loss")
 
 
-def final_loss(record: TrainResult) -> float:
-    """Eval loss at the last evaluation."""
-    return curve(record)[-1][1]
+def final_loss(record: TrainResult) -> float | None:
+    """The run's eval loss at its last evaluation (its record's; None when it diverged)."""
+    return record.final.get("eval_loss")
 
 
 def exact(record: TrainResult | None) -> float | None:
@@ -151,6 +151,7 @@ def compare(chosen: Mapping[str, float], runs: Mapping[Key, TrainResult]) -> dic
         cells = sorted(k for k in runs if k[:2] == (lr, ratio) and k[3] == "init1")
         per[method] = found = {k[2]: runs[k] for k in cells}
         losses = [best_loss(m) for m in found.values()]
+        finite = [v for v in losses if v is not None]
         out[method] = {
             "lr_a": lr,
             "ratio": ratio,
@@ -159,13 +160,14 @@ def compare(chosen: Mapping[str, float], runs: Mapping[Key, TrainResult]) -> dic
             "final_eval_loss": [final_loss(m) for m in found.values()],
             "exact_match": [exact(m) for m in found.values()],
             "curves": {str(s): curve(m) for s, m in found.items()},
-            "perplexity": math.exp(statistics.mean(losses)) if losses else None,
+            "perplexity": math.exp(statistics.mean(finite)) if finite else None,
         }
     reach: list[int | None] = []
     for seed, lora in per.get("lora", {}).items():
         plus = per.get("loraplus", {}).get(seed)
-        if plus is not None:
-            reach.append(steps_to_reach(plus.history, "eval_loss", final_loss(lora)))
+        target = final_loss(lora)
+        if plus is not None and target is not None:
+            reach.append(steps_to_reach(plus.history, "eval_loss", target))
     out["reach_steps"] = reach  # per seed; None = never within the run
     return out
 
@@ -180,8 +182,8 @@ def line_rows(runs: Mapping[Key, TrainResult], ratio: float) -> list[dict[str, A
                 "lr_a": key[0],
                 "ratio": ratio,
                 "diverged": m.diverged,
-                "best": None if m.diverged else best_loss(m),
-                "final": None if m.diverged else final_loss(m),
+                "best": best_loss(m),
+                "final": final_loss(m),
                 "exact_match": exact(m),
             }
         )
