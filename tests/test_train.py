@@ -336,6 +336,104 @@ def test_train_causal_lm_with_merge(tiny_files: dict[str, Path], tmp_path: Path)
         assert not torch.allclose(merged(ids).logits, base(ids).logits, atol=1e-5)  # it trained
 
 
+def greedy_hits(model: Any, batch: dict[str, Any]) -> tuple[int, int]:
+    """(rows whose answer `generate` reproduces greedily, rows with an answer), row by row: an
+    implementation of exact match independent of the run's teacher-forced argmax."""
+    hits = total = 0
+    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        answer = (labels != -100).nonzero().flatten()
+        if not len(answer):
+            continue
+        start, n = int(answer[0]), len(answer)
+        with torch.no_grad():
+            out = model.generate(ids[:start].unsqueeze(0), max_new_tokens=n, do_sample=False)
+        hits += int(torch.equal(out[0, start:], ids[start : start + n]))
+        total += 1
+    return hits, total
+
+
+def test_exact_match_is_the_greedy_answer_through_eos() -> None:
+    from loraplus.train.trainer import answered
+
+    def exact_match(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+        right, scored = answered(predicted, labels)
+        return int(right.sum()) / int(scored.sum()) if scored.any() else math.nan
+
+    model = tiny_llama(vocab_size=16).eval()
+    prompt = torch.tensor([[1, 5, 6]])
+    with torch.no_grad():
+        g1, g2 = model.generate(prompt, max_new_tokens=2, do_sample=False)[0, 3:].tolist()
+    ids = torch.tensor([[1, 5, 6, g1, g2], [1, 5, 6, g1, (g2 + 1) % 16], [1, 5, 6, g1, 0]])
+    labels = ids.clone()
+    labels[:, :3] = -100
+    labels[2, 4] = -100  # a one-token answer, then padding
+    with torch.no_grad():
+        predicted = model(input_ids=ids).logits.argmax(dim=-1)
+    batch = {"input_ids": ids, "labels": labels}
+    hits, total = greedy_hits(model, batch)
+    assert (hits, total) == (2, 3)
+    assert exact_match(predicted, labels) == pytest.approx(2 / 3)
+    no_answer = torch.full_like(labels, -100)
+    both = (torch.cat([predicted, predicted]), torch.cat([labels, no_answer]))
+    assert exact_match(*both) == pytest.approx(2 / 3)  # rows without an answer do not count
+    assert math.isnan(exact_match(predicted, no_answer))
+
+
+class GreedyCheck(TrainerCallback):
+    """At each evaluation, exact match by `generate` over the eval loader, beside the run's."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, float, float]] = []  # step, run's value, generate's
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model, hits, total = kwargs["model"], 0, 0
+        model.eval()
+        for batch in kwargs["eval_dataloader"]:
+            h, t = greedy_hits(model, batch)
+            hits, total = hits + h, total + t
+        self.seen.append((state.global_step, kwargs["metrics"]["eval_exact_match"], hits / total))
+
+
+def test_exact_match_reaches_history_and_matches_generate(
+    tiny_files: dict[str, Path], tmp_path: Path
+) -> None:
+    check = GreedyCheck()
+    cfg = tiny_cls_config(
+        tiny_files,
+        tmp_path / "lm",
+        model=str(tiny_files["llama"]),
+        data=str(tiny_files["lm"]),
+        task="causal-lm",
+        exact_match=True,
+        lr=2e-2,
+        ratio=16,
+        scheduler="constant",
+        max_steps=12,
+        eval_steps=6,
+        save_adapter=False,
+    )
+    result = train(cfg, callbacks=[check])
+    assert [r["step"] for r in result.history] == [0, 6, 12]
+    assert [s for s, _, _ in check.seen] == [0, 6, 12]
+    for (_, ours, theirs), row in zip(check.seen, result.history, strict=True):
+        assert ours == theirs == row["eval_exact_match"]
+    assert check.seen[-1][1] > 0  # it learned some answers: the comparison is not 0 == 0
+    assert result.final["eval_exact_match"] == check.seen[-1][1]
+    assert read_record(result.output_dir).final["eval_exact_match"] == check.seen[-1][1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({}, "--exact-match apply to --task causal-lm"),
+        ({"task": "causal-lm", "packing": True}, "--exact-match scores each eval row's answer"),
+    ],
+)
+def test_exact_match_needs_unpacked_causal_lm(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_config(exact_match=True, **overrides)
+
+
 class PoisonWeights(TrainerCallback):
     """Writes NaN into a LoRA matrix after step 2, as a diverging run would."""
 

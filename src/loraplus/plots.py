@@ -618,3 +618,118 @@ def draw_methods(data: Mapping[str, Any]) -> Figure:
     fig.suptitle(str(data.get("title", "")))
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
+
+
+def plot_eval_curves(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """draw_eval_curves(data), written as PNG to `path`."""
+    return save_png(draw_eval_curves(data), path)
+
+
+def draw_eval_curves(data: Mapping[str, Any]) -> Figure:
+    """A metric against step, one series per label: the mean over its runs as a line with a
+    min-max band (several runs), or one line per run in `style` (e.g. "--", ":").
+
+    `data`: ylabel, title, log (bool: log y axis), series [{"label", "runs": [[[step, value],
+    ...], ...], "colour", "style" (default "-"), "band" (default True)}]. Runs are cut to the
+    shortest one's steps for the mean.
+    """
+    series = [s for s in data.get("series", []) if s.get("runs")]
+    if not series:
+        raise ValueError("plot_eval_curves needs at least one series with runs.")
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for k, row in enumerate(series):
+        colour, style = row.get("colour", f"C{k % 10}"), row.get("style", "-")
+        runs = [np.asarray(r, dtype=float) for r in row["runs"]]
+        if row.get("band", True):
+            n = min(len(r) for r in runs)
+            steps, values = runs[0][:n, 0], np.stack([r[:n, 1] for r in runs])
+            ax.plot(steps, values.mean(axis=0), style, color=colour, marker="o", ms=3)
+            ax.lines[-1].set_label(str(row["label"]))
+            if len(runs) > 1:
+                ax.fill_between(steps, values.min(0), values.max(0), color=colour, alpha=0.2)
+        else:
+            for i, r in enumerate(runs):
+                label = str(row["label"]) if i == 0 else None
+                ax.plot(r[:, 0], r[:, 1], style, color=colour, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(str(data.get("ylabel", "eval loss")))
+    if data.get("log"):
+        ax.set_yscale("log")
+    if data.get("title"):
+        ax.set_title(str(data["title"]), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_method_values(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """draw_method_values(data), written as PNG to `path`."""
+    return save_png(draw_method_values(data), path)
+
+
+def draw_method_values(data: Mapping[str, Any]) -> Figure:
+    """One bar per method at the mean of its values (seeds), each value a dot.
+
+    `data`: ylabel, title, bounds ([low, high] to clip the y range to, optional), rows
+    [{"method", "values": [float, ...]}].
+    """
+    rows = list(data.get("rows", []))
+    if not rows:
+        raise ValueError("plot_method_values needs at least one row.")
+    fig = Figure(figsize=(8, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, row in enumerate(rows):
+        values = [float(v) for v in row.get("values", []) if v is not None]
+        if values:
+            ax.bar(i, float(np.mean(values)), color="tab:blue", alpha=0.4)
+            ax.plot([i] * len(values), values, "k.", ms=6)
+    ax.set_xticks(range(len(rows)), [str(r["method"]) for r in rows], rotation=35, ha="right")
+    ax.tick_params(axis="x", labelsize=8)
+    values = [float(v) for r in rows for v in r.get("values", []) if v is not None]
+    if values:
+        low, high = min(values) - 0.05, max(values) + 0.03
+        bounds = data.get("bounds")
+        if bounds is not None:
+            low, high = max(float(bounds[0]), low), min(float(bounds[1]), high)
+        ax.set_ylim(low, high)
+    ax.set_ylabel(str(data.get("ylabel", "")))
+    if data.get("title"):
+        ax.set_title(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_seed_curves(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """draw_seed_curves(data), written as PNG to `path`."""
+    return save_png(draw_seed_curves(data), path)
+
+
+def draw_seed_curves(data: Mapping[str, Any]) -> Figure:
+    """A metric against step, one colour per series (e.g. a method at its lr) and one line per
+    seed in it; the series' label on its first line only.
+
+    `data`: title, ylabel, series [{"label", "curves": [[[step, value], ...], ...]}].
+    """
+    series = list(data.get("series", []))
+    if not series:
+        raise ValueError("plot_seed_curves needs at least one series.")
+    fig = Figure(figsize=(7.0, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ("tab:blue", "tab:red", "tab:cyan", "tab:orange", "tab:green", "tab:purple")
+    for k, row in enumerate(series):
+        for i, curve in enumerate(row.get("curves", [])):
+            if not curve:
+                continue
+            xs, ys = zip(*curve, strict=True)
+            label = str(row["label"]) if i == 0 else None
+            ax.plot(xs, _floats(list(ys)), color=colors[k % len(colors)], alpha=0.8, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(str(data.get("ylabel", "metric")))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if data.get("title"):
+        ax.set_title(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    return fig

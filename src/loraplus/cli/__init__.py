@@ -24,12 +24,12 @@ if not {"-v", "--verbose"} & set(sys.argv[1:]):
     logging.getLogger("DeepSpeed").addFilter(lambda rec: rec.filename != "real_accelerator.py")
 
 from loraplus._config import DataclassParser
-from loraplus.cli import demo, diagnose, experiment, merge, sweep, train, tune
+from loraplus.cli import demo, diagnose, experiment, merge, study, sweep, train, tune
 from loraplus.cli.common import EXIT_USAGE, CLIError
 
 __all__ = ["COMMANDS", "CLIError", "build_parser", "main"]
 
-COMMANDS = (train, demo, diagnose, merge, sweep, tune, experiment)
+COMMANDS = (train, demo, diagnose, merge, sweep, tune, study, experiment)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """`loraplus demo`: LoRA against LoRA+ on MiniLM / Rotten Tomatoes, at recorded learning rates.
 
-The demo's settings live here with the demo; the sweep that chose its learning rates
-(`benchmarks/paper_study.py`) builds its runs with `demo_config` too, so both measure the same run.
+The demo's settings live here with the demo; the study that chose its learning rates
+(`benchmarks/studies/paper.toml`) trains with the same settings (tests/test_study_paper.py checks),
+so both measure the same run.
 """
 
 from __future__ import annotations

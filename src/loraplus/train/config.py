@@ -179,6 +179,13 @@ class TrainConfig:
         default=False,
         metadata=_help("causal-lm: pack examples into --max-length blocks (TRL's packing)"),
     )
+    exact_match: bool = field(
+        default=False,
+        metadata=_help(
+            "causal-lm: also score eval_exact_match at each evaluation, the share of eval "
+            "answers greedy decoding reproduces token for token (through EOS)"
+        ),
+    )
     preview_data: int = field(
         default=0,
         metadata=_help(
@@ -476,6 +483,7 @@ def _check_llm(cfg: TrainConfig) -> None:
                 ("--packing", cfg.packing),
                 ("--chat-template", cfg.chat_template is not None),
                 ("--train-on-prompt", cfg.train_on_prompt),
+                ("--exact-match", cfg.exact_match),
             )
             if on
         ]
@@ -484,6 +492,11 @@ def _check_llm(cfg: TrainConfig) -> None:
                 f"{', '.join(given)} apply to --task causal-lm (a decoder LM); this run's task "
                 "is classification: drop them, or pass --task causal-lm with a causal LM."
             )
+    elif cfg.exact_match and (cfg.packing or cfg.train_on_prompt):
+        raise ValueError(
+            "--exact-match scores each eval row's answer: drop --packing and --train-on-prompt "
+            "(they mix rows or put loss on the prompt), or drop --exact-match."
+        )
 
 
 def _targets(value: list[str] | str | None) -> list[str] | None:

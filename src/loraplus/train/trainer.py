@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import shutil
 from pathlib import Path
@@ -53,14 +54,35 @@ class _RunMixin:
         super().__init__(*args, **kwargs)
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
-        """HF's loop; a classifier's eval_loss is the mean of the gathered per-row losses."""
+        """HF's loop; a classifier's eval_loss is the mean of the gathered per-row losses; with
+        the run's exact_match, <prefix>_exact_match beside it (so it is logged with them)."""
         output = super().evaluation_loop(*args, **kwargs)  # type: ignore[misc]
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         metrics = output.metrics if output.metrics is not None else {}
         row_loss = metrics.pop(f"{prefix}_row_loss", None)
         if row_loss is not None:
             metrics[f"{prefix}_loss"] = row_loss
+        if self._run_config.get("exact_match"):
+            loader = kwargs.get("dataloader", args[0] if args else None)
+            metrics[f"{prefix}_exact_match"] = self._exact_match(loader)
         return output
+
+    def _exact_match(self, loader: Any) -> float:
+        """Share of eval rows greedy decoding answers exactly (exact_match), gathered over every
+        process: one teacher-forced forward pass per batch."""
+        import torch
+
+        hits = rows = 0
+        self.model.eval()
+        for batch in loader:
+            batch = self._prepare_inputs(batch)  # type: ignore[attr-defined]
+            inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "position_ids")}
+            with torch.no_grad():
+                logits = self.model(**{k: v for k, v in inputs.items() if v is not None}).logits
+            right, scored = answered(logits.argmax(dim=-1), batch["labels"])
+            right, scored = self.accelerator.gather_for_metrics((right, scored))
+            hits, rows = hits + int(right.sum()), rows + int(scored.sum())
+        return hits / rows if rows else math.nan
 
     def _get_output_dir(self, trial: Any) -> str:
         base: str = super()._get_output_dir(trial)  # type: ignore[misc]
@@ -156,6 +178,17 @@ def sft_classes() -> tuple[type, type]:
             )
 
     return LoraPlusSFTConfig, RunSFTTrainer
+
+
+def answered(predicted: Any, labels: Any) -> tuple[Any, Any]:
+    """Per row (right, scored): scored when the row has answer tokens (labels != -100, EOS
+    included), right when the argmax one position earlier predicts every one of them. Greedy
+    decoding reproduces an answer iff, fed that answer, it predicts each of its tokens, so
+    right is "the greedy answer is exactly the response"."""
+    predicted, labels = predicted[:, :-1], labels[:, 1:]
+    answer = labels != -100
+    scored = answer.any(dim=1)
+    return ((predicted == labels) | ~answer).all(dim=1) & scored, scored
 
 
 def count_truncated(dataset: Any, limit: int) -> dict[str, int]:
