@@ -395,13 +395,19 @@ def _at_cell(cell: Any, where: str, path: Path) -> dict[str, Any]:
 
 
 def _validate(stage: Stage, path: Path) -> None:
-    """Build the stage's real SweepConfig / TuneConfig once (references and `at` as stand-ins),
-    so a bad field is found before anything trains."""
+    """Build the stage's real SweepConfig / TuneConfig once, and the TrainConfig of one of its
+    runs (references and `at` as stand-ins), so a bad field or value is found before anything
+    trains."""
+    from loraplus.sweep import TrialSpec
+
     train = {k: v for k, v in stage.train.items() if not _ref(v)}
+    if stage.each is not None:
+        train[stage.each[0]] = stage.each[1][0]
     fields = dict(stage.fields)
     if stage.at is not None:
         fields.update(lr_a=[1e-3], method=["lora"])
     try:
         KINDS[stage.kind](**fields, overrides=train, study_name=stage.name)
+        TrialSpec(0, 1e-3, None, 0, path.parent, None, train).train_config()
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: stage {stage.name!r}: {err}") from None
