@@ -42,6 +42,9 @@
 
 Every stage runs as one or more `loraplus.sweep` studies (each value x each `at` cell), so every
 run is an Optuna cell: a study resumes where it stopped and a finished one trains nothing.
+`--set FIELD=VALUE` (a TOML value) overrides a training setting of every stage, over the file's.
+Paths (runs, out, a data file) are relative to the working directory: run benchmarks/studies/*
+from the repository root.
 Unknown keys, bad values and references to unknown or later stages are ValueError naming the key
 and the file (the CLI's one-line exit 2) before anything trains.
 """
