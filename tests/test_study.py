@@ -74,6 +74,7 @@ def rows(run_name: str, cells: list[tuple[float, object, int, float | None]], ax
         (f"[train]\nmax_stepz=3\n{SWEEP}", "unknown key 'max_stepz' in [train]"),
         ("[[stage]]\nname='x'\nkind='grid'", "kind must be 'sweep' or 'tune'"),
         (f"{SWEEP}\nseeds='0'", "stage 'x': seeds must be a non-empty list"),
+        (f"[train]\nmax_steps='many'\n{SWEEP}", "stage 'x': Bad value for max_steps"),
         ("[[stage]]\nname='x'\nkind='sweep'\nat='y'", "reads stage 'y', which is not an earlier"),
         ("[[stage]]\nname='x'\nkind='tune'\nat='y'", "`at` is for sweep stages"),
         ("[[stage]]\nname='x'\nkind='sweep'\nat=[{lr_a=1}]", "each `at` cell is"),

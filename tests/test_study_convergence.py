@@ -16,6 +16,7 @@ from loraplus.study.convergence import compare, label
 from loraplus.study.run import Done, Run, plan_runs, stage_cells
 from loraplus.sweep.grid import HOLDING
 from loraplus.train import read_record
+from loraplus.train.history import steps_to_reach
 from loraplus.train.methods import method_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,9 @@ def test_report_compares_steps_to_loras_final_accuracy() -> None:
     converge["loraplus"]["runs"]["0"] = rows((0, 0.1), (25, 0.3))
     assert compare(converge)["reach"]["0"]["loraplus_steps"] is None
     assert label("lora-lr0.0016") == "LoRA (runner-up lr_A 0.0016)" and label("loraplus") == "LoRA+"
+    early = rows((0, 0.9), (5, 0.6), (10, 0.8))  # step 0 (before training) never counts
+    assert steps_to_reach(early, "eval_accuracy", 0.7) == 10
+    assert steps_to_reach(early, "eval_accuracy", 0.95) is None
 
 
 def test_smoke_one_task_end_to_end(

@@ -42,6 +42,9 @@
 
 Every stage runs as one or more `loraplus.sweep` studies (each value x each `at` cell), so every
 run is an Optuna cell: a study resumes where it stopped and a finished one trains nothing.
+`--set FIELD=VALUE` (a TOML value) overrides a training setting of every stage, over the file's.
+Paths (runs, out, a data file) are relative to the working directory: run benchmarks/studies/*
+from the repository root.
 Unknown keys, bad values and references to unknown or later stages are ValueError naming the key
 and the file (the CLI's one-line exit 2) before anything trains.
 """
@@ -395,13 +398,19 @@ def _at_cell(cell: Any, where: str, path: Path) -> dict[str, Any]:
 
 
 def _validate(stage: Stage, path: Path) -> None:
-    """Build the stage's real SweepConfig / TuneConfig once (references and `at` as stand-ins),
-    so a bad field is found before anything trains."""
+    """Build the stage's real SweepConfig / TuneConfig once, and the TrainConfig of one of its
+    runs (references and `at` as stand-ins), so a bad field or value is found before anything
+    trains."""
+    from loraplus.sweep import TrialSpec
+
     train = {k: v for k, v in stage.train.items() if not _ref(v)}
+    if stage.each is not None:
+        train[stage.each[0]] = stage.each[1][0]
     fields = dict(stage.fields)
     if stage.at is not None:
         fields.update(lr_a=[1e-3], method=["lora"])
     try:
         KINDS[stage.kind](**fields, overrides=train, study_name=stage.name)
+        TrialSpec(0, 1e-3, None, 0, path.parent, None, train).train_config()
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: stage {stage.name!r}: {err}") from None

@@ -22,12 +22,23 @@ def run_report(done: Done) -> dict[str, Any]:
     if done.run.kind == "tune":
         return {**base, "methods": chosen(done)}
     axis = cfg.axis  # type: ignore[union-attr]
+    means = cell_means(done.rows, axis)  # complete cells only
     cells = []
-    for (lr, value), mean in cell_means(done.rows, axis).items():
-        got = [r["value"] for r in done.rows if r["lr_a"] == lr and r.get(axis) == value]
-        cells.append({"lr_a": lr, axis: value, "mean": mean, "values": got})
+    keys = sorted({(r["lr_a"], r.get(axis)) for r in done.rows}, key=lambda k: (k[0], str(k[1])))
+    for lr, value in keys:
+        got = [r for r in done.rows if r["lr_a"] == lr and r.get(axis) == value]
+        cells.append(
+            {
+                "lr_a": lr,
+                axis: value,
+                "mean": means.get((lr, value)),
+                "values": [r["value"] for r in got],
+                "states": [r["status"] for r in got],
+            }
+        )
     sign = -1.0 if cfg.metric == "eval_loss" else 1.0
-    best = max(cells, key=lambda c: sign * c["mean"]) if cells else None
+    done_cells = [c for c in cells if c["mean"] is not None]
+    best = max(done_cells, key=lambda c: sign * c["mean"]) if done_cells else None
     return {**base, "axis": axis, "cells": cells, "best": best}
 
 
@@ -79,7 +90,7 @@ def markdown(data: dict[str, Any]) -> str:
             ]
             for run in stage["runs"]:
                 for c in run["cells"]:
-                    mark = "**best**" if c is run["best"] or c == run["best"] else ""
+                    mark = "**best**" if c == run["best"] else ""
                     value = c[run["axis"]]
                     lines.append(
                         f"| {run['run']} | {c['lr_a']:g} | {run['axis']} {value} | "

@@ -125,18 +125,13 @@ def _sign(metric: str) -> float:
     return -1.0 if metric == "eval_loss" else 1.0
 
 
-def _second(row: Mapping[str, Any], axis: str) -> Any:
-    return row.get(axis)
-
-
-def cell_means(
-    rows: Rows, axis: str, seeds: Sequence[int] | None = None
-) -> dict[tuple[float, Any], float]:
-    """(lr_a, axis value) -> mean value over seeds, for cells whose every run completed."""
+def cell_means(rows: Rows, axis: str) -> dict[tuple[float, Any], float]:
+    """(lr_a, axis value) -> mean value over seeds, for cells whose every held run completed
+    (an attempt that crashed and ran again does not count)."""
     groups: dict[tuple[float, Any], list[dict[str, Any]]] = {}
     for row in rows:
-        if seeds is None or row["seed"] in seeds:
-            groups.setdefault((row["lr_a"], _second(row, axis)), []).append(row)
+        if row["status"] in HOLDING:
+            groups.setdefault((row["lr_a"], row.get(axis)), []).append(row)
     return {
         key: statistics.fmean(r["value"] for r in got)
         for key, got in sorted(groups.items(), key=lambda kv: kv[0][0])
@@ -322,7 +317,7 @@ def rows_of(summary: SweepSummary | TuneSummary) -> Rows:
     """The trial rows of a summary (a tune's, every method's)."""
     if isinstance(summary, TuneSummary):
         return [t for m in summary.methods for t in m["trials"]]
-    return [t for t in summary.trials if t["status"] not in ("idle", "duplicate")]
+    return [t for t in summary.trials if t["status"] in HOLDING]
 
 
 def _outputs(run: Run) -> dict[str, str]:
