@@ -290,7 +290,7 @@ def test_prepare_data_writes_the_seed_0_rows_once(tmp_path: Path) -> None:
     """Every run of the study trains on the rows drawn with seed 0 (its seed moves the init and
     the batch order only): they are written once under the runs folder, and data that is not
     built in is used as given."""
-    from loraplus import zoo
+    from loraplus.data import load_data
     from loraplus.study.config import load_study
 
     sets = ["data='rotten-tomatoes'", "max_train=8", "max_eval=4"]
@@ -302,9 +302,9 @@ def test_prepare_data_writes_the_seed_0_rows_once(tmp_path: Path) -> None:
     assert not folder.exists()
     decoder.prepare_data(cfg)
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
-    drawn = zoo.load_data("rotten-tomatoes", task="causal-lm", seed=0, max_train=8, max_eval=4)
+    drawn = load_data("rotten-tomatoes", task="causal-lm", seed=0, max_train=8, max_eval=4)
     assert rows == [{"prompt": r["prompt"], "response": r["response"]} for r in drawn.train]
-    again = zoo.load_data("rotten-tomatoes", task="causal-lm", seed=1, max_train=8, max_eval=4)
+    again = load_data("rotten-tomatoes", task="causal-lm", seed=1, max_train=8, max_eval=4)
     assert [r["prompt"] for r in again.train] != [r["prompt"] for r in rows]  # seed 1 differs
     stamp = (folder / "train.jsonl").stat().st_mtime_ns
     decoder.prepare_data(cfg)
