@@ -23,9 +23,9 @@ from test_sweep import calls, fake_train, score, wait_for_calls
 from test_train import tiny_files  # noqa: F401  (a fixture)
 
 from loraplus import cli
+from loraplus.lr_search import Search, mean_std
 from loraplus.plots import draw_tune
 from loraplus.sweep import TuneConfig, load_tune, plan, tune
-from loraplus.sweep.tune import Search, mean_std
 from loraplus.train import read_record
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -1,7 +1,7 @@
 """LoRA methods on the width-n LoRA MLP, each with its own tuned lr (`loraplus experiment methods`).
 
 On the teacher-student of loraplus.experiments.lora_mlp (PEFT LoRA r = 4 on two n × n layers), at
-each width n every method searches its lr on the first seed with loraplus.sweep.tune's `plan` (a
+each width n every method searches its lr on the first seed with loraplus.lr_search's `plan` (a
 line of `lr_points` lrs, `per_decade` to a decade; extended past an edge that holds the best, at
 most `extend` times; with `refine`, the two lrs half a step either side of the best), then runs
 every seed at the lr it picked. `best-ratio` searches one line per ratio in `ratios` and keeps the
@@ -44,7 +44,7 @@ import torch
 import loraplus
 from loraplus._io import write_json
 from loraplus.experiments.lora_mlp import batches, lora_config, mse, teacher_student
-from loraplus.sweep.tune import Search, plan
+from loraplus.lr_search import Search, plan
 
 METHODS = (
     "lora",
@@ -128,7 +128,7 @@ class MethodsConfig:
         return self.n_ref if self.n_ref is not None else min(self.widths)
 
     def search(self) -> Search:
-        """One recipe's lr search at the first seed: loraplus.sweep.tune's, lrs as computed."""
+        """One recipe's lr search at the first seed: loraplus.lr_search's, lrs as computed."""
         grid = self.grid
         return Search(
             centre=grid[len(grid) // 2],

@@ -11,7 +11,7 @@ from typing import Any
 
 from loraplus._io import atomic_file
 from loraplus.experiments.methods import METHODS
-from loraplus.sweep.tune import mean_std
+from loraplus.lr_search import mean_std
 
 Row = dict[str, Any]
 T_CRIT = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78}  # two-sided 95% Student t, by degrees of freedom

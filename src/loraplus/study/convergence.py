@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from loraplus._io import atomic_file, write_json
+from loraplus.lr_search import mean_std
 from loraplus.plots import plot_seed_curves
 from loraplus.study.run import Done, StudyResult, best_each, chosen, records, run_best
-from loraplus.sweep.tune import mean_std
 from loraplus.train.history import steps_to_reach
 
 METRIC = "eval_accuracy"

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraplus.sweep.tune import mean_std
+from loraplus.lr_search import mean_std
 from loraplus.train.history import steps_to_reach
 from loraplus.train.record import TrainResult
 

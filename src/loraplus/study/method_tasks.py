@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraplus.sweep.tune import mean_std
+from loraplus.lr_search import mean_std
 
 if TYPE_CHECKING:
     from loraplus.study.config import Stage, StudyConfig

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from loraplus._io import atomic_file, write_json
+from loraplus.lr_search import mean_std
 from loraplus.plots import plot_sweep_heatmap
 from loraplus.study.convergence import best_acc, final_acc
 from loraplus.study.run import Done, StudyResult, best_per_value, cell_means, chosen, records
-from loraplus.sweep.tune import mean_std
 from loraplus.train.history import steps_to_reach
 
 METRIC = "eval_accuracy"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from loraplus._io import atomic_file, write_json
+from loraplus.lr_search import mean_std
 from loraplus.study.run import Done, StudyResult, best_each, cell_means, chosen
-from loraplus.sweep.tune import mean_std
 
 
 def run_report(done: Done) -> dict[str, Any]:

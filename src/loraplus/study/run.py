@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraplus.lr_search import Point
 from loraplus.study.config import Stage, StudyConfig, _label, _ref, function, is_function
 from loraplus.sweep import (
     SweepConfig,
@@ -35,7 +36,6 @@ from loraplus.sweep import (
     tune,
 )
 from loraplus.sweep.grid import HOLDING
-from loraplus.sweep.tune import Point
 from loraplus.train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
