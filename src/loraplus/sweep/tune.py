@@ -10,7 +10,8 @@ The search is a pure function of the results so far (`loraplus.lr_search.plan`),
 study is its only state: each round queues the next cells of every method into one study (grid.py:
 every cell runs exactly once, across processes and machines; crashed cells run again), runs them
 with the sweep's workers, and plans again. A call that finds every planned cell done trains
-nothing; a call killed at any moment resumes where it stopped. Results: TuneSummary, written as tune.json + tune.png.
+nothing; a call killed at any moment resumes where it stopped. Results: TuneSummary, written as
+tune.json + tune.png.
 """
 
 from __future__ import annotations
