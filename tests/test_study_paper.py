@@ -1,6 +1,6 @@
 """benchmarks/studies/paper.toml plans exactly the committed runs (docs/study/*_sweep.json), stage
 by stage, given their results; its report rebuilds the committed table and the demo's learning
-rates (src/loraplus/data/demo_lrs.json) from them."""
+rates (src/loraplus/cli/demo_lrs.json) from them."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_report_rebuilds_the_committed_table_and_demo_lrs() -> None:
     assert table(rows) == (DOCS / "report.md").read_text()
     grid, line = result.runs("grid", "rotten-tomatoes"), result.runs("line", "rotten-tomatoes")
     cells = seed0_cells(grid, line)
-    demo = json.loads((ROOT / "src/loraplus/data/demo_lrs.json").read_text())
+    demo = json.loads((ROOT / "src/loraplus/cli/demo_lrs.json").read_text())
     record = demo_record(result, "rotten-tomatoes", cells)
     for method in ("lora", "loraplus"):
         assert record[method] == demo[method]
@@ -112,7 +112,7 @@ def test_smoke_one_task_end_to_end(
     """README's command at --smoke size on a tiny model, one task's stages: the table row, the
     heatmap of grid + lines; the shipped demo lrs are left alone under --smoke."""
     runs, out = tmp_path / "runs", tmp_path / "out"
-    shipped = (ROOT / "src/loraplus/data/demo_lrs.json").read_text()
+    shipped = (ROOT / "src/loraplus/cli/demo_lrs.json").read_text()
     stages = ["rotten-tomatoes-grid", "rotten-tomatoes-line"]
     argv = [
         *("study", str(ROOT / "benchmarks/studies/paper.toml"), "--smoke", "--stage", *stages),
@@ -129,4 +129,4 @@ def test_smoke_one_task_end_to_end(
         assert row[method][key] == line["lr_a"] and row[method]["best_acc"] == line["values"]
     assert "| MiniLM-L6 (384) | rotten-tomatoes |" in (out / "report.md").read_text()
     assert (out / "heatmap-rotten-tomatoes.png").read_bytes()[:4] == b"\x89PNG"
-    assert (ROOT / "src/loraplus/data/demo_lrs.json").read_text() == shipped
+    assert (ROOT / "src/loraplus/cli/demo_lrs.json").read_text() == shipped
