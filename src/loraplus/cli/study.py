@@ -44,7 +44,7 @@ def add_parser(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run, or with --dry-run plan, the study."""
     require("sweep", "loraplus study")
-    from loraplus.study import load_study, run_study
+    from loraplus.study import load_study, run_study, write_report
     from loraplus.study.run import planned
 
     if args.workers is not None and args.workers < 1:
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {c.run}: lr_A {c.lr_a:g}, {c.axis} {c.value}, seed {c.seed}")
         return 0
     result = run_study(cfg, args.stage, storage=args.storage, workers=args.workers)
+    write_report(result)
     done = sum(len(d) for d in result.stages.values())
     print(f"{cfg.title}: {done} run(s); results in {cfg.out}/ (results.md, results.json)")
     return 0

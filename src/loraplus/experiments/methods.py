@@ -44,20 +44,9 @@ import torch
 import loraplus
 from loraplus._io import write_json
 from loraplus.experiments.lora_mlp import batches, lora_config, mse, teacher_student
+from loraplus.experiments.methods_report import METHODS
 from loraplus.lr_search import Search, plan
 
-METHODS = (
-    "lora",
-    "loraplus",
-    "best-ratio",
-    "auto",
-    "width-aware",
-    "lorafa",
-    "riemannian",
-    "rslora",
-    "pissa",
-    "loraplus+rslora",
-)
 EVAL_SIZE = 1024
 
 

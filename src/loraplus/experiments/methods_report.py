@@ -10,12 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from loraplus._io import atomic_file
-from loraplus.experiments.methods import METHODS
 from loraplus.lr_search import mean_std
 
 Row = dict[str, Any]
 T_CRIT = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78}  # two-sided 95% Student t, by degrees of freedom
 VERDICTS = ("auto", "loraplus", "width-aware")  # the methods the comparison spells out
+
+
+# the methods the study compares, in the order its tables and figure show them
+METHODS = (
+    "lora",
+    "loraplus",
+    "best-ratio",
+    "auto",
+    "width-aware",
+    "lorafa",
+    "riemannian",
+    "rslora",
+    "pissa",
+    "loraplus+rslora",
+)
 
 
 def fmt(row: Row) -> str:

@@ -3,10 +3,12 @@ documents the file), run in order by `run_study` with every run a resumable Optu
 generically (report.py) and, where a study names one, by its own report function.
 
 Modules: config (StudyConfig, Stage, load_study), run (planning: plan_runs / stage_cells, pure;
-running: run_study), report (results.json + results.md), and the studies' own reports.
+running: run_study), report (write_report: results.json + results.md, then the study's own), and
+the studies' own reports.
 """
 
 from loraplus.study.config import Stage, StudyConfig, load_study
+from loraplus.study.report import write_report
 from loraplus.study.run import Cell, Done, Run, StudyResult, plan_runs, run_study, stage_cells
 
 __all__ = [
@@ -20,4 +22,5 @@ __all__ = [
     "plan_runs",
     "run_study",
     "stage_cells",
+    "write_report",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loraplus.lr_search import mean_std
+from loraplus.study.method_tasks import final_ratios
 from loraplus.train.history import steps_to_reach
 from loraplus.train.record import TrainResult
 
@@ -226,13 +227,6 @@ def init_rows(chosen: Mapping[str, float], runs: Mapping[Key, TrainResult]) -> d
             "curve": curve(two),
         }
     return rows
-
-
-def final_ratios(record: TrainResult) -> dict[str, float]:
-    """{module kind: lr_B / lr_A} where auto's controller ended a run ({} for a fixed ratio)."""
-    rows = [r for r in record.history if any(k.startswith("auto_ratio/") for k in r)]
-    last = rows[-1] if rows else {}
-    return {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("auto_ratio/")}
 
 
 def auto_rows(runs: Mapping[Key, TrainResult]) -> dict[str, Any]:

@@ -20,10 +20,18 @@ from loraplus.lr_search import mean_std
 if TYPE_CHECKING:
     from loraplus.study.config import Stage, StudyConfig
     from loraplus.study.run import Done, StudyResult
+    from loraplus.train.record import TrainResult
 
 Point = tuple[float, int, float | None]  # (lr_A, seed, value: None when the run had none)
 Row = dict[str, Any]  # method, line {lr: first-seed value}, lr_a, values (by seed), runs
 RAN = ("complete", "pruned", "diverged")  # a run that trained (an error holds no value)
+
+
+def final_ratios(record: TrainResult) -> dict[str, float]:
+    """{module kind: lr_B / lr_A} where auto's controller ended a run ({} for a fixed ratio)."""
+    rows = [r for r in record.history if any(k.startswith("auto_ratio/") for k in r)]
+    last = rows[-1] if rows else {}
+    return {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("auto_ratio/")}
 
 
 def method_of(row: Mapping[str, Any]) -> str:
@@ -105,7 +113,6 @@ def table_rows(
     """The rows of the methods run by `stages` (best-ratio placed after the fixed ratios), and
     best-ratio's row (its other seeds from `best_stage`); auto's rows say where its ratios
     ended."""
-    from loraplus.study.decoder import final_ratios
     from loraplus.study.run import records
 
     dones = [d for name in stages for d in result.runs(name)]

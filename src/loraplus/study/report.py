@@ -7,7 +7,7 @@ from typing import Any
 
 from loraplus._io import atomic_file, write_json
 from loraplus.lr_search import mean_std
-from loraplus.study.run import Done, StudyResult, best_each, cell_means, chosen
+from loraplus.study.run import Done, StudyResult, best_each, cell_means, chosen, function
 
 
 def run_report(done: Done) -> dict[str, Any]:
@@ -102,3 +102,11 @@ def markdown(data: dict[str, Any]) -> str:
 
 def _num(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def write_report(result: StudyResult) -> None:
+    """The generic report, then the study's own (`report = "loraplus.study.<module>:<fn>"`)."""
+    write_generic(result)
+    if result.cfg.report:
+        fn = function(result.cfg.report, "report", result.cfg.path)
+        fn(result, result.cfg.out, **result.cfg.report_options)

@@ -390,11 +390,10 @@ def run_study(
     *,
     storage: str | None = None,
     workers: int | None = None,
-    report: bool = True,
 ) -> StudyResult:
     """Run the selected stages (default all) in order; a stage not selected is read back from
-    cfg.out when a later one needs it. Writes results.json + results.md (and the study's own
-    report) into cfg.out. ValueError when a selected stage needs results not there."""
+    cfg.out when a later one needs it (report.write_report writes what the result shows).
+    ValueError when a selected stage needs results not there."""
     selected = set(cfg.select(stages))
     cfg = prepared(cfg, write=True)
     result = StudyResult(cfg)
@@ -417,8 +416,6 @@ def run_study(
                 done.append(found)
         if stage.name in selected or len(done) == len(runs):
             result.stages[stage.name] = done
-    if report:
-        write_report(result)
     return result
 
 
@@ -460,13 +457,3 @@ def planned(cfg: StudyConfig, stages: Sequence[str] | None = None) -> dict[str, 
             rows = {d.run.name: d.rows for d in done}
             found[stage.name] = [c for r in runs for c in run_cells(r, rows.get(r.name))]
     return found
-
-
-def write_report(result: StudyResult) -> None:
-    """The generic report, then the study's own (`report = "loraplus.study.<module>:<fn>"`)."""
-    from loraplus.study.report import write_generic
-
-    write_generic(result)
-    if result.cfg.report:
-        fn = function(result.cfg.report, "report", result.cfg.path)
-        fn(result, result.cfg.out, **result.cfg.report_options)
