@@ -11,6 +11,7 @@ import pytest
 
 from loraplus import cli
 from loraplus._io import write_json
+from loraplus.train.record import TrainResult, write_record
 from loraplus.verdicts import (
     BALANCED_LOG2,
     draw_probe,
@@ -48,6 +49,11 @@ PREFIX = "base_model.model.model.layers.0."
         ("classifier", "other"),
     ],
 )
+def record(probe: Any) -> dict[str, Any]:
+    """A run record's JSON as `loraplus train` writes it, holding these probe rows."""
+    return {"history": [], "final": {}, "diverged": False, "feature_updates": probe}
+
+
 def test_module_kind(name: str, kind: str) -> None:
     assert module_kind(name) == kind
 
@@ -125,13 +131,12 @@ def test_kind_scalars_are_medians_per_kind() -> None:
 def test_metrics_json_round_trip(tmp_path: Path) -> None:
     data = rows()
     data[0]["layers"][0]["balance_log2"] = math.inf  # in memory a probe may hold ±inf; JSON: null
-    write_json(tmp_path / "metrics.json", {"probe": data})
+    write_record(TrainResult([], {}, tmp_path, False, feature_updates=data))
     read = read_probe_records(tmp_path)
     assert read[0]["layers"][0]["balance_log2"] is None
     assert verdicts(read) == verdicts(rows())
-    write_json(tmp_path / "old" / "metrics.json", {"feature_updates": rows()})  # earlier key
-    assert verdicts(read_probe_records(tmp_path / "old" / "metrics.json")) == verdicts(rows())
-    write_json(tmp_path / "medians" / "metrics.json", {"feature_updates": [{"step": 1.0}]})
+    assert verdicts(read_probe_records(tmp_path / "metrics.json")) == verdicts(rows())
+    write_json(tmp_path / "medians" / "metrics.json", record([{"step": 1.0}]))
     with pytest.raises(ValueError, match="no per-layer probe records; train with --probe-every"):
         read_probe_records(tmp_path / "medians")
     with pytest.raises(ValueError, match="does not exist"):
@@ -153,24 +158,25 @@ def test_probe_figure_draws_each_layers_balance(tmp_path: Path) -> None:
 def test_a_damaged_metrics_json_is_one_line_naming_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    good = json.dumps({"probe": rows()}, indent=2)
+    good = json.dumps(record(rows()), indent=2)
     layer = rows()[1]["layers"][0]
     damaged = {
         "cut short": (good[: len(good) // 2], "is not valid JSON (Expecting"),
         "empty": ("", "is not valid JSON (Expecting value at line 1, column 1)"),
         "a list": ("[1, 2]", "holds a JSON list, not the object `loraplus train` writes"),
         "a number": ("3", "holds a JSON int, not the object"),
-        "probe not a list": ('{"probe": 5}', "its probe records are not a list of objects"),
+        "probe not a list": (json.dumps(record(5)), "its probe records are not a list of objects"),
+        "not a record": ('{"probe": []}', "lacks diverged, final, history: it was not written"),
         "step not a number": (
-            json.dumps({"probe": [{"step": "x", "layers": [layer]}]}),
+            json.dumps(record([{"step": "x", "layers": [layer]}])),
             "a probe record has step 'x', not a number",
         ),
         "delta edited": (
-            json.dumps({"probe": [{"step": 1, "layers": [{**layer, "delta_b": "big"}]}]}),
+            json.dumps(record([{"step": 1, "layers": [{**layer, "delta_b": "big"}]}])),
             "lacks a layer name or a numeric delta_b",
         ),
         "layer not an object": (
-            json.dumps({"probe": [{"step": 1, "layers": [3]}]}),
+            json.dumps(record([{"step": 1, "layers": [3]}])),
             "lacks a layer name or a numeric delta_a / delta_b",
         ),
     }
@@ -185,7 +191,7 @@ def test_a_damaged_metrics_json_is_one_line_naming_the_file(
     (tmp_path / "bytes.json").write_bytes(b"\xff\xfe\x00garbage")
     assert cli.main(["diagnose", str(tmp_path / "bytes.json")]) == 2
     assert capsys.readouterr().err.startswith(f"error: Cannot read {tmp_path / 'bytes.json'}")
-    write_json(tmp_path / "ok" / "metrics.json", {"probe": rows()})
+    write_json(tmp_path / "ok" / "metrics.json", record(rows()))
     assert cli.main(["diagnose", str(tmp_path / "ok"), "--out", str(tmp_path)]) == 2
     assert "is a folder: pass a .png file path" in capsys.readouterr().err
 

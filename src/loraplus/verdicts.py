@@ -1,7 +1,7 @@
 """`loraplus diagnose`: from a run's feature-update probe records, one verdict per module kind.
 
 A probe record is one row per probed step (the shape `FeatureUpdateCallback.history` keeps and
-`metrics.json` stores under "probe"):
+the run record, metrics.json, stores under "feature_updates"):
 
     {"step": 11.0, "delta_a": ..., "delta_b": ..., "balance_log2": ... | null,   # layer medians
      "layers": [{"layer": "...q_proj", "adapter": "default", "kind": "q", "delta_a": δ¹,
@@ -13,7 +13,6 @@ Pure functions: records -> verdicts, records -> figure.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -173,28 +172,14 @@ def kind_scalars(layers: Iterable[Mapping[str, Any]], prefix: str = "probe") -> 
 
 
 def read_probe_records(run: str | Path) -> list[dict[str, Any]]:
-    """The probe rows of a run folder (or its metrics.json): key "probe", else "feature_updates".
-    ValueError naming the file and what is wrong with it (unreadable, not JSON, not a run's
-    metrics, records without step / layer / δ numbers)."""
+    """The probe rows (`feature_updates`) of a run folder or its metrics.json, read by the run
+    record's reader. ValueError naming the file and what is wrong with it (see read_record;
+    records without step / layer / δ numbers)."""
+    from loraplus.train.record import RECORD_FILE, read_record
+
     path = Path(run)
-    path = path / "metrics.json" if path.is_dir() else path
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist; pass a run folder written by `loraplus train`.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"Cannot read {path}: {err}.") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): it "
-            "was cut short or edited. Train again with --probe-every 10 to rewrite it."
-        ) from None
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"{path} holds a JSON {type(data).__name__}, not the object `loraplus train` writes; "
-            "pass a run folder written by `loraplus train --probe-every 10`."
-        )
-    rows = data.get("probe") or data.get("feature_updates") or []
+    path = path / RECORD_FILE if path.is_dir() else path
+    rows = read_record(path).feature_updates
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"{path}: its probe records are not a list of objects (edited?).")
     if not any(_layers_of(r) for r in rows):
@@ -233,11 +218,12 @@ def _check_row(path: Path, row: Mapping[str, Any]) -> None:
 
 def run_config(run: str | Path) -> dict[str, Any]:
     """The training config recorded in a run's metrics.json ({} when there is none)."""
+    from loraplus.train.record import RECORD_FILE, read_record
+
     path = Path(run)
-    path = path / "metrics.json" if path.is_dir() else path
-    if not path.is_file():
+    if not (path / RECORD_FILE if path.is_dir() else path).is_file():
         return {}
-    config = json.loads(path.read_text(encoding="utf-8")).get("config")
+    config = read_record(path).config
     return dict(config) if isinstance(config, Mapping) else {}
 
 

@@ -17,6 +17,7 @@ from loraplus.data import TaskData, check_source, load_data
 from loraplus.train.config import TrainConfig
 from loraplus.train.lock import holder, in_use, is_main_launch
 from loraplus.train.outputs import FINAL_FILES, LOGS, clear_previous
+from loraplus.train.record import TrainResult
 
 RUN_FILES = (*FINAL_FILES, *LOGS)  # what a run writes
 
@@ -107,21 +108,22 @@ def check_output_dir(cfg: TrainConfig) -> None:
     finished_run(cfg)
 
 
-def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
-    """With --resume, the metrics of the finished run in --output-dir when it had these very
+def finished_run(cfg: TrainConfig) -> TrainResult | None:
+    """With --resume, the record of the finished run in --output-dir when it had these very
     settings (nothing to resume); None when there is none, or with --overwrite. A finished run
     with other settings is refused: resuming would replace it."""
     from loraplus.train.checkpoint import config_changes
+    from loraplus.train.record import RECORD_FILE, read_record
 
-    path = Path(cfg.output_dir).expanduser() / "metrics.json"
+    path = Path(cfg.output_dir).expanduser() / RECORD_FILE
     if cfg.resume is None or cfg.overwrite or not path.is_file():
         return None
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-        saved = metrics["config"]
-        if not isinstance(saved, dict):
-            raise TypeError("its config is not an object")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        record = read_record(path)
+        saved = record.config
+        if not isinstance(saved, dict) or not saved:
+            raise TypeError("it records no config")
+    except (ValueError, TypeError) as err:
         raise ValueError(
             f"--output-dir {cfg.output_dir} holds a finished run whose {path.name} cannot be read "
             f"({err}): pass --overwrite to replace that run, or another --output-dir."
@@ -133,7 +135,7 @@ def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
             f"({'; '.join(changes)}): --resume would replace it. Pass --overwrite to replace "
             "it (continuing from its latest checkpoint), or another --output-dir."
         )
-    return dict(metrics)
+    return record
 
 
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")

@@ -83,9 +83,24 @@ def write_record(result: TrainResult) -> Path:
 
 
 def read_record(run: str | os.PathLike[str]) -> TrainResult:
-    """The record of a run folder (or of its metrics.json file)."""
+    """The record of a run folder (or of its metrics.json file). ValueError naming the file and
+    what is wrong with it: missing, unreadable, not JSON, not an object, not a run's record."""
     path = Path(run).expanduser()
     path = path / RECORD_FILE if path.is_dir() else path
     if not path.is_file():
         raise ValueError(f"{path} does not exist: pass a run folder written by `loraplus train`.")
-    return TrainResult.from_dict(json.loads(path.read_text(encoding="utf-8")), path.parent)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"Cannot read {path}: {err}.") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): it "
+            "was cut short or edited."
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} holds a JSON {type(data).__name__}, not the object `loraplus train` writes; "
+            "pass a run folder written by `loraplus train`."
+        )
+    return TrainResult.from_dict(data, path.parent)

@@ -250,10 +250,9 @@ def _resume_point(cfg: TrainConfig, output_dir: Path, label_names: list[str]) ->
     return resume
 
 
-def _finished(metrics: dict[str, Any], output_dir: Path, main: bool) -> TrainResult:
+def _finished(result: TrainResult, output_dir: Path, main: bool) -> TrainResult:
     """The record of a finished run that --resume found with these very settings (a no-op)."""
-    result = TrainResult.from_dict(metrics, output_dir)
-    result.main_process = main
+    result.output_dir, result.main_process = output_dir, main
     if main:
         log.warning(
             "%s holds this run, finished at step %s: nothing to resume (its files are kept).",
