@@ -49,13 +49,13 @@ PREFIX = "base_model.model.model.layers.0."
         ("classifier", "other"),
     ],
 )
+def test_module_kind(name: str, kind: str) -> None:
+    assert module_kind(name) == kind
+
+
 def record(probe: Any) -> dict[str, Any]:
     """A run record's JSON as `loraplus train` writes it, holding these probe rows."""
     return {"history": [], "final": {}, "diverged": False, "feature_updates": probe}
-
-
-def test_module_kind(name: str, kind: str) -> None:
-    assert module_kind(name) == kind
 
 
 def rec(layer: str, d1: float, d2: float) -> dict[str, Any]:
@@ -234,7 +234,7 @@ def test_a_run_with_ratio_auto_is_advised_what_it_can_do(
     )
     assert got["q"] == "balanced"
     config = {"model": "minilm", "data": "rotten-tomatoes", "ratio": "auto"}
-    write_json(tmp_path / "metrics.json", {"config": config, "probe": rows()})
+    write_json(tmp_path / "metrics.json", {**record(rows()), "config": config})
     assert cli.main(["diagnose", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "mlp   A barely learns: train longer (the auto ratio falls)" in out
